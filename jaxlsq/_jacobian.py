@@ -6,7 +6,7 @@ Exact derivatives only: finite differences live on the scipy shim's host path.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

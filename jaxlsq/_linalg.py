@@ -61,7 +61,7 @@ class Spectral(NamedTuple):
 
 
 def factorize(js: jax.Array, f: jax.Array, method: str) -> Spectral:
-    """Spectral factorisation of the scaled Jacobian ``js`` (m, n) with residuals ``f`` (m,)."""
+    """Factorise the scaled Jacobian ``js`` (m, n) with residuals ``f`` (m,)."""
     m, n = js.shape
     eps = jnp.finfo(js.dtype).eps
     if method == "svd":

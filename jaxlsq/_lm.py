@@ -23,7 +23,8 @@ that of the same fit solved alone.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +90,7 @@ def run_lm(
     options: LMOptions,
     linear_solver: str,
 ) -> LMState:
-    """Minimise ``0.5 * ||flat_fun(x)||^2`` from ``x0`` (n,); returns the final state."""
+    """Minimise ``0.5 * ||flat_fun(x)||^2`` from ``x0`` (n,); return the final state."""
     dtype = x0.dtype
     eps = jnp.finfo(dtype).eps
     ftol, xtol, gtol, factor = (jnp.asarray(o, dtype) for o in options[:4])
@@ -171,7 +172,9 @@ def run_lm(
             temp2 = jnp.sqrt(par) * pnorm / fnorm
             prered = temp1**2 + 2 * temp2**2
             dirder = -(temp1**2 + temp2**2)
-            ratio = jnp.where(prered != 0, actred / jnp.where(prered != 0, prered, 1), 0)
+            ratio = jnp.where(
+                prered != 0, actred / jnp.where(prered != 0, prered, 1), 0
+            )
 
             # Radius update (lmder): shrink on a poor step, double on a good one.
             shrink = ratio <= 0.25

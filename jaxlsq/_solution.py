@@ -79,7 +79,7 @@ MESSAGES: dict[Status, str] = {
 
 
 def status_message(status: Any) -> str | np.ndarray:
-    """Message(s) for a concrete status: a str for a scalar, an array of str otherwise."""
+    """Message(s) for a concrete status: a str for a scalar, else an array of str."""
     codes = np.asarray(status)
     if codes.ndim == 0:
         return MESSAGES[Status(int(codes))]

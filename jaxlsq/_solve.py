@@ -1,10 +1,11 @@
-"""`solve`: the JAX-native entry point. Validates in Python, then runs the jitted loop."""
+"""`solve`: the JAX-native entry point. Checks in Python, runs the jitted loop."""
 
 from __future__ import annotations
 
 import functools
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ def solve(
     xtol: float | None = None,
     gtol: float = 0.0,
     max_nfev: int | None = None,
-    factor: float = 100.0,
+    factor: float = 10.0,
     diag: Any = None,
     linear_solver: str = "svd",
 ) -> Solution:
@@ -35,8 +36,8 @@ def solve(
 
     A trust-region LM in the manner of MINPACK's ``lmder`` (Moré 1978) with an exact
     Jacobian from JAX. The whole loop is one jit-compiled ``lax.while_loop``: ``solve``
-    works under ``jax.jit`` and ``jax.vmap`` (one independent fit per lane, each with its
-    own status).
+    works under ``jax.jit`` and ``jax.vmap`` (one independent fit per lane, each with
+    its own status).
 
     Parameters
     ----------
@@ -53,19 +54,29 @@ def solve(
         ``n <= m``), reverse-mode, or a callable ``jac(params, *args)`` returning an
         array with ``m * n`` entries, reshaped to (m, n) in the order of
         ``jax.flatten_util.ravel_pytree(params)``.
-    ftol : float, default ``sqrt(eps)`` of the working dtype (1.49e-8 in float64)
+    ftol : float, default ``10 * eps`` of the working dtype (2.2e-15 in float64,
+        1.2e-6 in float32)
         Stop when both the actual and predicted relative reductions of the sum of
-        squares are at most ``ftol`` (status 1).
-    xtol : float, default ``sqrt(eps)`` of the working dtype
+        squares are at most ``ftol`` (status 1). MINPACK's own default,
+        ``sqrt(eps)``, stops early on ill-conditioned problems (parameters good to
+        only 3-5 digits on 21 of the 54 NIST StRD fits); ``10 * eps`` gets every NIST
+        fit to 6+ digits (``100 * eps`` misses ENSO by a hair) for a few extra,
+        cheap iterations. The scipy shims keep
+        scipy's defaults.
+    xtol : float, default ``10 * eps`` of the working dtype
         Stop when the trust-region radius is at most ``xtol`` times the scaled norm of
         the parameters (status 2).
     gtol : float, default 0.0
         Stop when the cosine between the residuals and every Jacobian column is at most
         ``gtol`` (status 4).
-    max_nfev : int, default ``100 * (n + 1)``
-        Maximum number of residual evaluations (status 5 when reached).
-    factor : float, default 100.0
-        Initial trust-region radius, relative to the scaled norm of ``x0``.
+    max_nfev : int, default ``500 * (n + 1)``
+        Maximum number of residual evaluations (status 5 when reached). Five times
+        lmder's default: curved valleys such as NIST Bennett5 need ~760 evaluations.
+    factor : float, default 10.0
+        Initial trust-region radius, relative to the scaled norm of ``x0``. MINPACK
+        uses 100; from 100 the first step of NIST BoxBOD (start 1) jumps onto a
+        plateau where the model saturates, a false minimum that MINPACK reports as
+        converged. 10 avoids it and costs nothing measurable elsewhere.
     diag : array (n,), optional
         Fixed positive variable scaling. Default: MINPACK's automatic scaling (running
         maximum of the Jacobian's column norms).
@@ -121,14 +132,13 @@ def solve(
         _check_concrete(diag, "diag", lambda d: np.all(d > 0), "entries must be > 0")
     _check_concrete(flat_x0, "x0", lambda v: np.all(np.isfinite(v)), "must be finite")
 
-    eps = float(jnp.finfo(dtype).eps)
-    default_tol = float(np.sqrt(eps))
+    default_tol = 10 * float(jnp.finfo(dtype).eps)
     options = LMOptions(
         ftol=default_tol if ftol is None else ftol,
         xtol=default_tol if xtol is None else xtol,
         gtol=gtol,
         factor=factor,
-        max_nfev=100 * (n + 1) if max_nfev is None else max_nfev,
+        max_nfev=500 * (n + 1) if max_nfev is None else max_nfev,
         diag=diag,
     )
     return _solve_jit(fun, jac, linear_solver, x0, args, options)

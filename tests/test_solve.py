@@ -1,0 +1,363 @@
+"""`jaxlsq.solve`: MINPACK as the oracle, analytic solutions, vmap isolation, dtypes,
+statuses and input validation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import leastsq
+
+import jaxlsq
+from jaxlsq import Status
+
+from .problems import ZOO
+
+# --------------------------------------------------------------------------------
+# shared problems (module level, so solve's compile cache is reused across tests)
+
+
+def expdecay(p, x, y):
+    return p[0] * jnp.exp(-p[1] * x) + p[2] - y
+
+
+X50 = jnp.linspace(0.0, 5.0, 50)
+
+
+def expdecay_data(seed, n_curves=None, noise=0.05):
+    rng = np.random.default_rng(seed)
+    shape = (50,) if n_curves is None else (n_curves, 50)
+    truth = np.array([2.0, 1.5, 0.5])
+    if n_curves is not None:
+        truth = truth * rng.uniform(0.8, 1.2, (n_curves, 3))
+        y = truth[:, :1] * np.exp(-truth[:, 1:2] * np.asarray(X50)) + truth[:, 2:]
+    else:
+        y = truth[0] * np.exp(-truth[1] * np.asarray(X50)) + truth[2]
+    return jnp.asarray(y + noise * rng.standard_normal(shape))
+
+
+P0 = jnp.array([1.0, 1.0, 1.0])
+
+
+# --------------------------------------------------------------------------------
+# against MINPACK
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_cost_no_worse_than_minpack_on_mgh_zoo(name):
+    fun, x0 = ZOO[name]
+    x0 = np.asarray(x0, float)
+    jac = jax.jit(jax.jacfwd(fun))
+    ref = leastsq(
+        lambda x: np.asarray(fun(jnp.asarray(x))),
+        x0,
+        Dfun=lambda x: np.asarray(jac(jnp.asarray(x))),
+        full_output=True,
+    )
+    ref_cost = 0.5 * np.sum(ref[2]["fvec"] ** 2)
+    sol = jaxlsq.solve(fun, jnp.asarray(x0))
+    assert np.all(np.isfinite(np.asarray(sol.params)))
+    assert float(sol.cost) <= ref_cost * (1 + 1e-6) + 1e-14, (float(sol.cost), ref_cost)
+    if 1 <= ref[4] <= 4:
+        assert bool(sol.success), sol.message
+
+
+def test_same_iterates_as_minpack_with_minpack_settings():
+    """With lmder's defaults and an exact Jacobian, the path is MINPACK's path."""
+    y = expdecay_data(0)
+    jac = jax.jit(jax.jacfwd(expdecay))
+    ref = leastsq(
+        lambda p: np.asarray(expdecay(jnp.asarray(p), X50, y)),
+        np.ones(3),
+        Dfun=lambda p: np.asarray(jac(jnp.asarray(p), X50, y)),
+        full_output=True,
+    )
+    sol = jaxlsq.solve(
+        expdecay, P0, args=(X50, y), ftol=1.49012e-8, xtol=1.49012e-8, factor=100.0
+    )
+    np.testing.assert_allclose(sol.params, ref[0], rtol=1e-9)
+    assert int(sol.status) == ref[4]
+    assert int(sol.nfev) == ref[2]["nfev"]
+    # MINPACK does not evaluate J at the final point; jaxlsq does (for jac/grad).
+    assert int(sol.njev) == ref[2]["njev"] + 1
+
+
+def test_linear_model_matches_lstsq():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((30, 4))
+    b = rng.standard_normal(30)
+    sol = jaxlsq.solve(lambda p, a, b: a @ p - b, jnp.zeros(4), args=(a, b))
+    expected = np.linalg.lstsq(a, b, rcond=None)[0]
+    np.testing.assert_allclose(sol.params, expected, rtol=1e-10, atol=1e-12)
+    assert bool(sol.success)
+
+
+def test_solution_fields_are_consistent():
+    y = expdecay_data(2)
+    sol = jaxlsq.solve(expdecay, P0, args=(X50, y))
+    r = expdecay(sol.params, X50, y)
+    np.testing.assert_allclose(sol.residuals, r, rtol=1e-14)
+    np.testing.assert_allclose(sol.cost, 0.5 * np.sum(np.asarray(r) ** 2), rtol=1e-14)
+    jac = jax.jacfwd(expdecay)(sol.params, X50, y)
+    np.testing.assert_allclose(sol.jac, jac, rtol=1e-12)
+    np.testing.assert_allclose(sol.grad, jac.T @ r, atol=1e-12)
+    np.testing.assert_allclose(sol.grad, 0, atol=1e-8)  # a stationary point
+    assert sol.message == jaxlsq.MESSAGES[Status(int(sol.status))]
+    # One Jacobian per accepted step, plus the one at x0.
+    assert int(sol.njev) == int(sol.n_iter) + 1
+    assert int(sol.nfev) >= int(sol.n_iter) + 1
+
+
+@pytest.mark.parametrize("mode", ["fwd", "rev", "callable"])
+def test_jacobian_strategies_agree(mode):
+    y = expdecay_data(3)
+    ref = jaxlsq.solve(expdecay, P0, args=(X50, y))
+    jac = jax.jacfwd(expdecay) if mode == "callable" else mode
+    sol = jaxlsq.solve(expdecay, P0, args=(X50, y), jac=jac)
+    np.testing.assert_allclose(sol.params, ref.params, rtol=1e-10)
+    assert int(sol.status) == int(ref.status)
+
+
+def test_eigh_linear_solver_agrees_on_well_conditioned_fit():
+    y = expdecay_data(4)
+    ref = jaxlsq.solve(expdecay, P0, args=(X50, y))
+    sol = jaxlsq.solve(expdecay, P0, args=(X50, y), linear_solver="eigh")
+    np.testing.assert_allclose(sol.params, ref.params, rtol=1e-8)
+    assert bool(sol.success)
+
+
+def test_pytree_params_and_matrix_residuals():
+    def fun(p, x, y):
+        model = p["amp"] * jnp.exp(-p["rate"] * x) + p["offset"][0]
+        return jnp.stack([model - y, 0.0 * y])  # (2, 50) residuals
+
+    y = expdecay_data(5)
+    p0 = {"amp": jnp.array(1.0), "rate": jnp.array(1.0), "offset": jnp.array([1.0])}
+    sol = jaxlsq.solve(fun, p0, args=(X50, y))
+    flat = jaxlsq.solve(expdecay, P0, args=(X50, y))
+    assert jax.tree_util.tree_structure(sol.params) == jax.tree_util.tree_structure(p0)
+    got = [sol.params["amp"], sol.params["rate"], sol.params["offset"][0]]
+    np.testing.assert_allclose(got, flat.params, rtol=1e-9)
+    assert sol.residuals.shape == (100,)
+
+
+# --------------------------------------------------------------------------------
+# statuses
+
+
+def test_status_max_nfev():
+    sol = jaxlsq.solve(ZOO["rosenbrock"][0], jnp.array([-1.2, 1.0]), max_nfev=3)
+    assert int(sol.status) == Status.MAX_NFEV and not bool(sol.success)
+    assert int(sol.nfev) == 3
+
+
+def test_status_gtol():
+    y = expdecay_data(6)
+    sol = jaxlsq.solve(expdecay, P0, args=(X50, y), gtol=1.0)  # every cosine is <= 1
+    assert int(sol.status) == Status.GTOL and int(sol.nfev) == 1
+
+
+def test_status_tolerances_too_small_are_failures():
+    y = expdecay_data(7)
+    sol = jaxlsq.solve(expdecay, P0, args=(X50, y), ftol=0.0, xtol=0.0)
+    assert int(sol.status) in (6, 7, 8)
+    assert not bool(sol.success)
+    # ...yet the answer is the minimum.
+    ref = jaxlsq.solve(expdecay, P0, args=(X50, y))
+    np.testing.assert_allclose(sol.params, ref.params, rtol=1e-8)
+
+
+def test_exact_fit_stops_with_gtol_success():
+    y = 2.0 * jnp.exp(-1.5 * X50) + 0.5
+    sol = jaxlsq.solve(expdecay, P0, args=(X50, y))
+    assert bool(sol.success)
+    np.testing.assert_allclose(sol.params, [2.0, 1.5, 0.5], rtol=1e-10)
+
+
+def test_nan_residual_at_start_is_reported_not_success():
+    y = expdecay_data(8).at[3].set(jnp.nan)
+    sol = jaxlsq.solve(expdecay, P0, args=(X50, y))
+    assert int(sol.status) == Status.NONFINITE and not bool(sol.success)
+    assert "not finite" in sol.message
+
+
+def test_nan_trial_point_is_a_rejected_step():
+    # sqrt(p) is NaN for p < 0: the full Gauss-Newton step from 4 overshoots to p < 0.
+    def fun(p):
+        return jnp.stack([jnp.sqrt(p[0]) - 0.1, 1e-3 * (p[0] - 0.01)])
+
+    sol = jaxlsq.solve(fun, jnp.array([4.0]), factor=1e3)
+    assert bool(sol.success), sol.message
+    np.testing.assert_allclose(sol.params, [0.01], rtol=1e-6)
+    assert int(sol.nfev) > int(sol.n_iter) + 1  # at least one rejected trial
+
+
+# --------------------------------------------------------------------------------
+# jit / vmap / dtypes
+
+
+def test_vmap_lanes_equal_solo_fits_and_bad_lane_is_isolated():
+    ys = expdecay_data(9, n_curves=16)
+    ys = ys.at[5, 10].set(jnp.nan)  # a bad curve
+    ys = ys.at[11].set(ys[11] * 1e3)  # a very different curve (more iterations)
+    batch = jax.jit(jax.vmap(lambda y: jaxlsq.solve(expdecay, P0, args=(X50, y))))(ys)
+    for i in range(ys.shape[0]):
+        solo = jaxlsq.solve(expdecay, P0, args=(X50, ys[i]))
+        for field in ("params", "cost", "residuals", "jac"):
+            np.testing.assert_allclose(
+                getattr(batch, field)[i], getattr(solo, field), rtol=1e-12, atol=1e-14
+            )
+        for field in ("status", "nfev", "njev", "n_iter"):
+            assert int(getattr(batch, field)[i]) == int(getattr(solo, field)), field
+    assert int(batch.status[5]) == Status.NONFINITE
+    assert int(np.sum(~np.asarray(batch.success))) == 1
+    messages = batch.message
+    assert messages.shape == (16,) and "not finite" in messages[5]
+
+
+def test_traced_non_finite_x0_reports_improper_input():
+    y = expdecay_data(10)
+    solve = jax.jit(lambda p0: jaxlsq.solve(expdecay, p0, args=(X50, y)))
+    sol = solve(jnp.array([1.0, jnp.nan, 1.0]))
+    assert int(sol.status) == Status.IMPROPER_INPUT and not bool(sol.success)
+    ok = solve(P0)
+    assert bool(ok.success)
+
+
+def test_traced_bad_option_reports_improper_input():
+    y = expdecay_data(10)
+    solve = jax.jit(lambda ftol: jaxlsq.solve(expdecay, P0, args=(X50, y), ftol=ftol))
+    assert int(solve(-1.0).status) == Status.IMPROPER_INPUT
+    assert bool(solve(1e-10).success)
+
+
+def test_float32_keeps_dtype_and_converges():
+    y = expdecay_data(11).astype(jnp.float32)
+    x = X50.astype(jnp.float32)
+    sol = jaxlsq.solve(expdecay, P0.astype(jnp.float32), args=(x, y))
+    for leaf in (sol.params, sol.residuals, sol.cost, sol.jac, sol.grad):
+        assert leaf.dtype == jnp.float32
+    assert bool(sol.success), sol.message
+    ref = jaxlsq.solve(expdecay, P0, args=(X50, expdecay_data(11)))
+    np.testing.assert_allclose(sol.params, ref.params, rtol=2e-3)
+
+
+def test_loop_state_keeps_shape_and_dtype():
+    from jaxlsq._lm import LMOptions, run_lm
+
+    for dtype in (jnp.float32, jnp.float64):
+        x = X50.astype(dtype)
+        y = expdecay_data(12).astype(dtype)
+
+        def flat(p, x=x, y=y):
+            return expdecay(p, x, y)
+
+        opts = LMOptions(1e-5, 1e-5, 0.0, 10.0, 400, None)
+        x0 = P0.astype(dtype)
+        final = run_lm(flat, jax.jacfwd(flat), x0, opts, "svd")
+        assert final.x.shape == (3,) and final.jac.shape == (50, 3)
+        for name in ("x", "f", "fnorm", "jac", "diag", "delta", "par", "xnorm"):
+            assert getattr(final, name).dtype == dtype, name
+        for name in ("nfev", "njev", "n_iter", "status"):
+            assert getattr(final, name).dtype == jnp.int32, name
+
+
+def test_no_global_config_change_on_import():
+    import subprocess
+    import sys
+
+    code = "import jax, jaxlsq; print(jax.config.jax_enable_x64)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+# --------------------------------------------------------------------------------
+# property-based: random well-posed problems (values drawn, shapes fixed: one compile)
+
+
+def _linear(p, a, b):
+    return a @ p - b
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), scale=st.floats(1e-3, 1e3))
+def test_random_linear_problems_match_lstsq(seed, scale):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((12, 4)) * scale
+    b = rng.standard_normal(12)
+    sol = jaxlsq.solve(_linear, jnp.zeros(4), args=(a, b))
+    expected = np.linalg.lstsq(a, b, rcond=None)[0]
+    assert bool(sol.success), sol.message
+    np.testing.assert_allclose(sol.params, expected, rtol=1e-7, atol=1e-9 / scale)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    amp=st.floats(0.5, 5.0),
+    rate=st.floats(0.3, 3.0),
+    offset=st.floats(-1.0, 1.0),
+    noise_seed=st.integers(0, 1000),
+)
+def test_random_exponential_fits_converge_or_say_why(amp, rate, offset, noise_seed):
+    rng = np.random.default_rng(noise_seed)
+    y = amp * np.exp(-rate * np.asarray(X50)) + offset + 0.01 * rng.standard_normal(50)
+    sol = jaxlsq.solve(expdecay, P0, args=(X50, jnp.asarray(y)))
+    assert bool(jnp.all(jnp.isfinite(sol.params)))
+    assert bool(sol.success), sol.message
+    np.testing.assert_allclose(sol.params, [amp, rate, offset], atol=0.15 * max(amp, 1))
+
+
+# --------------------------------------------------------------------------------
+# input validation (eager): errors that name the argument
+
+
+def test_m_less_than_n_raises():
+    with pytest.raises(ValueError, match=r"m=2 .* n=3"):
+        jaxlsq.solve(lambda p: p[:2], jnp.ones(3))
+
+
+def test_integer_residuals_raise():
+    with pytest.raises(TypeError, match="floating-point residuals"):
+        jaxlsq.solve(lambda p: jnp.ones(5, jnp.int32), jnp.ones(2))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_x0_raises(bad):
+    with pytest.raises(ValueError, match="x0 must be finite"):
+        jaxlsq.solve(expdecay, jnp.array([1.0, bad, 1.0]), args=(X50, X50))
+
+
+def test_empty_x0_raises():
+    with pytest.raises(ValueError, match="x0 must contain at least one parameter"):
+        jaxlsq.solve(lambda p: jnp.ones(3), jnp.zeros(0))
+
+
+@pytest.mark.parametrize(
+    "option,value,match",
+    [
+        ("ftol", -1.0, "ftol must be >= 0"),
+        ("xtol", -1.0, "xtol must be >= 0"),
+        ("gtol", -0.5, "gtol must be >= 0"),
+        ("factor", 0.0, "factor must be > 0"),
+        ("max_nfev", 0, "max_nfev must be > 0"),
+        ("max_nfev", 10.5, "max_nfev must be an integer"),
+        ("jac", "central", "jac must be one of"),
+        ("linear_solver", "qr", "linear_solver must be one of"),
+        ("diag", [1.0, 1.0], r"diag must have shape \(3,\)"),
+        ("diag", [1.0, 0.0, 1.0], "diag entries must be > 0"),
+    ],
+)
+def test_bad_options_raise_and_name_the_option(option, value, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        jaxlsq.solve(expdecay, P0, args=(X50, X50), **{option: value})
+
+
+def test_mismatched_args_are_named():
+    with pytest.raises(ValueError, match="could not be evaluated"):
+        jaxlsq.solve(expdecay, P0, args=(X50, jnp.ones(7)))
+
+
+def test_non_callable_fun_raises():
+    with pytest.raises(TypeError, match="fun must be callable"):
+        jaxlsq.solve("not a function", P0)
