@@ -2,6 +2,7 @@
 
 from ._solution import MESSAGES, Solution, Status
 from ._solve import solve
+from .scipy import curve_fit, leastsq
 
-__all__ = ["MESSAGES", "Solution", "Status", "solve"]
+__all__ = ["MESSAGES", "Solution", "Status", "curve_fit", "leastsq", "solve"]
 __version__ = "0.1.0"

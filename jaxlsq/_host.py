@@ -1,0 +1,281 @@
+"""Host (numpy) side of the scipy shim: MINPACK's output formats and the callback path.
+
+Two jobs, both outside the jitted LM loop:
+
+* MINPACK's output formats, computed from the final Jacobian: the column-pivoted
+  Householder QR of ``qrfac`` (``fjac``, ``ipvt``, ``qtf``) and the covariance that
+  scipy derives from it (``cov_x``).
+* The host path for residual functions that JAX cannot trace (numpy ufuncs on the
+  parameters, Python branching on values): `HostProblem` wraps such a function, and
+  optionally a numpy Jacobian, in ``jax.pure_callback`` so that the unchanged LM loop of
+  `jaxlsq.solve` can drive it. Without a Jacobian it differentiates by MINPACK's
+  forward differences (``fdjac2``) on the host.
+
+Everything here is numpy; scipy is not needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ----------------------------------------------------------------------------------
+# MINPACK output formats
+
+
+def qrfac(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column-pivoted Householder QR of ``a`` (m, n), m >= n, as MINPACK's ``qrfac``.
+
+    Returns ``(h, ipvt, rdiag)``: ``h`` (m, n) holds the strict upper triangle of ``R``
+    above the diagonal and the Householder vectors on and below it (MINPACK's
+    overwritten storage), ``ipvt`` (n,) the 0-based column permutation (``a[:, ipvt]
+    = Q R``) and ``rdiag`` (n,) the diagonal of ``R``. The pivot is the column of
+    largest remaining norm (first one on ties), with MINPACK's downdating of the norms.
+    """
+    a = np.array(a, dtype=np.float64, order="F")
+    m, n = a.shape
+    epsmch = np.finfo(np.float64).eps
+    ipvt = np.arange(n)
+    rdiag = np.linalg.norm(a, axis=0)
+    wa = rdiag.copy()
+    for j in range(min(m, n)):
+        kmax = j + int(np.argmax(rdiag[j:]))
+        if kmax != j:
+            a[:, [j, kmax]] = a[:, [kmax, j]]
+            rdiag[kmax] = rdiag[j]
+            wa[kmax] = wa[j]
+            ipvt[[j, kmax]] = ipvt[[kmax, j]]
+        ajnorm = np.linalg.norm(a[j:, j])
+        if ajnorm != 0.0:
+            if a[j, j] < 0.0:
+                ajnorm = -ajnorm
+            a[j:, j] /= ajnorm
+            a[j, j] += 1.0
+            if j + 1 < n:
+                rest = a[j:, j + 1 :]
+                rest -= np.outer(a[j:, j], (a[j:, j] @ rest) / a[j, j])
+                for k in range(j + 1, n):
+                    if rdiag[k] == 0.0:
+                        continue
+                    temp = a[j, k] / rdiag[k]
+                    rdiag[k] *= np.sqrt(max(0.0, 1.0 - temp * temp))
+                    if 0.05 * (rdiag[k] / wa[k]) ** 2 <= epsmch:
+                        rdiag[k] = np.linalg.norm(a[j + 1 :, k])
+                        wa[k] = rdiag[k]
+        rdiag[j] = -ajnorm
+    return a, ipvt, rdiag
+
+
+def minpack_qr(jac: np.ndarray, fvec: np.ndarray):
+    """MINPACK's ``fjac`` (n, m), ``ipvt`` (n,) and ``qtf`` (n,) of ``jac``, ``fvec``.
+
+    ``fjac`` is the transpose of lmder's Fortran array, as scipy returns it: the upper
+    triangle of ``fjac.T[:n]`` is ``R`` with ``J[:, ipvt] = Q R``; below the diagonal
+    are the Householder vectors. ``qtf`` is the first n entries of ``Q^T fvec``.
+    """
+    h, ipvt, rdiag = qrfac(jac)
+    n = h.shape[1]
+    wa = np.array(fvec, dtype=np.float64)
+    qtf = np.empty(n)
+    for j in range(n):
+        if h[j, j] != 0.0:
+            temp = -(h[j:, j] @ wa[j:]) / h[j, j]
+            wa[j:] += h[j:, j] * temp
+        h[j, j] = rdiag[j]
+        qtf[j] = wa[j]
+    return np.ascontiguousarray(h.T), ipvt.astype(np.int32), qtf
+
+
+def covariance_from_r(fjac: np.ndarray, ipvt: np.ndarray) -> np.ndarray | None:
+    """``inv(J^T J)`` from MINPACK's factors, as scipy's ``leastsq`` computes ``cov_x``.
+
+    ``R^-1`` by back substitution (LAPACK ``trtri`` in scipy), rows permuted back with
+    ``ipvt``, then ``R^-1 R^-T``. ``None`` when ``R`` has an exactly zero diagonal entry
+    (the rule of ``trtri``).
+    """
+    n = len(ipvt)
+    r = np.triu(fjac.T[:n, :])
+    diag = np.diag(r)
+    if np.any(diag == 0.0):
+        return None
+    inv = np.zeros((n, n))
+    with np.errstate(all="ignore"):
+        for i in range(n - 1, -1, -1):
+            e = np.zeros(n)
+            e[i] = 1.0
+            inv[i] = (e - r[i, i + 1 :] @ inv[i + 1 :]) / r[i, i]
+        out = np.empty_like(inv)
+        out[ipvt] = inv
+        return out @ out.T
+
+
+def forward_difference(
+    func: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    fx: np.ndarray,
+    epsfcn: float,
+) -> np.ndarray:
+    """MINPACK ``fdjac2``: forward-difference Jacobian (m, n) of ``func`` at ``x``.
+
+    Column j uses the step ``h = sqrt(max(epsfcn, eps)) * |x_j|``, or
+    ``sqrt(max(epsfcn, eps))`` itself when ``x_j == 0``. Costs n calls of ``func``.
+    """
+    step = np.sqrt(max(float(epsfcn), np.finfo(np.float64).eps))
+    jac = np.empty((fx.size, x.size))
+    xh = np.array(x, dtype=np.float64)
+    for j in range(x.size):
+        temp = xh[j]
+        h = step * abs(temp)
+        if h == 0.0:
+            h = step
+        xh[j] = temp + h
+        jac[:, j] = (func(xh) - fx) / h
+        xh[j] = temp
+    return jac
+
+
+# ----------------------------------------------------------------------------------
+# the callback path
+
+
+class _CallContext:
+    """What one ``leastsq`` call on the host path needs inside the callbacks."""
+
+    def __init__(self, args: tuple, epsfcn: float):
+        self.args = args
+        self.epsfcn = epsfcn
+        self.nfev = 0  # calls of func made by the LM loop (residuals and differences)
+        self.njev = 0  # calls of Dfun
+        self.last_x: np.ndarray | None = None
+        self.last_f: np.ndarray | None = None
+
+
+_CONTEXTS: dict[int, _CallContext] = {}
+_TOKENS = itertools.count()
+_LOCK = threading.Lock()
+_PROBLEMS: dict[HostProblem, HostProblem] = {}  # insertion-ordered, bounded
+_MAX_PROBLEMS = 256
+
+
+class HostProblem:
+    """A numpy residual function (and optional numpy Jacobian) as JAX callbacks.
+
+    ``fun(x, token)`` and ``jac(x, token)`` have the signatures `jaxlsq.solve` expects
+    (``token`` is the one extra argument); they call the user's functions on the host
+    through ``jax.pure_callback``. The extra arguments of the user's function do not go
+    through JAX at all: they live in a per-call context looked up by ``token``, so they
+    may be any Python objects, and the compiled loop depends only on ``(func, Dfun,
+    col_deriv, m, n)``. Instances compare equal on that key, so a new instance for the
+    same problem hits `jaxlsq.solve`'s compilation cache.
+    """
+
+    def __init__(self, func, dfun, col_deriv: bool, m: int, n: int):
+        self.func = func
+        self.dfun = dfun
+        self.col_deriv = bool(col_deriv)
+        self.m = m
+        self.n = n
+        self._key = (func, dfun, self.col_deriv, m, n)
+
+    def __eq__(self, other: Any) -> bool:
+        return type(other) is HostProblem and other._key == self._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    @classmethod
+    def get(cls, func, dfun, col_deriv: bool, m: int, n: int) -> HostProblem:
+        """The cached instance for this problem (a new one if func is unhashable).
+
+        Reusing the instance keeps ``fun``/``jac`` (bound methods, compared by the
+        identity of the instance) equal across calls, so nothing recompiles.
+        """
+        problem = cls(func, dfun, col_deriv, m, n)
+        try:
+            hash(problem)
+        except TypeError:
+            return problem
+        with _LOCK:
+            cached = _PROBLEMS.get(problem)
+            if cached is None:
+                _PROBLEMS[problem] = cached = problem
+                while len(_PROBLEMS) > _MAX_PROBLEMS:
+                    _PROBLEMS.pop(next(iter(_PROBLEMS)))
+            return cached
+
+    # -- per-call context ------------------------------------------------------------
+
+    @staticmethod
+    def open(args: tuple, epsfcn: float) -> tuple[int, _CallContext]:
+        """Register a call's context; returns ``(token, context)``."""
+        ctx = _CallContext(args, epsfcn)
+        with _LOCK:
+            token = next(_TOKENS) % (2**31 - 1)
+            _CONTEXTS[token] = ctx
+        return token, ctx
+
+    @staticmethod
+    def close(token: int) -> None:
+        _CONTEXTS.pop(token, None)
+
+    # -- host side ---------------------------------------------------------------------
+
+    def _residuals(self, ctx: _CallContext, x: np.ndarray) -> np.ndarray:
+        if ctx.last_x is not None and np.array_equal(x, ctx.last_x):
+            return ctx.last_f
+        f = np.asarray(self.func(np.array(x), *ctx.args), dtype=np.float64).ravel()
+        ctx.nfev += 1
+        if f.size != self.m:
+            raise ValueError(
+                f"func returned {f.size} values at one point and {self.m} at x0; "
+                "the number of residuals must not change during the fit"
+            )
+        ctx.last_x = np.array(x)
+        ctx.last_f = f
+        return f
+
+    def _host_fun(self, x, token):
+        ctx = _CONTEXTS[int(token)]
+        return self._residuals(ctx, np.asarray(x, dtype=np.float64))
+
+    def _host_jac(self, x, token):
+        ctx = _CONTEXTS[int(token)]
+        x = np.asarray(x, dtype=np.float64)
+        if self.dfun is None:
+            fx = self._residuals(ctx, x)
+
+            def func(xh):
+                out = np.asarray(self.func(np.array(xh), *ctx.args), dtype=np.float64)
+                ctx.nfev += 1
+                return out.ravel()
+
+            return forward_difference(func, x, fx, ctx.epsfcn)
+        jac = np.asarray(self.dfun(np.array(x), *ctx.args), dtype=np.float64)
+        ctx.njev += 1
+        if jac.size != self.m * self.n:
+            raise ValueError(
+                f"Dfun returned {jac.size} values, expected m*n = {self.m * self.n}"
+            )
+        if self.col_deriv:
+            return jac.reshape(self.n, self.m).T
+        return jac.reshape(self.m, self.n)
+
+    # -- JAX side (what `solve` calls) -------------------------------------------------
+
+    def fun(self, x, token):
+        shape = jax.ShapeDtypeStruct((self.m,), jnp.float64)
+        return jax.pure_callback(
+            self._host_fun, shape, x, token, vmap_method="sequential"
+        )
+
+    def jac(self, x, token):
+        shape = jax.ShapeDtypeStruct((self.m, self.n), jnp.float64)
+        return jax.pure_callback(
+            self._host_jac, shape, x, token, vmap_method="sequential"
+        )

@@ -1,0 +1,702 @@
+"""The scipy shim (`jaxlsq.scipy`): scipy itself is the oracle, on the same inputs.
+
+Every compile costs ~1 s on 2 cores, so the residual functions are module-level and
+shared between tests (one compile each), and the data keep one shape (m=50, n=3).
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize as so
+
+import jaxlsq
+from jaxlsq._host import forward_difference
+from jaxlsq.scipy import (
+    NONFINITE_IER,
+    HostFallbackWarning,
+    OptimizeWarning,
+    _messages,
+    curve_fit,
+    leastsq,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::jaxlsq.scipy.HostFallbackWarning")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUCCESS = (1, 2, 3, 4)
+TOO_SMALL = (6, 7, 8)
+
+
+# ----------------------------------------------------------------------------------
+# problems (module level: one compile each for the whole file)
+
+
+def _data():
+    x = np.linspace(0.0, 5.0, 50)
+    rng = np.random.default_rng(0)
+    y = 2.0 * np.exp(-1.5 * x) + 0.5 + rng.normal(0.0, 0.2, x.size)
+    return x, y
+
+
+X, Y = _data()
+X0 = [1.0, 1.0, 1.0]
+
+
+def exp_jnp(p, x, y):
+    return p[0] * jnp.exp(-p[1] * x) + p[2] - y
+
+
+def exp_np(p, x, y):
+    return p[0] * np.exp(-p[1] * x) + p[2] - y
+
+
+def exp_jac_np(p, x, y):
+    e = np.exp(-p[1] * x)
+    return np.stack([e, -p[0] * x * e, np.ones_like(x)], axis=1)
+
+
+def exp_jac_np_cols(p, x, y):
+    return exp_jac_np(p, x, y).T
+
+
+def exp_jac_jnp(p, x, y):
+    e = jnp.exp(-p[1] * x)
+    return jnp.stack([e, -p[0] * x * e, jnp.ones_like(x)], axis=1)
+
+
+def exp_jac_jnp_cols(p, x, y):
+    return exp_jac_jnp(p, x, y).T
+
+
+# A linear model has a constant Jacobian, so scipy's final Jacobian and ours are the
+# same matrix and MINPACK's factors (fjac, ipvt, qtf) must agree to rounding.
+A_LIN = np.stack([X, np.ones_like(X), np.cos(X)], axis=1) * np.array([1.0, 3.0, 0.5])
+
+
+def lin_jnp(p, a, y):
+    return a @ p - y
+
+
+def lin_np(p, a, y):
+    return a.dot(p) - y
+
+
+def lin_jac(p, a, y):
+    return a
+
+
+def minpack_r(fjac, n):
+    return np.triu(fjac.T[:n, :])
+
+
+def ssr(f, p, *args):
+    return float(np.sum(np.asarray(f(np.asarray(p), *args)) ** 2))
+
+
+# ----------------------------------------------------------------------------------
+# leastsq: every field against scipy
+
+
+@pytest.mark.parametrize("func", [exp_jnp, exp_np], ids=["jax", "numpy"])
+def test_full_output_fields_match_scipy(func):
+    x, cov_x, info, mesg, ier = leastsq(func, X0, args=(X, Y), full_output=True)
+    rx, rcov, rinfo, rmesg, rier = so.leastsq(exp_np, X0, args=(X, Y), full_output=True)
+    assert ier == rier and mesg == rmesg
+    assert isinstance(ier, int) and isinstance(mesg, str)
+    assert x.dtype == np.float64 and x.shape == rx.shape
+    np.testing.assert_allclose(x, rx, rtol=1e-6)
+    assert list(info) == list(rinfo)
+    for key in rinfo:
+        ours, ref = np.asarray(info[key]), np.asarray(rinfo[key])
+        assert ours.shape == ref.shape and ours.dtype == ref.dtype, key
+    assert type(info["nfev"]) is int
+    np.testing.assert_allclose(info["fvec"], rinfo["fvec"], atol=1e-6)
+    np.testing.assert_allclose(info["fvec"], exp_np(x, X, Y), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(info["ipvt"], rinfo["ipvt"])
+    # scipy factors the (finite-difference) Jacobian of its second-to-last point, we
+    # the exact one at x: equal to the accuracy of the last step.
+    n = x.size
+    np.testing.assert_allclose(
+        np.abs(minpack_r(info["fjac"], n)), np.abs(minpack_r(rinfo["fjac"], n)),
+        rtol=1e-3, atol=1e-6,
+    )  # fmt: skip
+    np.testing.assert_allclose(cov_x, rcov, rtol=2e-3)
+
+
+@pytest.mark.parametrize("func", [exp_jnp, exp_np], ids=["jax", "numpy"])
+def test_factors_are_a_pivoted_qr_of_the_final_jacobian(func):
+    x, cov_x, info, _, _ = leastsq(func, X0, args=(X, Y), full_output=True)
+    n = x.size
+    if func is exp_jnp:  # exact Jacobian
+        jac = np.asarray(jax.jacfwd(exp_jnp)(jnp.asarray(x), X, Y))
+    else:  # host path: MINPACK's forward differences at x
+        eps = np.finfo(float).eps
+        jac = forward_difference(lambda p: exp_np(p, X, Y), x, exp_np(x, X, Y), eps)
+    r = minpack_r(info["fjac"], n)
+    perm = info["ipvt"]
+    jp = jac[:, perm]
+    tol = 1e-10
+    np.testing.assert_allclose(r.T @ r, jp.T @ jp, rtol=tol, atol=tol)
+    # pivots: |diag R| nonincreasing (MINPACK's column-norm pivoting)
+    assert np.all(np.diff(np.abs(np.diag(r))) <= 1e-12)
+    np.testing.assert_allclose(cov_x, np.linalg.inv(jac.T @ jac), rtol=100 * tol)
+    # qtf = first n entries of Q^T fvec, Q = J P R^-1
+    q = np.linalg.solve(r.T, jp.T).T
+    np.testing.assert_allclose(info["qtf"], q.T @ info["fvec"], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("func", [lin_jnp, lin_np], ids=["jax", "numpy"])
+def test_minpack_factors_identical_on_a_constant_jacobian(func):
+    args = (A_LIN, Y)
+    ours = leastsq(func, X0, args=args, Dfun=lin_jac, full_output=True)
+    ref = so.leastsq(lin_np, X0, args=args, Dfun=lin_jac, full_output=True)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-10)
+    np.testing.assert_array_equal(ours[2]["ipvt"], ref[2]["ipvt"])
+    # R, the Householder vectors below it and Q^T f: MINPACK's storage, to rounding
+    np.testing.assert_allclose(ours[2]["fjac"], ref[2]["fjac"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours[2]["qtf"], ref[2]["qtf"], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(ours[1], ref[1], rtol=1e-9)
+    assert ours[4] == ref[4]
+    # and without Dfun the exact (JAX) or finite-difference Jacobian gives the same R
+    auto = leastsq(func, X0, args=args, full_output=True)
+    np.testing.assert_array_equal(auto[2]["ipvt"], ref[2]["ipvt"])
+    n = 3
+    np.testing.assert_allclose(
+        minpack_r(auto[2]["fjac"], n), minpack_r(ref[2]["fjac"], n), rtol=1e-6
+    )
+
+
+def test_minimal_return_and_scalar_x0():
+    out = leastsq(lambda x: 2 * (x - 3) ** 2 + 1, 0)
+    ref = so.leastsq(lambda x: 2 * (x - 3) ** 2 + 1, 0)
+    assert len(out) == 2 and out[1] == ref[1]
+    assert out[0].shape == (1,) and out[0].dtype == np.float64
+    np.testing.assert_allclose(out[0], ref[0], rtol=1e-6)
+
+
+def test_x0_is_flattened_and_args_wrapped():
+    def model(p, x):  # x is the single, non-tuple arg
+        return p[0] * jnp.exp(-p[1] * x) + p[2] - (2.0 * jnp.exp(-1.5 * x) + 0.5)
+
+    x, ier = leastsq(model, np.ones((3, 1)), args=X)
+    assert x.shape == (3,) and ier in SUCCESS
+    np.testing.assert_allclose(x, [2.0, 1.5, 0.5], rtol=1e-7)
+
+
+# ----------------------------------------------------------------------------------
+# ier classes and messages
+
+
+def _scipy_ier(kw):
+    return so.leastsq(exp_np, X0, args=(X, Y), Dfun=exp_jac_np, full_output=True, **kw)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},  # 1
+        dict(xtol=1e-2),  # 2
+        dict(gtol=1e-3),  # 4
+        dict(maxfev=5),  # 5
+        dict(ftol=0.0, xtol=0.0),  # 6, 7 or 8
+    ],
+)
+def test_ier_and_message_match_scipy(kw):
+    ours = leastsq(exp_jnp, X0, args=(X, Y), full_output=True, **kw)
+    ref = _scipy_ier(kw)
+    if ref[4] in TOO_SMALL:  # which rounding-level test trips first: same class
+        assert ours[4] in TOO_SMALL
+        assert ours[3] == _messages(0.0, 0.0, 0.0, 0)[ours[4]]
+    else:
+        assert ours[4] == ref[4]
+        assert ours[3] == ref[3]
+    if ref[4] in SUCCESS:
+        np.testing.assert_allclose(ours[0], ref[0], rtol=1e-4)
+        assert ours[1] is not None
+    else:
+        assert ours[1] is None
+
+
+def test_ier_3_both_tolerances():
+    ours = leastsq(lin_jnp, X0, args=(A_LIN, Y), full_output=True)
+    ref = so.leastsq(lin_np, X0, args=(A_LIN, Y), full_output=True)
+    assert ref[4] == 3 and ours[4] == 3 and ours[3] == ref[3]
+
+
+@pytest.mark.parametrize("start", ["far", "at_solution"])
+def test_tolerances_too_small_class(start):
+    x0 = np.array(X0) if start == "far" else np.linalg.lstsq(A_LIN, Y, rcond=None)[0]
+    kw = dict(ftol=0.0, xtol=0.0, gtol=0.0)
+    ours = leastsq(lin_jnp, x0, args=(A_LIN, Y), full_output=True, **kw)
+    ref = so.leastsq(lin_np, x0, args=(A_LIN, Y), Dfun=lin_jac, full_output=True, **kw)
+    # 6, 7 and 8 differ in which rounding-level test trips first: same class
+    assert ref[4] in TOO_SMALL and ours[4] in TOO_SMALL
+    assert ours[3] == _messages(0.0, 0.0, 0.0, 0)[ours[4]]
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-9)
+
+
+def test_failure_warns_without_full_output():
+    with pytest.warns(RuntimeWarning, match="maxfev = 5") as rec:
+        x, ier = leastsq(exp_jnp, X0, args=(X, Y), maxfev=5)
+    with pytest.warns(RuntimeWarning) as ref_rec:
+        so.leastsq(exp_np, X0, args=(X, Y), Dfun=exp_jac_np, maxfev=5)
+    assert ier == 5 and str(rec[0].message) == str(ref_rec[0].message)
+    assert rec[0].filename == __file__
+
+
+@pytest.mark.parametrize("with_dfun", [False, True])
+def test_maxfev_default_depends_on_dfun(with_dfun, monkeypatch):
+    import jaxlsq.scipy as shim
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["max_nfev"])
+        return jaxlsq.solve(*args, **kwargs)
+
+    monkeypatch.setattr(shim, "solve", spy)
+    dfun = exp_jac_jnp if with_dfun else None
+    for maxfev in (0, -1, 7):
+        leastsq(exp_jnp, X0, args=(X, Y), Dfun=dfun, maxfev=maxfev, full_output=True)
+    default = (100 if with_dfun else 200) * (3 + 1)
+    assert seen == [default, default, 7]
+    out = leastsq(exp_jnp, X0, args=(X, Y), Dfun=dfun, full_output=True, maxfev=3)
+    assert out[4] == 5 and out[2]["nfev"] == 3
+
+
+def test_nonfinite_residuals_never_succeed():
+    def always_nan(p, x, y):
+        return exp_jnp(p, x, y) * jnp.nan
+
+    x, cov, info, mesg, ier = leastsq(always_nan, X0, args=(X, Y), full_output=True)
+    assert ier == NONFINITE_IER and cov is None and "not finite" in mesg
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        x, ier = leastsq(always_nan, X0, args=(X, Y))
+    assert ier == NONFINITE_IER
+    # non-finite x0: returned unchanged, failure code, no exception
+    x, cov, info, mesg, ier = leastsq(
+        exp_jnp, [np.nan, 1, 1], args=(X, Y), full_output=True
+    )
+    assert ier == NONFINITE_IER and np.isnan(x[0]) and cov is None
+
+
+# ----------------------------------------------------------------------------------
+# errors, as scipy raises them
+
+
+def _scipy_error(*args, **kwargs):
+    with pytest.raises(Exception) as ref:
+        so.leastsq(*args, **kwargs)
+    return ref.type, str(ref.value)
+
+
+def test_more_parameters_than_residuals():
+    etype, msg = _scipy_error(lambda p: p[:1], [1.0, 2.0])
+    with pytest.raises(etype) as ours:
+        leastsq(lambda p: p[:1], [1.0, 2.0])
+    assert str(ours.value) == msg
+    with pytest.raises(etype) as ours:  # host path too
+        leastsq(lambda p: np.atleast_1d(float(p[0])), [1.0, 2.0])
+    assert str(ours.value) == msg
+
+
+@pytest.mark.parametrize(
+    "dfun, col_deriv",
+    [(exp_jac_np_cols, False), (exp_jac_np, True), (exp_jac_jnp_cols, False)],
+)
+def test_dfun_shape_errors(dfun, col_deriv):
+    ref_dfun = exp_jac_np if dfun is exp_jac_np else exp_jac_np_cols
+    etype, msg = _scipy_error(
+        exp_np, X0, args=(X, Y), Dfun=ref_dfun, col_deriv=col_deriv
+    )
+    with pytest.raises(etype) as ours:
+        leastsq(exp_jnp, X0, args=(X, Y), Dfun=dfun, col_deriv=col_deriv)
+    assert str(ours.value) == msg.replace(ref_dfun.__name__, dfun.__name__)
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(ftol=-1.0), dict(xtol=-1.0), dict(gtol=-1.0), dict(factor=0)]
+)
+def test_improper_input(kw):
+    etype, msg = _scipy_error(exp_np, X0, args=(X, Y), **kw)
+    with pytest.raises(etype, match="^Improper input parameters.$"):
+        leastsq(exp_jnp, X0, args=(X, Y), **kw)
+    ours = leastsq(exp_jnp, X0, args=(X, Y), full_output=True, **kw)
+    ref = so.leastsq(exp_np, X0, args=(X, Y), full_output=True, **kw)
+    assert ours[4] == ref[4] == 0 and ours[3] == ref[3] and ours[1] is None
+    np.testing.assert_array_equal(ours[0], ref[0])
+    np.testing.assert_allclose(ours[2]["fvec"], ref[2]["fvec"])
+    assert list(ours[2]) == list(ref[2]) and ours[2]["nfev"] == 0
+
+
+def test_diag_must_be_positive_and_of_length_n():
+    out = leastsq(exp_jnp, X0, args=(X, Y), diag=[1.0, -1.0, 1.0], full_output=True)
+    assert out[4] == 0
+    with pytest.raises(ValueError, match="diag"):
+        leastsq(exp_jnp, X0, args=(X, Y), diag=[1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------------
+# options honoured: Dfun/col_deriv, diag, factor, epsfcn
+
+
+@pytest.mark.parametrize(
+    "dfun, col_deriv",
+    [
+        (exp_jac_jnp, False),
+        (exp_jac_jnp_cols, True),
+        (exp_jac_np, False),
+        (exp_jac_np_cols, True),
+    ],
+)
+def test_dfun_both_orientations(dfun, col_deriv):
+    func = exp_jnp if dfun in (exp_jac_jnp, exp_jac_jnp_cols) else exp_np
+    ours = leastsq(func, X0, args=(X, Y), Dfun=dfun, col_deriv=col_deriv,
+                   full_output=True)  # fmt: skip
+    ref = so.leastsq(exp_np, X0, args=(X, Y), Dfun=exp_jac_np, full_output=True)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-9)
+    assert ours[4] == ref[4] and "njev" in ours[2]
+    # same Jacobians, same algorithm: same evaluations (+1 final Jacobian at x)
+    assert ours[2]["nfev"] == ref[2]["nfev"]
+    assert ours[2]["njev"] in (ref[2]["njev"], ref[2]["njev"] + 1)
+
+
+@pytest.mark.parametrize("kw", [dict(factor=0.1), dict(diag=[10.0, 1.0, 0.1])])
+def test_factor_and_diag_change_the_path_like_scipy(kw):
+    x0 = [10.0, 0.1, -3.0]  # far: the path depends on the scaling and first radius
+    ours = leastsq(exp_jnp, x0, args=(X, Y), full_output=True, **kw)
+    ref = so.leastsq(exp_np, x0, args=(X, Y), Dfun=exp_jac_np, full_output=True, **kw)
+    base = so.leastsq(exp_np, x0, args=(X, Y), Dfun=exp_jac_np, full_output=True)
+    assert ref[2]["nfev"] != base[2]["nfev"]  # the option matters on this problem
+    assert ours[2]["nfev"] == ref[2]["nfev"] and ours[4] == ref[4]
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-6)
+
+
+def test_epsfcn_sets_the_forward_difference_step():
+    kw = dict(epsfcn=1e-4, full_output=True)
+    ours = leastsq(exp_np, X0, args=(X, Y), **kw)
+    ref = so.leastsq(exp_np, X0, args=(X, Y), **kw)
+    default = so.leastsq(exp_np, X0, args=(X, Y), full_output=True)
+    # a coarse step lands measurably elsewhere; we land where scipy does
+    assert np.max(np.abs(ref[0] - default[0]) / np.abs(ref[0])) > 1e-7
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-8)
+    assert ours[4] == ref[4]
+
+
+# ----------------------------------------------------------------------------------
+# host path
+
+
+def test_untraceable_functions_run_on_the_host_and_warn_once():
+    calls = []
+
+    def branchy(p, x, y):  # numpy ufunc, float(), Python if on a value
+        if isinstance(p, np.ndarray):  # not the one failed trace
+            calls.append(1)
+        a = float(p[0])
+        if a > 0:
+            return a * np.exp(-p[1] * x) + p[2] - y
+        return a * np.exp(-p[1] * x) + p[2] - y
+
+    with pytest.warns(HostFallbackWarning, match="jax.numpy") as rec:
+        x, cov, info, mesg, ier = leastsq(branchy, X0, args=(X, Y), full_output=True)
+    assert len([w for w in rec if w.category is HostFallbackWarning]) == 1
+    ref = so.leastsq(exp_np, X0, args=(X, Y), full_output=True)
+    np.testing.assert_allclose(x, ref[0], rtol=1e-8)
+    assert ier == ref[4] and mesg == ref[3]
+    # nfev counts every call of the LM loop, differences included (+1: the x0 check)
+    assert info["nfev"] + 1 == len(calls)
+    assert ref[2]["nfev"] <= info["nfev"] <= ref[2]["nfev"] + 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HostFallbackWarning)
+        x2, _ = leastsq(branchy, X0, args=(X, Y + 0.01))  # warned already
+    assert not np.allclose(x2, x)
+
+
+def test_host_path_accepts_non_array_args():
+    def model(p, x, y, kind):
+        assert kind == "exp"
+        return p[0] * np.exp(-p[1] * x) + p[2] - y
+
+    x, ier = leastsq(model, X0, args=(X, Y, "exp"))
+    np.testing.assert_allclose(x, so.leastsq(model, X0, args=(X, Y, "exp"))[0], 1e-8)
+
+
+# ----------------------------------------------------------------------------------
+# tutorial fits, unchanged but for the import
+
+
+def test_tutorial_fits_agree_with_scipy():
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        import tutorial_fits
+    finally:
+        sys.path.pop(0)
+    for name, model, x_data, y_data, initial_guess in tutorial_fits.tutorial_problems():
+
+        def residuals(params, x, y, model=model):
+            return model(x, *params) - y
+
+        params_opt, _ = jaxlsq.leastsq(residuals, initial_guess, args=(x_data, y_data))
+        ref, _ = so.leastsq(residuals, initial_guess, args=(x_data, y_data))
+        ours_ssr = ssr(residuals, params_opt, x_data, y_data)
+        ref_ssr = ssr(residuals, ref, x_data, y_data)
+        assert ours_ssr <= ref_ssr * (1 + 1e-6), name
+        if name != "sinusoid":  # a flat valley there: agree on SSR, not on params
+            np.testing.assert_allclose(params_opt, ref, rtol=1e-6, err_msg=name)
+
+
+def test_tutorial_module_import_has_no_side_effects():
+    state = np.random.get_state()[1].copy()  # noqa: NPY002
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        import tutorial_fits
+
+        importlib.reload(tutorial_fits)
+    finally:
+        sys.path.pop(0)
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # noqa: NPY002
+
+
+# ----------------------------------------------------------------------------------
+# float64 whatever the global flag; compiled once
+
+
+def test_float64_with_x64_disabled_in_a_subprocess():
+    code = textwrap.dedent(
+        """
+        import warnings
+        import jax, jax.numpy as jnp, numpy as np
+        import scipy.optimize as so
+        assert not jax.config.jax_enable_x64
+        from jaxlsq.scipy import leastsq, curve_fit
+        warnings.simplefilter("ignore")
+        x = np.linspace(0, 5, 50)
+        y = 2 * np.exp(-1.5 * x) + 0.5 + 0.2 * np.sin(7 * x)
+        r_np = lambda p, x, y: p[0] * np.exp(-p[1] * x) + p[2] - y
+        r_j = lambda p, x, y: p[0] * jnp.exp(-p[1] * x) + p[2] - y
+        ref = so.leastsq(r_np, [1, 1, 1], args=(x, y))[0]
+        for f in (r_j, r_np):
+            p, cov, info, mesg, ier = leastsq(f, [1, 1, 1], args=(x, y),
+                                              full_output=True)
+            assert p.dtype == np.float64 and info["fvec"].dtype == np.float64, f
+            assert cov.dtype == np.float64
+            assert np.allclose(p, ref, rtol=1e-6, atol=0), (p, ref)
+        popt, pcov = curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x, y)
+        assert popt.dtype == np.float64 and np.allclose(popt, ref, rtol=1e-6)
+        assert not jax.config.jax_enable_x64 and jnp.ones(1).dtype == jnp.float32
+        print("ok")
+        """
+    )
+    env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+class _CompileCounter:
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, name, duration, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self)
+
+
+def test_repeated_calls_do_not_recompile():
+    traces = []
+
+    def traced(p, x, y):
+        traces.append(1)  # runs once per trace, never per evaluation
+        return p[0] * jnp.exp(-p[1] * x) + p[2] - y
+
+    def model(x, a, b, c):
+        return a * jnp.exp(-b * x) + c
+
+    def host(p, x, y):
+        return p[0] * np.exp(-p[1] * x) + p[2] - y
+
+    rng = np.random.default_rng(1)
+    leastsq(traced, X0, args=(X, Y), full_output=True)  # warm up: compiles here
+    curve_fit(model, X, Y, sigma=np.ones_like(Y))
+    leastsq(host, X0, args=(X, Y))
+    n_traces = len(traces)
+    with _CompileCounter() as compiles:
+        for _ in range(3):
+            y = Y + 0.05 * rng.normal(size=Y.size)
+            leastsq(traced, rng.uniform(0.5, 1.5, 3), args=(X, y), full_output=True)
+            leastsq(traced, X0, args=(X, y), ftol=1e-10, maxfev=50)
+            curve_fit(model, X, y, sigma=rng.uniform(0.5, 1.0, Y.size))
+            leastsq(host, X0, args=(X, y))
+    assert compiles.count == 0
+    assert len(traces) == n_traces
+    # and the counter does see compiles: a new shape compiles
+    with _CompileCounter() as compiles:
+        leastsq(traced, [1.0, 1.0, 1.0], args=(X[:40], Y[:40]))
+    assert compiles.count > 0 and len(traces) > n_traces
+
+
+# ----------------------------------------------------------------------------------
+# curve_fit
+
+
+def model_jnp(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+
+def model_np(x, a, b, c):
+    return a * np.exp(-b * x) + c
+
+
+def model_jac_np(x, a, b, c):
+    e = np.exp(-b * x)
+    return np.stack([e, -a * x * e, np.ones_like(x)], axis=1)
+
+
+SIGMA = 0.1 + 0.1 * X / X.max()
+COV = np.diag(SIGMA**2) + 0.002 * np.exp(-np.abs(np.subtract.outer(X, X)))
+
+
+@pytest.mark.parametrize("model", [model_jnp, model_np], ids=["jax", "numpy"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        dict(p0=[2.0, 1.0, 0.0]),
+        dict(sigma=SIGMA),
+        dict(sigma=SIGMA, absolute_sigma=True),
+        dict(sigma=COV),
+        dict(sigma=0.3),
+    ],
+    ids=["p0=None", "p0", "sigma1d", "absolute", "sigma2d", "scalar"],
+)
+def test_curve_fit_matches_scipy(model, kw):
+    popt, pcov = curve_fit(model, X, Y, **kw)
+    rpopt, rpcov = so.curve_fit(model_np, X, Y, **kw)
+    assert popt.dtype == pcov.dtype == np.float64 and pcov.shape == (3, 3)
+    np.testing.assert_allclose(popt, rpopt, rtol=1e-6)
+    # scipy's pcov comes from the Jacobian one step before the end: ~1e-4 apart
+    np.testing.assert_allclose(pcov, rpcov, rtol=2e-3, atol=1e-3 * np.abs(rpcov).max())
+
+
+def test_curve_fit_covariance_is_the_scaled_inverse_hessian():
+    for kw, weight in [({}, np.ones_like(Y)), (dict(sigma=SIGMA), 1 / SIGMA)]:
+        popt, pcov = curve_fit(model_jnp, X, Y, **kw)
+        jac = np.asarray(jax.jacfwd(lambda p: model_jnp(X, *p))(jnp.asarray(popt)))
+        jw = jac * weight[:, None]
+        r = (model_np(X, *popt) - Y) * weight
+        expected = np.linalg.inv(jw.T @ jw) * (r @ r) / (Y.size - 3)
+        np.testing.assert_allclose(pcov, expected, rtol=1e-8)
+        _, pabs = curve_fit(model_jnp, X, Y, absolute_sigma=True, **kw)
+        np.testing.assert_allclose(pabs, np.linalg.inv(jw.T @ jw), rtol=1e-8)
+
+
+def test_curve_fit_with_jac_and_sigma():
+    for sigma in (SIGMA, COV):
+        popt, pcov = curve_fit(model_np, X, Y, sigma=sigma, jac=model_jac_np)
+        rpopt, rpcov = so.curve_fit(model_np, X, Y, sigma=sigma, jac=model_jac_np)
+        np.testing.assert_allclose(popt, rpopt, rtol=1e-8)
+        np.testing.assert_allclose(pcov, rpcov, rtol=2e-3)
+
+
+def test_curve_fit_full_output():
+    out = curve_fit(model_jnp, X, Y, full_output=True)
+    ref = so.curve_fit(model_np, X, Y, full_output=True)
+    assert len(out) == 5 and out[4] == ref[4] and out[3] == ref[3]
+    assert list(out[2]) == list(ref[2])
+    np.testing.assert_allclose(out[2]["fvec"], ref[2]["fvec"], atol=1e-6)
+
+
+def test_curve_fit_nan_policy_and_check_finite():
+    y = Y.copy()
+    y[[3, 17]] = np.nan
+    for kw in [{}, dict(check_finite=True)]:
+        with pytest.raises(ValueError) as ours:
+            curve_fit(model_jnp, X, y, **kw)
+        with pytest.raises(ValueError) as ref:
+            so.curve_fit(model_np, X, y, **kw)
+        assert str(ours.value) == str(ref.value)
+    with pytest.raises(ValueError, match="The input contains nan values"):
+        curve_fit(model_jnp, X, y, nan_policy="raise")
+    for bad in ("propagate", "bogus"):
+        with pytest.raises(ValueError) as ours:
+            curve_fit(model_jnp, X, y, nan_policy=bad)
+        with pytest.raises(ValueError) as ref:
+            so.curve_fit(model_np, X, y, nan_policy=bad)
+        assert str(ours.value) == str(ref.value)
+    for sigma in (None, SIGMA, COV):
+        popt, pcov = curve_fit(model_jnp, X, y, nan_policy="omit", sigma=sigma)
+        rpopt, _ = so.curve_fit(model_np, X, y, nan_policy="omit", sigma=sigma)
+        np.testing.assert_allclose(popt, rpopt, rtol=1e-6)
+    # check_finite=False with NaN data: no error, a failed (not a "successful") fit
+    with pytest.raises(RuntimeError, match="Optimal parameters not found"):
+        curve_fit(model_jnp, X, y, check_finite=False)
+
+
+def test_curve_fit_covariance_warning_and_failure():
+    x3, y3 = X[:3], Y[:3]  # as many points as parameters: no variance estimate
+    with pytest.warns(OptimizeWarning, match="could not be estimated"):
+        popt, pcov = curve_fit(model_jnp, x3, y3)
+    with pytest.warns(so.OptimizeWarning):
+        rpopt, rpcov = so.curve_fit(model_np, x3, y3)
+    assert np.all(np.isinf(pcov)) and np.all(np.isinf(rpcov))
+
+    def unused_c(x, a, b, c):  # a zero Jacobian column: R is singular
+        return a * jnp.exp(-b * x) + 0.0 * c
+
+    with pytest.warns(OptimizeWarning):
+        _, pcov = curve_fit(unused_c, X, Y)
+    with pytest.warns(so.OptimizeWarning):
+        _, rpcov = so.curve_fit(lambda x, a, b, c: a * np.exp(-b * x) + 0 * c, X, Y)
+    assert np.all(np.isinf(pcov)) and np.all(np.isinf(rpcov))
+    with pytest.raises(RuntimeError, match="^Optimal parameters not found: Number"):
+        curve_fit(model_jnp, X, Y, maxfev=2)
+
+
+def test_curve_fit_input_errors():
+    with pytest.raises(NotImplementedError, match="bounds"):
+        curve_fit(model_jnp, X, Y, bounds=(0, 10))
+    with pytest.raises(NotImplementedError, match="bounds"):
+        curve_fit(model_jnp, X, Y, bounds=([0, 0, 0], np.inf), method="trf")
+    with pytest.raises(ValueError, match="Method 'lm' only works"):
+        curve_fit(model_jnp, X, Y, bounds=(0, 10), method="lm")
+    with pytest.raises(ValueError, match="'args' is not a supported"):
+        curve_fit(model_jnp, X, Y, args=(1,))
+    with pytest.raises(TypeError, match="must not exceed the number of data"):
+        curve_fit(model_jnp, X[:2], Y[:2])
+    with pytest.raises(ValueError, match="incorrect shape"):
+        curve_fit(model_jnp, X, Y, sigma=np.ones(7))
+    with pytest.raises(ValueError, match="positive definite"):
+        curve_fit(model_jnp, X, Y, sigma=-np.eye(Y.size))
+    with pytest.raises(ValueError, match="Unable to determine number"):
+        curve_fit(lambda *a: a[0], X, Y)
+    with pytest.raises(ValueError, match="`method` must be"):
+        curve_fit(model_jnp, X, Y, method="bogus")
+
+
+def test_curve_fit_trf_without_bounds_follows_least_squares_contract():
+    out = curve_fit(model_jnp, X, Y, method="trf", full_output=True)
+    ref = so.curve_fit(model_np, X, Y, method="trf", full_output=True)
+    np.testing.assert_allclose(out[0], ref[0], rtol=1e-5)
+    np.testing.assert_allclose(out[1], ref[1], rtol=1e-3)
+    assert list(out[2]) == list(ref[2]) and out[4] in (1, 2, 3, 4)
+    lsq = importlib.import_module("scipy.optimize._lsq.least_squares")
+    assert out[3] in lsq.TERMINATION_MESSAGES.values()
