@@ -1,0 +1,236 @@
+"""The solvers being compared, each behind the same small interface.
+
+A *batched* method (jaxlsq, optimistix, jaxopt) is built once per problem into a
+jitted, vmapped function ``fit(p0, y) -> dict`` of device arrays with keys
+``params`` (N, n), ``iters`` (N,), ``success`` (N,) bool and ``status`` (N,) int,
+where a solver has no such output the entry is ``None``. A *loop* method (scipy) fits
+curves one by one in Python. Optional peers are imported defensively: a missing or
+broken install gives a method with ``unavailable`` set, which the runner prints as a
+row instead of crashing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import time
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import scipy
+from problems import Problem
+from scipy.optimize import leastsq
+
+try:
+    import optimistix as optx
+
+    OPTX_ERROR = None
+except ImportError:
+    optx, OPTX_ERROR = None, "not installed"
+
+try:
+    import jaxopt
+
+    JAXOPT_ERROR = None
+except ImportError:
+    jaxopt, JAXOPT_ERROR = None, "not installed"
+except Exception as err:  # an install broken against this jax version
+    jaxopt, JAXOPT_ERROR = None, f"import failed: {type(err).__name__}: {err}"
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchedMethod:
+    """A solver run as ``jit(vmap(fit))`` over the batch."""
+
+    key: str  # for --methods
+    name: str  # for the table
+    build: Callable  # build(problem, x, tol) -> jitted fit(p0, y)
+    iters_label: str
+    unavailable: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopMethod:
+    """A solver called once per curve in a Python loop."""
+
+    key: str
+    name: str
+    use_dfun: bool
+    unavailable: str | None = None
+
+
+def peer_versions() -> dict[str, str]:
+    """Installed versions of the compared packages (or why they are missing)."""
+    return {
+        "scipy": scipy.__version__,
+        "optimistix": _version("optimistix", OPTX_ERROR),
+        "jaxopt": _version("jaxopt", JAXOPT_ERROR),
+    }
+
+
+def _version(package: str, error: str | None) -> str:
+    if error:
+        return error
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown version"
+
+
+# ----------------------------------------------------------------------------------
+# batched (JAX) methods
+
+
+def _build_jaxlsq(linear_solver: str, scipy_tols: bool = False) -> Callable:
+    """``jit(vmap(jaxlsq.solve))``.
+
+    With jaxlsq's own defaults, or with ``scipy_tols``: scipy leastsq's defaults
+    (``ftol = xtol = sqrt(eps)``, ``factor = 100``, ``max_nfev = 100 (n + 1)``), for
+    a like-for-like comparison with MINPACK.
+    """
+
+    def build(problem: Problem, x, tol):
+        import jaxlsq
+
+        fun = problem.residual_jax
+        options = {"linear_solver": linear_solver}
+        if scipy_tols:
+            sqrt_eps = float(np.sqrt(np.finfo(x.dtype).eps))
+            n = problem.n_params
+            options.update(
+                ftol=sqrt_eps, xtol=sqrt_eps, factor=100.0, max_nfev=100 * (n + 1)
+            )
+
+        def fit(p0, y):
+            sol = jaxlsq.solve(fun, p0, args=(x, y), **options)
+            return {
+                "params": sol.params,
+                "iters": sol.njev,
+                "success": sol.success,
+                "status": sol.status,
+            }
+
+        return jax.jit(jax.vmap(fit))
+
+    return build
+
+
+def _build_optimistix(problem: Problem, x, tol):
+    """``optimistix.least_squares`` with ``LevenbergMarquardt(rtol=tol, atol=tol)``."""
+    solver = optx.LevenbergMarquardt(rtol=tol, atol=tol)
+    residual = problem.residual_jax
+
+    def fn(p, args):
+        return residual(p, *args)
+
+    def fit(p0, y):
+        sol = optx.least_squares(fn, solver, p0, args=(x, y), throw=False)
+        return {
+            "params": sol.value,
+            "iters": sol.stats["num_steps"],
+            "success": sol.result == optx.RESULTS.successful,
+            "status": None,
+        }
+
+    return jax.jit(jax.vmap(fit))
+
+
+def jaxopt_maxiter(n_params: int) -> int:
+    """jaxopt's iteration cap: MINPACK's default ``max_nfev = 100 (n + 1)``."""
+    return 100 * (n_params + 1)
+
+
+def _build_jaxopt(problem: Problem, x, tol):
+    """jaxopt's LM at its best: Madsen-Nielsen stopping, dense Jacobian, Cholesky.
+
+    jaxopt reports no status; ``success`` here means "stopped before maxiter".
+    """
+    maxiter = jaxopt_maxiter(problem.n_params)
+    solver = jaxopt.LevenbergMarquardt(
+        problem.residual_jax,
+        stop_criterion="madsen-nielsen",
+        materialize_jac=True,
+        solver="cholesky",
+        tol=tol,
+        xtol=tol,
+        gtol=tol,
+        maxiter=maxiter,
+    )
+
+    def fit(p0, y):
+        params, state = solver.run(p0, x, y)
+        return {
+            "params": params,
+            "iters": state.iter_num,
+            "success": state.iter_num < maxiter,
+            "status": None,
+        }
+
+    return jax.jit(jax.vmap(fit))
+
+
+BATCHED_METHODS = (
+    BatchedMethod("jaxlsq", "jaxlsq (svd)", _build_jaxlsq("svd"), "njev"),
+    BatchedMethod("jaxlsq-eigh", "jaxlsq (eigh)", _build_jaxlsq("eigh"), "njev"),
+    BatchedMethod(
+        "jaxlsq-scipytols",
+        "jaxlsq (svd, scipy tols)",
+        _build_jaxlsq("svd", True),
+        "njev",
+    ),
+    BatchedMethod(
+        "optimistix", "optimistix", _build_optimistix, "num_steps", OPTX_ERROR
+    ),
+    BatchedMethod("jaxopt", "jaxopt", _build_jaxopt, "iter_num", JAXOPT_ERROR),
+)
+
+LOOP_METHODS = (
+    LoopMethod("scipy-dfun", "scipy leastsq + Dfun", use_dfun=True),
+    LoopMethod("scipy-fd", "scipy leastsq (FD)", use_dfun=False),
+)
+
+
+# ----------------------------------------------------------------------------------
+# loop (scipy) methods
+
+
+def scipy_fit(problem: Problem, p0, y, use_dfun: bool, full_output: bool = False):
+    """One ``scipy.optimize.leastsq`` fit in float64 with MINPACK's default options."""
+    dfun = problem.jacobian_np if use_dfun else None
+    return leastsq(
+        problem.residual_np,
+        np.asarray(p0, np.float64),
+        args=(problem.x, np.asarray(y, np.float64)),
+        Dfun=dfun,
+        full_output=full_output,
+    )
+
+
+def scipy_loop(problem: Problem, p0s, ys, use_dfun: bool, budget_s: float):
+    """Fit curves in order until all are done or ``budget_s`` has elapsed.
+
+    Returns ``(params (k, n), ier (k,), seconds)`` for the ``k >= 1`` curves fitted.
+    """
+    params, iers = [], []
+    start = time.perf_counter()
+    for p0, y in zip(p0s, ys, strict=True):
+        p, ier = scipy_fit(problem, p0, y, use_dfun)
+        params.append(p)
+        iers.append(ier)
+        if time.perf_counter() - start > budget_s:
+            break
+    seconds = time.perf_counter() - start
+    return np.array(params), np.array(iers), seconds
+
+
+def minpack_reference(problem: Problem, p0s, ys):
+    """scipy + analytic Dfun on every curve: ``(params, cost64, njev, ier)``."""
+    params, njev, ier = [], [], []
+    for p0, y in zip(p0s, ys, strict=True):
+        p, _, info, _, code = scipy_fit(problem, p0, y, True, full_output=True)
+        params.append(p)
+        njev.append(info["njev"])
+        ier.append(code)
+    params = np.array(params)
+    return params, problem.cost64(params, ys), np.array(njev), np.array(ier)
