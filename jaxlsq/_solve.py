@@ -115,9 +115,9 @@ def solve(
     if not isinstance(args, tuple):
         args = (args,)
     x0 = _as_float_pytree(x0)
-    flat_x0, _ = ravel_pytree(x0)
-    n = flat_x0.size
-    dtype = flat_x0.dtype
+    leaves = jax.tree_util.tree_leaves(x0)
+    n = sum(leaf.size for leaf in leaves)
+    dtype = jnp.result_type(*leaves)
     m = _residual_size(fun, x0, args)
     if m < n:
         raise ValueError(
@@ -130,7 +130,8 @@ def solve(
         if diag.shape != (n,):
             raise ValueError(f"diag must have shape ({n},), got {diag.shape}")
         _check_concrete(diag, "diag", lambda d: np.all(d > 0), "entries must be > 0")
-    _check_concrete(flat_x0, "x0", lambda v: np.all(np.isfinite(v)), "must be finite")
+    for leaf in leaves:
+        _check_concrete(leaf, "x0", lambda v: np.all(np.isfinite(v)), "must be finite")
 
     default_tol = 10 * float(jnp.finfo(dtype).eps)
     options = LMOptions(
@@ -194,7 +195,31 @@ def _as_float_pytree(x0: Any) -> Any:
     return x0
 
 
+def _abstract_signature(tree: Any) -> tuple:
+    """Hashable (structure, shapes, dtypes) of a pytree: what tracing depends on."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+
+
 def _residual_size(fun, x0, args) -> int:
+    """Number of residuals ``m``; cached so a warm call does not re-trace ``fun``."""
+    try:
+        key = (fun, _abstract_signature(x0), _abstract_signature(args))
+        hash(key)
+    except TypeError:  # unhashable leaf (e.g. a Python object): no caching
+        return _trace_residual_size(fun, x0, args)
+    if key not in _RESIDUAL_SIZES:
+        if len(_RESIDUAL_SIZES) >= _CACHE_LIMIT:
+            _RESIDUAL_SIZES.clear()
+        _RESIDUAL_SIZES[key] = _trace_residual_size(fun, x0, args)
+    return _RESIDUAL_SIZES[key]
+
+
+_RESIDUAL_SIZES: dict = {}
+_CACHE_LIMIT = 4096
+
+
+def _trace_residual_size(fun, x0, args) -> int:
     try:
         out = jax.eval_shape(fun, x0, *args)
     except Exception as err:  # the user's function failed: say where, keep the cause
