@@ -1,33 +1,35 @@
-# `make test` and `make demo` do all set-up on a fresh machine (a .venv in the repo).
+# `make demo` and `make test` do all set-up on a fresh machine (a .venv in the repo).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 
 .PHONY: test demo bench lint format clean
 
-$(STAMP): pyproject.toml
+# One stamp per set of extras, so `make test` never installs the benchmark peers.
+$(VENV)/.stamp-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,bench]"
-	touch $(STAMP)
+	$(PY) -m pip install --quiet -e ".[$(subst +,$(comma),$*)]"
+	touch $@
 
-test: $(STAMP)
+comma := ,
+
+test: $(VENV)/.stamp-test
 	$(PY) -m pytest -q
 
-demo: $(STAMP)
+demo: $(VENV)/.stamp-test+notebooks
 	$(PY) examples/demo.py
 
-bench: $(STAMP)
+bench: $(VENV)/.stamp-test+bench
 	$(PY) benchmarks/run.py
 
-lint: $(STAMP)
+lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff format --check jaxlsq tests benchmarks examples
 	$(VENV)/bin/ruff check jaxlsq tests benchmarks examples
 
-format: $(STAMP)
+format: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff format jaxlsq tests benchmarks examples
 	$(VENV)/bin/ruff check --fix jaxlsq tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache demo_fits.png
