@@ -49,7 +49,8 @@ class LMOptions(NamedTuple):
 
 
 class LMState(NamedTuple):
-    """Carry of the outer loop. ``f`` and ``jac`` always belong to ``x``.
+    """Carry of the outer loop. ``f`` belongs to ``x``; ``jac`` does when
+    ``jac_current`` (it is stale after an accepted step until the next evaluation).
 
     Shapes: x (n,), f (m,), jac (m, n), diag (n,); everything else ().
     """
@@ -58,6 +59,7 @@ class LMState(NamedTuple):
     f: jax.Array
     fnorm: jax.Array
     jac: jax.Array
+    jac_current: jax.Array
     diag: jax.Array
     delta: jax.Array
     par: jax.Array
@@ -97,39 +99,35 @@ def run_lm(
     max_nfev = jnp.asarray(options.max_nfev, jnp.int32)
     user_diag = options.diag
 
-    # --- initial point: one residual and one Jacobian evaluation -------------------
+    # --- initial point: one residual evaluation --------------------------------
+    # The Jacobian at x0 is the first thing the loop computes, as in lmder, so the
+    # program holds one copy of the Jacobian inside the loop and one after it.
     f0 = flat_fun(x0)
-    jac0 = jac_fun(x0)
     options_ok = (ftol >= 0) & (xtol >= 0) & (gtol >= 0) & (factor > 0) & (max_nfev > 0)
     if user_diag is not None:
         options_ok &= jnp.all(user_diag > 0)
     input_ok = options_ok & jnp.all(jnp.isfinite(x0))
-    finite0 = jnp.all(jnp.isfinite(f0)) & jnp.all(jnp.isfinite(jac0))
     status0 = jnp.where(
         input_ok,
-        jnp.where(finite0, _code(Status.RUNNING), _code(Status.NONFINITE)),
+        jnp.where(
+            jnp.all(jnp.isfinite(f0)), _code(Status.RUNNING), _code(Status.NONFINITE)
+        ),
         _code(Status.IMPROPER_INPUT),
     )
-    acnorm0 = jnp.linalg.norm(jac0, axis=0)
-    if user_diag is None:  # MINPACK mode 1: column norms, zero columns scaled by 1
-        diag0 = _positive_or_one(acnorm0)
-    else:  # mode 2: the user's fixed scaling
-        diag0 = jnp.asarray(user_diag, dtype)
-    xnorm0 = jnp.linalg.norm(diag0 * x0)
-    delta0 = jnp.where(xnorm0 > 0, factor * xnorm0, factor)
-
+    n = x0.shape[0]
     state = LMState(
         x=x0,
         f=f0,
         fnorm=_norm(f0),
-        jac=jac0,
-        diag=diag0,
-        delta=delta0,
+        jac=jnp.zeros((f0.shape[0], n), dtype),
+        jac_current=jnp.zeros((), bool),
+        diag=jnp.ones((n,), dtype),
+        delta=jnp.zeros((), dtype),
         par=jnp.zeros((), dtype),
-        xnorm=xnorm0,
+        xnorm=jnp.zeros((), dtype),
         gnorm=jnp.zeros((), dtype),
         nfev=jnp.ones((), jnp.int32),
-        njev=jnp.ones((), jnp.int32),
+        njev=jnp.zeros((), jnp.int32),
         n_iter=jnp.zeros((), jnp.int32),
         status=status0,
     )
@@ -137,15 +135,38 @@ def run_lm(
     def running(st: LMState) -> jax.Array:
         return st.status == int(Status.RUNNING)
 
+    def with_jacobian(st: LMState) -> LMState:
+        """Evaluate J at ``st.x``; NaN/inf in it stops the fit."""
+        jac = jac_fun(st.x)
+        finite = jnp.all(jnp.isfinite(jac))
+        keep = finite | (st.status == int(Status.IMPROPER_INPUT))
+        status = jnp.where(keep, st.status, _code(Status.NONFINITE))
+        return st._replace(
+            jac=jac, jac_current=jnp.ones((), bool), njev=st.njev + 1, status=status
+        )
+
     def outer_body(st: LMState) -> LMState:
+        # One Jacobian per outer iteration, i.e. per accepted step (plus the first).
+        st = with_jacobian(st)
         acnorm = jnp.linalg.norm(st.jac, axis=0)
+        first = st.njev == 1
+        if user_diag is None:  # MINPACK mode 1: column norms, zero columns scaled by 1
+            diag = jnp.where(first, _positive_or_one(acnorm), st.diag)
+            diag = jnp.maximum(diag, acnorm)
+        else:  # mode 2: the user's fixed scaling
+            diag = jnp.asarray(user_diag, dtype)
+        xnorm0 = jnp.linalg.norm(diag * st.x)
+        delta0 = jnp.where(xnorm0 > 0, factor * xnorm0, factor)
+        st = st._replace(
+            xnorm=jnp.where(first, xnorm0, st.xnorm),
+            delta=jnp.where(first, delta0, st.delta),
+        )
         # gtol test: largest |cos| between f and a column of J (0 when f == 0).
         fnorm_safe = _positive_or_one(st.fnorm)
         cosines = jnp.abs(st.jac.T @ st.f) / (_positive_or_one(acnorm) * fnorm_safe)
         cosines = jnp.where(acnorm > 0, cosines, 0)
         gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
-        status = jnp.where(gnorm <= gtol, _code(Status.GTOL), st.status)
-        diag = st.diag if user_diag is not None else jnp.maximum(st.diag, acnorm)
+        status = jnp.where(running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
         spec = factorize(st.jac / diag, st.f, linear_solver)
         st = st._replace(diag=diag, gnorm=gnorm, status=status)
 
@@ -224,20 +245,14 @@ def run_lm(
                 nfev=nfev,
                 n_iter=st.n_iter + accepted.astype(jnp.int32),
                 status=status,
+                jac_current=st.jac_current & ~accepted,
             )
             return st, accepted
 
-        st, accepted = lax.while_loop(
-            trial_running, trial_body, (st, jnp.zeros((), bool))
-        )
+        st, _ = lax.while_loop(trial_running, trial_body, (st, jnp.zeros((), bool)))
+        return st
 
-        # One Jacobian per accepted step, at the new point (also needed at the end).
-        def new_jacobian(st):
-            jac = jac_fun(st.x)
-            finite = jnp.all(jnp.isfinite(jac))
-            status = jnp.where(finite, st.status, _code(Status.NONFINITE))
-            return st._replace(jac=jac, njev=st.njev + 1, status=status)
-
-        return lax.cond(accepted, new_jacobian, lambda st: st, st)
-
-    return lax.while_loop(running, outer_body, state)
+    final = lax.while_loop(running, outer_body, state)
+    # The Jacobian at the returned point (for Solution.jac, grad and covariances):
+    # recomputed only if the last outer iteration moved x.
+    return lax.cond(final.jac_current, lambda st: st, with_jacobian, final)
