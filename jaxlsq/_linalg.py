@@ -67,51 +67,84 @@ class Spectral(NamedTuple):
     g: jax.Array
 
 
-def factorize(js: jax.Array, f: jax.Array, method: str) -> Spectral:
-    """Factorise the scaled Jacobian ``js`` (m, n) with residuals ``f`` (m,)."""
-    m, n = js.shape
-    eps = jnp.finfo(js.dtype).eps
+def factorize(jac: jax.Array, diag: jax.Array, jtf: jax.Array, method: str) -> Spectral:
+    """Factorise the scaled Jacobian ``Js = jac / diag``.
+
+    Parameters
+    ----------
+    jac : Array, shape (m, n)
+        Jacobian at the current point.
+    diag : Array, shape (n,)
+        Positive variable scaling ``d``.
+    jtf : Array, shape (n,)
+        ``jac.T @ f`` (the caller needs it for the gtol test too).
+    method : {"svd", "eigh"}
+    """
+    m, n = jac.shape
+    eps = jnp.finfo(jac.dtype).eps
+    gs = jtf / diag  # Js^T f without forming Js
     if method == "svd":
-        v, s = _right_svd(js)
+        v, s = _right_svd_scaled(jac, diag)
         # Same cutoff as numpy's lstsq/pinv default: eps * max(m, n) * s_max.
         keep = s > eps * max(m, n) * jnp.max(s)
-        w = jnp.where(keep, s * s, 0)
-        # g = V^T Js^T f = S U^T Q^T f; the matrix-vector form needs neither U nor Q.
-        g = jnp.where(keep, v.T @ (js.T @ f), 0)
-        return Spectral(v, w, g)
+        return Spectral(v, jnp.where(keep, s * s, 0), jnp.where(keep, v.T @ gs, 0))
     if method == "eigh":
-        w, v = jnp.linalg.eigh(js.T @ js)
+        w, v = jnp.linalg.eigh((jac.T @ jac) / jnp.outer(diag, diag))
         # Eigenvalues of the Gram matrix carry absolute error ~ eps * w_max.
         keep = w > eps * max(m, n) * w[-1]
-        w = jnp.where(keep, w, 0)
-        g = jnp.where(keep, v.T @ (js.T @ f), 0)
-        return Spectral(v, w, g)
+        return Spectral(v, jnp.where(keep, w, 0), jnp.where(keep, v.T @ gs, 0))
     raise ValueError(f"linear_solver must be one of {LINEAR_SOLVERS}, got {method!r}")
 
 
+def scaled_jacobian_norm(spec: Spectral, z: jax.Array) -> jax.Array:
+    """``||Js z||`` for a scaled step ``z`` (n,), in O(n^2) from the factorisation.
+
+    The predicted reduction needs ``||J p|| = ||Js z||``; this avoids another pass
+    over the m x n Jacobian for every trial step.
+    """
+    return jnp.sqrt(jnp.sum(spec.w * (spec.v.T @ z) ** 2))
+
+
 @jax.custom_batching.custom_vmap
-def _right_svd(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Right singular vectors V (n, n) and singular values s (n,) of ``a`` (m, n).
+def _right_svd_scaled(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Right singular vectors V (n, n) and singular values s (n,) of ``jac / diag``.
 
     One matrix: LAPACK (fast to compile, fast to run). Under ``vmap`` with n <=
-    SMALL_N: an unrolled Householder QR + one-sided Jacobi that XLA vectorises across
-    the batch, because batched LAPACK runs one tiny matrix at a time (3.4 us per
-    50 x 3 SVD here, most of a batched fit's time). ``custom_vmap`` picks the
-    implementation by whether the call is batched, which tracing alone cannot see.
+    SMALL_N: an unrolled Householder QR of ``jac`` whose R has its columns scaled by
+    ``1/diag`` (Householder QR is column-wise backward stable, so scaling R equals
+    factorising the scaled matrix), then a one-sided Jacobi SVD of that n x n R. XLA
+    vectorises both across the batch, whereas batched LAPACK runs one tiny matrix at
+    a time (3.4 us per 50 x 3 SVD here, most of a batched fit's time).
+    ``custom_vmap`` picks the implementation by whether the call is batched, which
+    tracing alone cannot see.
     """
-    _, s, vt = jnp.linalg.svd(a, full_matrices=False)
+    _, s, vt = jnp.linalg.svd(jac / diag, full_matrices=False)
     return vt.T, s
 
 
-@_right_svd.def_vmap
-def _right_svd_batched(axis_size, in_batched, a):
-    (batched,) = in_batched
-    if not batched:
-        return _right_svd(a), (False, False)
-    if a.shape[-1] > SMALL_N:
-        _, s, vt = jnp.linalg.svd(a, full_matrices=False)
-        return (jnp.swapaxes(vt, -1, -2), s), (True, True)
-    return jax.vmap(lambda m: _jacobi_svd(_householder_r(m)))(a), (True, True)
+@_right_svd_scaled.def_vmap
+def _right_svd_scaled_batched(axis_size, in_batched, jac, diag):
+    jac_batched, diag_batched = in_batched
+    if not (jac_batched or diag_batched):
+        return _right_svd_scaled(jac, diag), (False, False)
+    jac_axis = 0 if jac_batched else None
+    diag_axis = 0 if diag_batched else None
+    if jac.shape[-1] > SMALL_N:
+        one = jax.vmap(_right_svd_unbatched, in_axes=(jac_axis, diag_axis))
+        return one(jac, diag), (True, True)
+    return jax.vmap(_small_svd, in_axes=(jac_axis, diag_axis))(jac, diag), (True, True)
+
+
+def _right_svd_unbatched(jac, diag):
+    _, s, vt = jnp.linalg.svd(jac / diag, full_matrices=False)
+    return vt.T, s
+
+
+def _small_svd(jac, diag):
+    r = _householder_r(jac)
+    n = len(r)
+    scaled = [[r[i][j] / diag[j] for j in range(n)] for i in range(n)]
+    return _jacobi_svd(scaled)
 
 
 def _householder_r(a: jax.Array) -> list[list[jax.Array]]:

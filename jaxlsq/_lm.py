@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._linalg import factorize, trust_region_par
+from ._linalg import factorize, scaled_jacobian_norm, trust_region_par
 from ._solution import Status
 
 
@@ -163,11 +163,12 @@ def run_lm(
         )
         # gtol test: largest |cos| between f and a column of J (0 when f == 0).
         fnorm_safe = _positive_or_one(st.fnorm)
-        cosines = jnp.abs(st.jac.T @ st.f) / (_positive_or_one(acnorm) * fnorm_safe)
+        jtf = st.jac.T @ st.f
+        cosines = jnp.abs(jtf) / (_positive_or_one(acnorm) * fnorm_safe)
         cosines = jnp.where(acnorm > 0, cosines, 0)
         gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
         status = jnp.where(running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
-        spec = factorize(st.jac / diag, st.f, linear_solver)
+        spec = factorize(st.jac, diag, jtf, linear_solver)
         st = st._replace(diag=diag, gnorm=gnorm, status=status)
 
         def trial_running(carry):
@@ -189,7 +190,7 @@ def run_lm(
             # Actual and predicted relative reductions, directional derivative.
             fnorm = _positive_or_one(st.fnorm)
             actred = jnp.where(0.1 * fnorm1 < st.fnorm, 1 - (fnorm1 / fnorm) ** 2, -1)
-            temp1 = jnp.linalg.norm(st.jac @ step) / fnorm
+            temp1 = scaled_jacobian_norm(spec, z) / fnorm  # ||J step|| / ||f||
             temp2 = jnp.sqrt(par) * pnorm / fnorm
             prered = temp1**2 + 2 * temp2**2
             dirder = -(temp1**2 + temp2**2)
