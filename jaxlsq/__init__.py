@@ -2,7 +2,16 @@
 
 from ._solution import MESSAGES, Solution, Status
 from ._solve import solve
-from .scipy import curve_fit, leastsq
+from .scipy import HostFallbackWarning, OptimizeWarning, curve_fit, leastsq
 
-__all__ = ["MESSAGES", "Solution", "Status", "curve_fit", "leastsq", "solve"]
+__all__ = [
+    "MESSAGES",
+    "HostFallbackWarning",
+    "OptimizeWarning",
+    "Solution",
+    "Status",
+    "curve_fit",
+    "leastsq",
+    "solve",
+]
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ Everything here is numpy; scipy is not needed.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 # ----------------------------------------------------------------------------------
 # MINPACK output formats
@@ -36,40 +38,69 @@ def qrfac(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     above the diagonal and the Householder vectors on and below it (MINPACK's
     overwritten storage), ``ipvt`` (n,) the 0-based column permutation (``a[:, ipvt]
     = Q R``) and ``rdiag`` (n,) the diagonal of ``R``. The pivot is the column of
-    largest remaining norm (first one on ties), with MINPACK's downdating of the norms.
+    largest remaining norm (first one on ties, first NaN as ``np.argmax``), with
+    MINPACK's downdating of the norms.
+
+    The norms live in Python floats: the O(n^2) scalar work is several times slower
+    on numpy scalars, and it is a good part of a small fit's ``full_output`` cost.
+    Every value comes from the same IEEE operations as with numpy scalars (``dot``
+    then ``sqrt`` is how ``np.linalg.norm`` computes a vector's norm), so the result
+    is the same bit for bit.
     """
     a = np.array(a, dtype=np.float64, order="F")
     m, n = a.shape
-    epsmch = np.finfo(np.float64).eps
-    ipvt = np.arange(n)
-    rdiag = np.linalg.norm(a, axis=0)
-    wa = rdiag.copy()
+    ipvt = list(range(n))
+    rdiag = np.sqrt(np.add.reduce(a * a, axis=0)).tolist()  # np.linalg.norm(axis=0)
+    wa = list(rdiag)
     for j in range(min(m, n)):
-        kmax = j + int(np.argmax(rdiag[j:]))
+        kmax = _argmax_from(rdiag, j)
         if kmax != j:
-            a[:, [j, kmax]] = a[:, [kmax, j]]
+            a[:, j], a[:, kmax] = a[:, kmax], a[:, j].copy()
             rdiag[kmax] = rdiag[j]
             wa[kmax] = wa[j]
-            ipvt[[j, kmax]] = ipvt[[kmax, j]]
-        ajnorm = np.linalg.norm(a[j:, j])
+            ipvt[j], ipvt[kmax] = ipvt[kmax], ipvt[j]
+        col = a[j:, j]
+        ajnorm = math.sqrt(col.dot(col))
         if ajnorm != 0.0:
             if a[j, j] < 0.0:
                 ajnorm = -ajnorm
-            a[j:, j] /= ajnorm
+            col /= ajnorm
             a[j, j] += 1.0
             if j + 1 < n:
                 rest = a[j:, j + 1 :]
-                rest -= np.outer(a[j:, j], (a[j:, j] @ rest) / a[j, j])
+                rest -= col[:, None] * ((col @ rest) / a[j, j])[None, :]  # np.outer
+                row = a[j].tolist()
                 for k in range(j + 1, n):
-                    if rdiag[k] == 0.0:
+                    rk = rdiag[k]
+                    if rk == 0.0:
                         continue
-                    temp = a[j, k] / rdiag[k]
-                    rdiag[k] *= np.sqrt(max(0.0, 1.0 - temp * temp))
-                    if 0.05 * (rdiag[k] / wa[k]) ** 2 <= epsmch:
-                        rdiag[k] = np.linalg.norm(a[j + 1 :, k])
-                        wa[k] = rdiag[k]
+                    temp = row[k] / rk
+                    rk *= math.sqrt(max(0.0, 1.0 - temp * temp))
+                    rdiag[k] = rk
+                    wk = wa[k]
+                    # (numpy would give inf or NaN for wk == 0: the test is False)
+                    if wk != 0.0 and 0.05 * ((rk / wk) * (rk / wk)) <= _EPSMCH:
+                        tail = a[j + 1 :, k]
+                        rdiag[k] = wa[k] = math.sqrt(tail.dot(tail))
         rdiag[j] = -ajnorm
-    return a, ipvt, rdiag
+    return a, np.array(ipvt), np.array(rdiag, dtype=np.float64)
+
+
+_EPSMCH = float(np.finfo(np.float64).eps)
+
+
+def _argmax_from(values: list, j: int) -> int:
+    """``j + np.argmax(values[j:])`` for a list of floats: first max, or first NaN."""
+    kmax, best = j, values[j]
+    if best != best:
+        return j
+    for k in range(j + 1, len(values)):
+        v = values[k]
+        if v != v:
+            return k
+        if v > best:
+            kmax, best = k, v
+    return kmax
 
 
 def minpack_qr(jac: np.ndarray, fvec: np.ndarray):
@@ -84,11 +115,13 @@ def minpack_qr(jac: np.ndarray, fvec: np.ndarray):
     wa = np.array(fvec, dtype=np.float64)
     qtf = np.empty(n)
     for j in range(n):
-        if h[j, j] != 0.0:
-            temp = -(h[j:, j] @ wa[j:]) / h[j, j]
-            wa[j:] += h[j:, j] * temp
-        h[j, j] = rdiag[j]
+        v = h[j:, j]
+        hjj = v[0]
+        if hjj != 0.0:
+            temp = -(v @ wa[j:]) / hjj
+            wa[j:] += v * temp
         qtf[j] = wa[j]
+    h[range(n), range(n)] = rdiag  # (step j reads only rows >= j of column j)
     return np.ascontiguousarray(h.T), ipvt.astype(np.int32), qtf
 
 
@@ -100,16 +133,16 @@ def covariance_from_r(fjac: np.ndarray, ipvt: np.ndarray) -> np.ndarray | None:
     (the rule of ``trtri``).
     """
     n = len(ipvt)
-    r = np.triu(fjac.T[:n, :])
-    diag = np.diag(r)
-    if np.any(diag == 0.0):
+    # R is the upper triangle of this (n, n) block, the only part read below; a C
+    # copy, as np.triu made, so that the row products round as they always have
+    r = np.ascontiguousarray(fjac.T[:n])
+    diag = r.diagonal()
+    if (diag == 0.0).any():
         return None
-    inv = np.zeros((n, n))
+    inv = np.eye(n)
     with np.errstate(all="ignore"):
         for i in range(n - 1, -1, -1):
-            e = np.zeros(n)
-            e[i] = 1.0
-            inv[i] = (e - r[i, i + 1 :] @ inv[i + 1 :]) / r[i, i]
+            inv[i] = (inv[i] - r[i, i + 1 :] @ inv[i + 1 :]) / diag[i]
         out = np.empty_like(inv)
         out[ipvt] = inv
         return out @ out.T
@@ -242,11 +275,11 @@ class HostProblem:
 
     def _host_fun(self, x, token):
         ctx = _CONTEXTS[int(token)]
-        return self._residuals(ctx, np.asarray(x, dtype=np.float64))
+        return _to_bits(self._residuals(ctx, _from_bits(x)))
 
     def _host_jac(self, x, token):
         ctx = _CONTEXTS[int(token)]
-        x = np.asarray(x, dtype=np.float64)
+        x = _from_bits(x)
         if self.dfun is None:
             fx = self._residuals(ctx, x)
 
@@ -255,7 +288,7 @@ class HostProblem:
                 ctx.nfev += 1
                 return out.ravel()
 
-            return forward_difference(func, x, fx, ctx.epsfcn)
+            return _to_bits(forward_difference(func, x, fx, ctx.epsfcn))
         jac = np.asarray(self.dfun(np.array(x), *ctx.args), dtype=np.float64)
         ctx.njev += 1
         if jac.size != self.m * self.n:
@@ -263,19 +296,44 @@ class HostProblem:
                 f"Dfun returned {jac.size} values, expected m*n = {self.m * self.n}"
             )
         if self.col_deriv:
-            return jac.reshape(self.n, self.m).T
-        return jac.reshape(self.m, self.n)
+            return _to_bits(jac.reshape(self.n, self.m).T)
+        return _to_bits(jac.reshape(self.m, self.n))
 
     # -- JAX side (what `solve` calls) -------------------------------------------------
 
     def fun(self, x, token):
-        shape = jax.ShapeDtypeStruct((self.m,), jnp.float64)
-        return jax.pure_callback(
-            self._host_fun, shape, x, token, vmap_method="sequential"
+        shape = jax.ShapeDtypeStruct((self.m, 2), jnp.uint32)
+        bits = jax.pure_callback(
+            self._host_fun, shape, _bits_of(x), token, vmap_method="sequential"
         )
+        return lax.bitcast_convert_type(bits, jnp.float64)
 
     def jac(self, x, token):
-        shape = jax.ShapeDtypeStruct((self.m, self.n), jnp.float64)
-        return jax.pure_callback(
-            self._host_jac, shape, x, token, vmap_method="sequential"
+        shape = jax.ShapeDtypeStruct((self.m, self.n, 2), jnp.uint32)
+        bits = jax.pure_callback(
+            self._host_jac, shape, _bits_of(x), token, vmap_method="sequential"
         )
+        return lax.bitcast_convert_type(bits, jnp.float64)
+
+
+# float64 crosses the callback boundary as uint32 pairs: JAX converts callback operands
+# and results to the default dtypes of the thread that runs the callback, which is not
+# always the caller's (XLA may run it on one of its own threads, where the caller's
+# ``jax.enable_x64(True)`` does not apply) and would then round them to float32.
+
+
+def _bits_of(x):
+    """float64 (k,) -> uint32 (k, 2), the same bits (traced side)."""
+    return lax.bitcast_convert_type(jnp.asarray(x, jnp.float64), jnp.uint32)
+
+
+def _from_bits(bits) -> np.ndarray:
+    """uint32 (k, 2) -> float64 (k,), the same bits (host side)."""
+    bits = np.ascontiguousarray(np.asarray(bits), dtype=np.uint32)
+    return bits.view(np.float64).reshape(bits.shape[:-1])
+
+
+def _to_bits(a: np.ndarray) -> np.ndarray:
+    """float64 (...) -> uint32 (..., 2), the same bits (host side)."""
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    return a.view(np.uint32).reshape(*a.shape, 2)

@@ -11,7 +11,8 @@ Two paths, chosen once per function (and argument shapes), never by the user:
 * **JAX path.** A residual function JAX can trace (written with ``jax.numpy``, or with
   plain operators that work on JAX arrays) is compiled together with the LM loop and
   gets an exact Jacobian (``jax.jacfwd``) unless ``Dfun`` is given. Repeated calls with
-  the same function and shapes reuse the compiled loop.
+  the same function and shapes reuse the compiled loop: a warm call is one dispatch of
+  it and one transfer of its results, plus MINPACK's QR factors with ``full_output``.
 * **Host path.** A function JAX cannot trace (numpy ufuncs on the parameters, Python
   ``if`` on their values, ``float(p[0])``, in-place writes, non-array ``args``) runs on
   the host through ``jax.pure_callback``, driven by the same compiled LM loop, with
@@ -26,11 +27,12 @@ needed (it is the tests' oracle).
 from __future__ import annotations
 
 import collections
+import functools
 import inspect
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,8 @@ import numpy as np
 from . import _host
 from ._solution import MESSAGES, Status
 from ._solve import solve
+
+_SOLVE = solve  # `_fit` calls it eagerly if this module's `solve` is replaced
 
 __all__ = [
     "NONFINITE_IER",
@@ -67,26 +71,53 @@ NONFINITE_IER = 6
 
 def _messages(ftol, xtol, gtol, maxfev) -> dict[int, str]:
     """scipy's ``leastsq`` message table, word for word."""
-    return {
-        0: "Improper input parameters.",
-        1: "Both actual and predicted relative reductions "
-        f"in the sum of squares\n  are at most {ftol:f}",
-        2: f"The relative error between two consecutive iterates is at most {xtol:f}",
-        3: "Both actual and predicted relative reductions in "
-        f"the sum of squares\n  are at most {ftol:f} and the "
-        "relative error between two consecutive "
-        f"iterates is at \n  most {xtol:f}",
-        4: "The cosine of the angle between func(x) and any "
-        f"column of the\n  Jacobian is at most {gtol:f} in "
-        "absolute value",
-        5: f"Number of calls to function has reached maxfev = {maxfev}.",
-        6: f"ftol={ftol:f} is too small, no further reduction "
-        "in the sum of squares\n  is possible.",
-        7: f"xtol={xtol:f} is too small, no further improvement in "
-        "the approximate\n  solution is possible.",
-        8: f"gtol={gtol:f} is too small, func(x) is orthogonal to the "
-        "columns of\n  the Jacobian to machine precision.",
-    }
+    return {ier: _message(ier, ftol, xtol, gtol, maxfev) for ier in range(9)}
+
+
+def _message(ier: int, ftol, xtol, gtol, maxfev) -> str:
+    """scipy's ``leastsq`` message for ``ier`` (0-8), word for word."""
+    if ier == 0:
+        return "Improper input parameters."
+    if ier == 1:
+        return (
+            "Both actual and predicted relative reductions "
+            f"in the sum of squares\n  are at most {ftol:f}"
+        )
+    if ier == 2:
+        return (
+            f"The relative error between two consecutive iterates is at most {xtol:f}"
+        )
+    if ier == 3:
+        return (
+            "Both actual and predicted relative reductions in "
+            f"the sum of squares\n  are at most {ftol:f} and the "
+            "relative error between two consecutive "
+            f"iterates is at \n  most {xtol:f}"
+        )
+    if ier == 4:
+        return (
+            "The cosine of the angle between func(x) and any "
+            f"column of the\n  Jacobian is at most {gtol:f} in "
+            "absolute value"
+        )
+    if ier == 5:
+        return f"Number of calls to function has reached maxfev = {maxfev}."
+    if ier == 6:
+        return (
+            f"ftol={ftol:f} is too small, no further reduction "
+            "in the sum of squares\n  is possible."
+        )
+    if ier == 7:
+        return (
+            f"xtol={xtol:f} is too small, no further improvement in "
+            "the approximate\n  solution is possible."
+        )
+    if ier == 8:
+        return (
+            f"gtol={gtol:f} is too small, func(x) is orthogonal to the "
+            "columns of\n  the Jacobian to machine precision."
+        )
+    raise KeyError(ier)
 
 
 # ----------------------------------------------------------------------------------
@@ -259,7 +290,6 @@ def _leastsq(
         maxfev = int(maxfev)
         if epsfcn is None:
             epsfcn = float(np.finfo(plan.out_dtype).eps)
-        messages = _messages(ftol, xtol, gtol, maxfev)
         if diag is not None:
             diag = np.asarray(diag, dtype=np.float64).ravel()
             if diag.size != n:
@@ -267,10 +297,10 @@ def _leastsq(
 
         improper = ftol < 0 or xtol < 0 or gtol < 0 or factor <= 0
         improper = improper or (diag is not None and bool(np.any(diag <= 0)))
-        if improper or not np.all(np.isfinite(x0)):
+        if improper or not np.isfinite(x0).all():
             fvec = plan.f0 if plan.f0 is not None else _eval_jax(func, x0, args)
             ier = 0 if improper else NONFINITE_IER
-            mesg = messages[0] if improper else MESSAGES[Status.NONFINITE]
+            mesg = _message(0, 0, 0, 0, 0) if improper else MESSAGES[Status.NONFINITE]
             fill = 0.0 if improper else np.nan
             infodict = {"fvec": fvec, "nfev": 0}
             if Dfun is not None:
@@ -291,32 +321,30 @@ def _leastsq(
             diag=diag,
         )
         if plan.host is None:
-            sol = solve(func, x0, args, jac=plan.jac, **options)
-            sol = jax.device_get(sol)
-            nfev, njev = int(sol.nfev), int(sol.njev)
+            fit = _fit(func, plan.jac, x0, args, options, m)
+            nfev, njev = fit.nfev, fit.njev
         else:
             token, ctx = _host.HostProblem.open(args, epsfcn)
             try:
-                sol = solve(
-                    plan.host.fun, x0, (np.int32(token),), jac=plan.host.jac, **options
+                fit = _fit(
+                    plan.host.fun, plan.host.jac, x0, (np.int32(token),), options, m
                 )
-                sol = jax.device_get(sol)
             finally:
                 _host.HostProblem.close(token)
             nfev, njev = ctx.nfev, ctx.njev
 
-    status = int(sol.status)
-    ier = NONFINITE_IER if status == int(Status.NONFINITE) else status
-    mesg = MESSAGES[Status.NONFINITE] if status == Status.NONFINITE else messages[ier]
-    x = np.asarray(sol.params, dtype=np.float64)
-    fvec = np.asarray(sol.residuals, dtype=np.float64)
-    jac = np.asarray(sol.jac, dtype=np.float64)
+    status = fit.status
+    if status == Status.NONFINITE:
+        ier, mesg = NONFINITE_IER, MESSAGES[Status.NONFINITE]
+    else:
+        ier, mesg = status, _message(status, ftol, xtol, gtol, maxfev)
+    x, fvec, jac = fit.x, fit.fvec, fit.jac
     out = dict(x=x, cov_x=None, infodict=None, mesg=mesg, ier=ier, jac=jac)
     if full_output:
-        fjac, ipvt, qtf = _host.minpack_qr(jac, fvec)
         infodict = {"fvec": fvec, "nfev": nfev}
         if Dfun is not None:
             infodict["njev"] = njev
+        fjac, ipvt, qtf = _host.minpack_qr(jac, fvec)
         infodict.update(fjac=fjac, ipvt=ipvt, qtf=qtf)
         out["infodict"] = infodict
         if ier in _LEASTSQ_SUCCESS:
@@ -326,6 +354,79 @@ def _leastsq(
 
 def _eval_jax(func, x0, args) -> np.ndarray:
     return np.asarray(jnp.ravel(func(jnp.asarray(x0), *args)), dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------------
+# running the fit: one compiled call, one transfer
+
+
+class _Fit(NamedTuple):
+    """The host-side results of one fit (numpy, float64; Python ints)."""
+
+    status: int
+    nfev: int
+    njev: int
+    x: np.ndarray  # (n,)
+    fvec: np.ndarray  # (m,)
+    jac: np.ndarray  # (m, n)
+
+
+def _fit(fun, jac, x0, args, options, m) -> _Fit:
+    """Run `jaxlsq.solve` on ``fun`` and bring the results to the host.
+
+    Called inside ``jax.enable_x64(True)``. The fast path is one dispatch of
+    `_solve_packed` (``solve`` traced inside a jit, so its Python validation runs
+    once per compilation instead of once per call) and one device-to-host transfer
+    of a single packed float64 vector. Taken when ``solve`` could not raise on the
+    options (the shim has already checked ``x0``, ``diag``, ``m >= n`` and the signs
+    of the tolerances; what remains is NaN options and a zero ``max_nfev``), and when
+    this module's ``solve`` is `jaxlsq.solve` itself (not replaced, e.g. by a test's
+    spy). Otherwise ``solve`` is called eagerly, with identical results and errors.
+    """
+    n = x0.size
+    o = options
+    diag = o["diag"]
+    if (
+        solve is _SOLVE
+        and o["ftol"] >= 0
+        and o["xtol"] >= 0
+        and o["gtol"] >= 0
+        and o["factor"] > 0
+        and o["max_nfev"] > 0
+        and (diag is None or bool((diag > 0).all()))
+    ):
+        packed = _solve_packed(
+            fun, jac, x0, args,
+            o["ftol"], o["xtol"], o["gtol"], o["max_nfev"], o["factor"], diag,
+        )  # fmt: skip
+        return _unpack(np.array(packed), n, m)  # the one transfer (a writable copy)
+    sol = jax.device_get(solve(fun, x0, args, jac=jac, **options))
+    return _Fit(
+        int(sol.status), int(sol.nfev), int(sol.njev),
+        np.asarray(sol.params, dtype=np.float64),
+        np.asarray(sol.residuals, dtype=np.float64),
+        np.asarray(sol.jac, dtype=np.float64),
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _solve_packed(fun, jac, x0, args, ftol, xtol, gtol, max_nfev, factor, diag):
+    """``solve(...)`` packed as ``[status, nfev, njev, x, fvec, jac.ravel()]`` (f64)."""
+    sol = solve(
+        fun, x0, args, jac=jac, ftol=ftol, xtol=xtol, gtol=gtol,
+        max_nfev=max_nfev, factor=factor, diag=diag,
+    )  # fmt: skip
+    head = jnp.stack([sol.status, sol.nfev, sol.njev])
+    parts = (head, sol.params, sol.residuals, sol.jac)
+    return jnp.concatenate([jnp.ravel(p).astype(jnp.float64) for p in parts])
+
+
+def _unpack(packed: np.ndarray, n: int, m: int) -> _Fit:
+    """The inverse of `_solve_packed` (views of one writable host array)."""
+    status, nfev, njev = (int(v) for v in packed[:3].tolist())
+    x = packed[3 : 3 + n]
+    fvec = packed[3 + n : 3 + n + m]
+    return _Fit(status, nfev, njev, x, fvec, packed[3 + n + m :].reshape(m, n))
 
 
 # ----------------------------------------------------------------------------------
@@ -390,6 +491,20 @@ class _Transposed:
 
 def _args_signature(args: tuple):
     """Hashable shapes/dtypes of ``args``, or None if some leaf is not an array."""
+    # fast path for the common case, a flat tuple of numpy arrays (and None / Python
+    # numbers): the same entries as below, with a marker in place of the treedef
+    sig = []
+    for arg in args:
+        if type(arg) is np.ndarray and arg.dtype.kind in "biufc":
+            sig.append((arg.shape, arg.dtype))
+        elif arg is None:
+            sig.append(None)
+        elif type(arg) in (bool, int, float, complex):
+            sig.append(type(arg))
+        else:
+            break
+    else:
+        return "flat", tuple(sig)
     leaves, treedef = jax.tree_util.tree_flatten(args)
     sig = []
     for leaf in leaves:
@@ -726,13 +841,13 @@ def curve_fit(
         lb, ub = (np.asarray(b, dtype=float) for b in bounds)
     lb, ub = np.asarray(lb, dtype=float), np.asarray(ub, dtype=float)
     if lb.ndim == 0:
-        lb = np.resize(lb, n)
+        lb = np.full(n, lb)
     if ub.ndim == 0:
-        ub = np.resize(ub, n)
+        ub = np.full(n, ub)
     if p0 is None:
         p0 = np.ones(n)
 
-    bounded_problem = bool(np.any((lb > -np.inf) | (ub < np.inf)))
+    bounded_problem = bool(((lb > -np.inf) | (ub < np.inf)).any())
     if method is not None and method not in ("lm", "trf", "dogbox"):
         raise ValueError("`method` must be 'trf', 'dogbox' or 'lm'.")
     if method == "lm" and bounded_problem:

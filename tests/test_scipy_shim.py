@@ -700,3 +700,170 @@ def test_curve_fit_trf_without_bounds_follows_least_squares_contract():
     assert list(out[2]) == list(ref[2]) and out[4] in (1, 2, 3, 4)
     lsq = importlib.import_module("scipy.optimize._lsq.least_squares")
     assert out[3] in lsq.TERMINATION_MESSAGES.values()
+
+
+# ----------------------------------------------------------------------------------
+# the warm-call fast path: one compiled dispatch, one transfer, same results
+
+
+def _route_through_eager_solve(monkeypatch):
+    """Replace the shim's `solve` by a wrapper: the shim then calls it eagerly."""
+    import jaxlsq.scipy as shim
+
+    monkeypatch.setattr(shim, "solve", lambda *a, **k: jaxlsq.solve(*a, **k))
+
+
+def _assert_same_leastsq_output(ours, ref):
+    x, cov, info, mesg, ier = ours
+    assert ier == ref[4] and mesg == ref[3]
+    np.testing.assert_array_equal(x, ref[0])
+    assert (cov is None) == (ref[1] is None)
+    if cov is not None:
+        np.testing.assert_array_equal(cov, ref[1])
+    assert list(info) == list(ref[2])
+    for key, value in info.items():
+        assert type(value) is type(ref[2][key]), key
+        np.testing.assert_array_equal(value, ref[2][key], err_msg=key)
+        assert np.asarray(value).dtype == np.asarray(ref[2][key]).dtype, key
+
+
+@pytest.mark.parametrize(
+    "func,kw",
+    [
+        (exp_jnp, {}),
+        (exp_jnp, dict(Dfun=exp_jac_jnp, diag=[1.0, 2.0, 3.0], maxfev=5)),
+        (exp_np, {}),
+    ],
+    ids=["jax", "jax-dfun-diag-maxfev", "host"],
+)
+def test_fast_path_matches_calling_solve_eagerly(func, kw, monkeypatch):
+    ours = leastsq(func, X0, args=(X, Y), full_output=True, **kw)
+    with monkeypatch.context() as patch:
+        _route_through_eager_solve(patch)
+        ref = leastsq(func, X0, args=(X, Y), full_output=True, **kw)
+    _assert_same_leastsq_output(ours, ref)
+
+
+def test_options_solve_rejects_still_raise_its_errors():
+    # NaN passes the shim's sign checks (as scipy's); solve's own checks reject it
+    with pytest.raises(ValueError, match="ftol must be >= 0"):
+        leastsq(exp_jnp, X0, args=(X, Y), ftol=np.nan)
+    with pytest.raises(ValueError, match="factor must be > 0"):
+        leastsq(exp_jnp, X0, args=(X, Y), factor=np.nan)
+    with pytest.raises(ValueError, match="max_nfev must be > 0"):
+        leastsq(exp_jnp, X0, args=(X, Y), maxfev=0.5)  # int(0.5) == 0
+
+
+def test_results_are_independent_writable_float64_arrays():
+    x, cov, info, _, _ = leastsq(exp_jnp, X0, args=(X, Y), full_output=True)
+    fvec = info["fvec"].copy()
+    for a in (x, cov, info["fvec"], info["fjac"], info["qtf"]):
+        assert a.dtype == np.float64 and a.flags.writeable
+    x[:] = np.nan
+    np.testing.assert_array_equal(info["fvec"], fvec)
+
+
+def _qrfac_reference(a):
+    """MINPACK's qrfac on numpy arrays and scalars (the shim's earlier version)."""
+    a = np.array(a, dtype=np.float64, order="F")
+    m, n = a.shape
+    ipvt, rdiag = np.arange(n), np.linalg.norm(a, axis=0)
+    wa = rdiag.copy()
+    for j in range(min(m, n)):
+        kmax = j + int(np.argmax(rdiag[j:]))
+        if kmax != j:
+            a[:, [j, kmax]] = a[:, [kmax, j]]
+            rdiag[kmax], wa[kmax] = rdiag[j], wa[j]
+            ipvt[[j, kmax]] = ipvt[[kmax, j]]
+        ajnorm = np.linalg.norm(a[j:, j])
+        if ajnorm != 0.0:
+            ajnorm = -ajnorm if a[j, j] < 0.0 else ajnorm
+            a[j:, j] /= ajnorm
+            a[j, j] += 1.0
+            if j + 1 < n:
+                a[j:, j + 1 :] -= np.outer(
+                    a[j:, j], (a[j:, j] @ a[j:, j + 1 :]) / a[j, j]
+                )
+                for k in range(j + 1, n):
+                    if rdiag[k] == 0.0:
+                        continue
+                    temp = a[j, k] / rdiag[k]
+                    rdiag[k] *= np.sqrt(max(0.0, 1.0 - temp * temp))
+                    if 0.05 * (rdiag[k] / wa[k]) ** 2 <= np.finfo(float).eps:
+                        rdiag[k] = wa[k] = np.linalg.norm(a[j + 1 :, k])
+        rdiag[j] = -ajnorm
+    return a, ipvt, rdiag
+
+
+def test_minpack_qr_is_bit_for_bit_the_numpy_scalar_algorithm():
+    from jaxlsq._host import covariance_from_r, minpack_qr, qrfac
+
+    rng = np.random.default_rng(3)
+    mats = []
+    for t in range(240):
+        m = int(rng.integers(1, 10))
+        n = int(rng.integers(1, m + 1))
+        a = rng.normal(size=(m, n)) * rng.choice([1e-8, 1.0, 1e8], size=n)
+        if t % 6 == 1 and n > 1:
+            a[:, -1] = a[:, 0]  # rank deficient: exact ties, norm recomputation
+        elif t % 6 == 2:
+            a[:, rng.integers(n)] = 0.0  # a zero column: singular R
+        elif t % 6 == 3:
+            a = np.round(a)  # ties between norms
+        elif t % 6 == 4:
+            a[rng.integers(m), rng.integers(n)] = rng.choice([np.nan, np.inf])
+        elif t % 6 == 5:
+            a = np.ones((m, n))
+        mats.append(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for a in mats:
+            ours, ref = qrfac(a), _qrfac_reference(a)
+            for u, v in zip(ours, ref, strict=True):
+                assert u.dtype == v.dtype
+                np.testing.assert_array_equal(u, v)
+            fvec = np.linspace(-1.0, 1.0, a.shape[0])
+            fjac, ipvt, qtf = minpack_qr(a, fvec)
+            cov = covariance_from_r(fjac, ipvt)
+            # qtf by the reflections one after the other; cov by back substitution
+            h, _, rdiag = ref
+            wa = fvec.copy()
+            for j in range(a.shape[1]):
+                if h[j, j] != 0.0:
+                    wa[j:] += h[j:, j] * (-(h[j:, j] @ wa[j:]) / h[j, j])
+            np.testing.assert_array_equal(qtf, wa[: a.shape[1]])
+            np.testing.assert_array_equal(np.diagonal(fjac), rdiag)
+            r = np.triu(fjac.T[: len(ipvt)])
+            if np.any(np.diag(r) == 0.0):
+                assert cov is None
+                continue
+            inv = np.zeros_like(r)
+            for i in range(len(r) - 1, -1, -1):
+                e = np.eye(len(r))[i]
+                inv[i] = (e - r[i, i + 1 :] @ inv[i + 1 :]) / r[i, i]
+            out = np.empty_like(inv)
+            out[ipvt] = inv
+            np.testing.assert_array_equal(cov, out @ out.T)
+
+
+def test_host_callbacks_carry_float64_as_bits():
+    # JAX converts callback operands and results to the default dtypes of the thread
+    # that runs the callback (float32 there when it does not see enable_x64): the
+    # host path passes float64 as uint32 pairs, which no conversion touches
+    from jaxlsq._host import _from_bits, _to_bits
+
+    v = np.array([0.1, -0.0, 5e-324, np.inf, -np.nan, 1e308, np.pi])
+    bits = _to_bits(v)
+    assert bits.dtype == np.uint32 and bits.shape == (v.size, 2)
+    np.testing.assert_array_equal(_from_bits(bits).view(np.uint64), v.view(np.uint64))
+    with jax.enable_x64(True):
+        traced = jax.jit(lambda x: jax.lax.bitcast_convert_type(x, jnp.uint32))(v)
+    np.testing.assert_array_equal(np.asarray(traced), bits)
+    m = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(_from_bits(_to_bits(m)), m)
+
+
+def test_warnings_are_exported_from_the_package():
+    assert jaxlsq.HostFallbackWarning is HostFallbackWarning
+    assert jaxlsq.OptimizeWarning is OptimizeWarning
+    assert {"HostFallbackWarning", "OptimizeWarning"} <= set(jaxlsq.__all__)
