@@ -2,8 +2,9 @@
 
 Status codes 0-8 mean exactly what MINPACK's ``info`` / scipy's ``ier`` mean, so a
 status read from a jaxlsq fit and an ``ier`` read from ``scipy.optimize.leastsq`` can
-be compared directly. Codes 9 and 10 are jaxlsq's own: MINPACK has no way to say
-"the residuals are not finite" and reports such fits as converged (ier 4).
+be compared directly. Code 9 is jaxlsq's own: MINPACK has no way to say "the
+residuals are not finite" and reports such fits as converged (ier 4); -1 marks a fit
+still in progress inside the loop and never appears in a returned Solution.
 """
 
 from __future__ import annotations
