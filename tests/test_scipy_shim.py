@@ -19,11 +19,11 @@ import scipy.optimize as so
 
 import jaxlsq
 from jaxlsq._host import forward_difference
+from jaxlsq._leastsq import _messages
 from jaxlsq.scipy import (
     NONFINITE_IER,
     HostFallbackWarning,
     OptimizeWarning,
-    _messages,
     curve_fit,
     leastsq,
 )
@@ -254,7 +254,7 @@ def test_failure_warns_without_full_output():
 
 @pytest.mark.parametrize("with_dfun", [False, True])
 def test_maxfev_default_depends_on_dfun(with_dfun, monkeypatch):
-    import jaxlsq.scipy as shim
+    import jaxlsq._leastsq as shim
 
     seen = []
 
@@ -708,7 +708,7 @@ def test_curve_fit_trf_without_bounds_follows_least_squares_contract():
 
 def _route_through_eager_solve(monkeypatch):
     """Replace the shim's `solve` by a wrapper: the shim then calls it eagerly."""
-    import jaxlsq.scipy as shim
+    import jaxlsq._leastsq as shim
 
     monkeypatch.setattr(shim, "solve", lambda *a, **k: jaxlsq.solve(*a, **k))
 

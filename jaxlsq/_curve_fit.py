@@ -1,0 +1,397 @@
+"""`curve_fit`: scipy.optimize.curve_fit's contract on top of the `leastsq` shim."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._leastsq import _LEASTSQ_SUCCESS, _leastsq
+from ._shim_warnings import OptimizeWarning
+
+# ----------------------------------------------------------------------------------
+# curve_fit
+
+
+class _ModelResiduals:
+    """``transform (f(xdata, *params) - ydata)``, for numpy and JAX alike.
+
+    Instances compare equal per ``(f, kind)`` so the compiled loop is reused.
+    ``kind`` is None (no sigma), ``"1d"`` (``transform = 1 / sigma``) or ``"2d"``
+    (``transform = L``, the Cholesky factor of the covariance: solve ``L r' = r``).
+    """
+
+    def __init__(self, f, kind):
+        self.f = f
+        self.kind = kind
+        self._jaxlsq_origin = f
+
+    def __call__(self, params, xdata, ydata, transform):
+        return _transform(self.f(xdata, *params) - ydata, transform, self.kind, 1)
+
+    def __eq__(self, other):
+        return (
+            type(other) is type(self) and other.f == self.f and other.kind == self.kind
+        )
+
+    def __hash__(self):
+        return hash((type(self), self.f, self.kind))
+
+
+class _ModelJacobian(_ModelResiduals):
+    """``transform jac(xdata, *params)``, the Jacobian of `_ModelResiduals`."""
+
+    def __call__(self, params, xdata, ydata, transform):
+        jac = self.f(xdata, *params)
+        jac = jnp.asarray(jac) if _is_jax(jac) else np.asarray(jac)
+        return _transform(jac, transform, self.kind, 2)
+
+
+def _is_jax(value) -> bool:
+    return isinstance(value, jax.Array)
+
+
+def _transform(r, transform, kind, ndim):
+    if kind is None:
+        return r
+    if kind == "1d":
+        if ndim == 2 and np.ndim(transform) == 1:
+            return transform[:, None] * r
+        return transform * r
+    if _is_jax(r) or _is_jax(transform):
+        return jax.scipy.linalg.solve_triangular(transform, r, lower=True)
+    return np.linalg.solve(transform, np.asarray(r))
+
+
+def _n_params_from_signature(f) -> int:
+    sig = inspect.signature(f)
+    positional = [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) < 2:
+        raise ValueError("Unable to determine number of fit parameters.")
+    return len(positional) - 1
+
+
+def _contains_nan(a, nan_policy: str) -> bool:
+    a = np.asarray(a)
+    if a.size == 0:
+        return False
+    if np.issubdtype(a.dtype, np.inexact):
+        contains = bool(np.isnan(a).any())
+    elif a.dtype == object:
+        contains = any(
+            np.issubdtype(type(el), np.number) and np.isnan(el) for el in a.ravel()
+        )
+    else:
+        return False
+    if nan_policy == "raise" and contains:
+        raise ValueError("The input contains nan values")
+    return contains
+
+
+#: least_squares' status codes and messages, for method "trf"/"dogbox".
+_LSQ_STATUS = {1: 2, 2: 3, 3: 4, 4: 1, 5: 0}
+_LSQ_MESSAGES = {
+    0: "The maximum number of function evaluations is exceeded.",
+    1: "`gtol` termination condition is satisfied.",
+    2: "`ftol` termination condition is satisfied.",
+    3: "`xtol` termination condition is satisfied.",
+    4: "Both `ftol` and `xtol` termination conditions are satisfied.",
+}
+_LSQ_KWARGS = ("ftol", "xtol", "gtol", "max_nfev", "maxfev", "verbose")
+
+
+def curve_fit(
+    f: Callable[..., Any],
+    xdata: Any,
+    ydata: Any,
+    p0: Any = None,
+    sigma: Any = None,
+    absolute_sigma: bool = False,
+    check_finite: bool | None = None,
+    bounds: Any = (-np.inf, np.inf),
+    method: str | None = None,
+    jac: Callable[..., Any] | None = None,
+    *,
+    full_output: bool = False,
+    nan_policy: str | None = None,
+    **kwargs: Any,
+):
+    """Fit ``f(xdata, *params)`` to ``ydata``: ``scipy.optimize.curve_fit`` (method lm).
+
+    Same signature, defaults and results as scipy's, on top of `leastsq`. ``f`` may be
+    written with ``jax.numpy`` (compiled, exact Jacobian) or plain numpy (host path,
+    forward differences; see `HostFallbackWarning`).
+
+    Parameters
+    ----------
+    f : callable
+        ``f(xdata, *params)``: the model, returning M values.
+    xdata : array_like or object
+        Independent variable, passed to ``f`` unchanged (lists, tuples and arrays are
+        converted to float64 arrays, as scipy does).
+    ydata : array_like, shape (M,)
+        Data; converted to float64.
+    p0 : array_like (N,), optional
+        Starting point; default all ones, N read from ``f``'s signature.
+    sigma : None, scalar, array (M,) or array (M, M), optional
+        Scalar or 1-D: standard deviations of ``ydata`` (residuals are divided by
+        them). 2-D: covariance of ``ydata``; residuals are multiplied by ``L^-1``
+        with ``L`` its lower Cholesky factor.
+    absolute_sigma : bool, default False
+        If False, ``pcov`` is scaled by the reduced chi-square ``sum(r**2)/(M - N)``.
+    check_finite : bool, optional
+        Raise ValueError on NaN/inf in ``xdata``/``ydata``. Default True unless
+        ``nan_policy`` is given.
+    bounds : 2-tuple or object with ``lb``/``ub``, default (-inf, inf)
+        Only infinite bounds are supported for now.
+    method : {None, "lm", "trf", "dogbox"}, optional
+        ``"lm"`` (default). ``"trf"``/``"dogbox"`` with infinite bounds solve the same
+        unconstrained problem by LM but return ``least_squares``' contract (status
+        codes and messages, pseudo-inverse covariance, ``infodict`` with ``nfev`` and
+        ``fvec`` only).
+    jac : callable, optional
+        ``jac(xdata, *params)`` -> (M, N), scaled by ``sigma`` like the residuals.
+    full_output : bool, default False
+        Also return ``infodict``, ``mesg`` and ``ier``.
+    nan_policy : {None, "raise", "omit"}, optional
+        ``"raise"``: error on NaN in the data; ``"omit"``: drop those points (and the
+        matching ``sigma`` entries). ``"propagate"`` is rejected, as in scipy.
+    **kwargs
+        Passed to `leastsq` (e.g. ``maxfev``, ``ftol``, ``epsfcn``).
+
+    Returns
+    -------
+    popt : ndarray, shape (N,)
+        Best-fit parameters.
+    pcov : ndarray, shape (N, N)
+        Their estimated covariance (``cov_x`` of `leastsq`, scaled unless
+        ``absolute_sigma``); filled with ``inf`` (and an `OptimizeWarning`) when it
+        cannot be estimated.
+    infodict, mesg, ier
+        As from `leastsq` (only with ``full_output``).
+
+    Raises
+    ------
+    ValueError
+        NaN/inf data with ``check_finite``; NaN data with ``nan_policy="raise"``; bad
+        ``nan_policy``; ``sigma`` of a wrong shape or not positive definite; empty
+        ``ydata``; ``args`` in ``kwargs``; ``method="lm"`` with finite bounds; an
+        unknown ``method``.
+    TypeError
+        More parameters than data points.
+    RuntimeError
+        The fit failed (``ier`` not in 1-4): "Optimal parameters not found: ...".
+    NotImplementedError
+        Finite bounds (with ``method`` None, "trf" or "dogbox"): not supported yet.
+
+    Warns
+    -----
+    OptimizeWarning
+        The covariance could not be estimated.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import jax.numpy as jnp
+    >>> from jaxlsq.scipy import curve_fit
+    >>> def model(x, a, b):
+    ...     return a * jnp.exp(-b * x)
+    >>> x = np.linspace(0.0, 2.0, 20)
+    >>> y = 3.0 * np.exp(-1.5 * x)
+    >>> popt, pcov = curve_fit(model, x, y, absolute_sigma=True)
+    >>> popt.round(6), pcov.shape
+    (array([3. , 1.5]), (2, 2))
+    """
+    if p0 is None:
+        n = _n_params_from_signature(f)
+    else:
+        p0 = np.atleast_1d(p0)
+        n = p0.size
+
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):
+        lb, ub = bounds.lb, bounds.ub
+    else:
+        lb, ub = (np.asarray(b, dtype=float) for b in bounds)
+    lb, ub = np.asarray(lb, dtype=float), np.asarray(ub, dtype=float)
+    if lb.ndim == 0:
+        lb = np.full(n, lb)
+    if ub.ndim == 0:
+        ub = np.full(n, ub)
+    if p0 is None:
+        p0 = np.ones(n)
+
+    bounded_problem = bool(((lb > -np.inf) | (ub < np.inf)).any())
+    if method is not None and method not in ("lm", "trf", "dogbox"):
+        raise ValueError("`method` must be 'trf', 'dogbox' or 'lm'.")
+    if method == "lm" and bounded_problem:
+        raise ValueError(
+            "Method 'lm' only works for unconstrained problems. "
+            "Use 'trf' or 'dogbox' instead."
+        )
+    if bounded_problem:
+        raise NotImplementedError(
+            "jaxlsq.curve_fit does not support finite bounds yet (got "
+            f"lb={lb}, ub={ub}); use bounds=(-np.inf, np.inf), or "
+            "scipy.optimize.curve_fit for a bounded fit."
+        )
+    if method is None:
+        method = "lm"
+
+    if check_finite is None:
+        check_finite = nan_policy is None
+
+    if check_finite:
+        ydata = np.asarray_chkfinite(ydata, float)
+    else:
+        ydata = np.asarray(ydata, float)
+
+    if isinstance(xdata, (list, tuple, np.ndarray)):
+        if check_finite:
+            xdata = np.asarray_chkfinite(xdata, float)
+        else:
+            xdata = np.asarray(xdata, float)
+
+    if ydata.size == 0:
+        raise ValueError("`ydata` must not be empty!")
+
+    if not check_finite and nan_policy is not None:
+        if nan_policy == "propagate":
+            raise ValueError(
+                "`nan_policy='propagate'` is not supported by this function."
+            )
+        if nan_policy not in ("raise", "omit"):
+            raise ValueError("nan_policy must be one of {None, 'raise', 'omit'}")
+        x_contains_nan = _contains_nan(xdata, nan_policy)
+        y_contains_nan = _contains_nan(ydata, nan_policy)
+        if (x_contains_nan or y_contains_nan) and nan_policy == "omit":
+            has_nan = np.isnan(xdata)
+            has_nan = has_nan.any(axis=tuple(range(has_nan.ndim - 1)))
+            has_nan |= np.isnan(ydata)
+            xdata = xdata[..., ~has_nan]
+            ydata = ydata[~has_nan]
+            if sigma is not None:
+                sigma = np.asarray(sigma)
+                if sigma.ndim == 1:
+                    sigma = sigma[~has_nan]
+                elif sigma.ndim == 2:
+                    sigma = sigma[~has_nan, :]
+                    sigma = sigma[:, ~has_nan]
+
+    kind = None
+    transform = None
+    if sigma is not None:
+        sigma = np.asarray(sigma)
+        if sigma.size == 1 or sigma.shape == (ydata.size,):
+            transform = 1.0 / np.asarray(sigma, dtype=float)
+            kind = "1d"
+        elif sigma.shape == (ydata.size, ydata.size):
+            sigma = np.asarray(sigma, dtype=float)
+            if not np.all(np.isfinite(sigma)):
+                raise ValueError("array must not contain infs or NaNs")
+            try:
+                transform = np.linalg.cholesky(sigma)
+            except np.linalg.LinAlgError as e:
+                raise ValueError("`sigma` must be positive definite.") from e
+            kind = "2d"
+        else:
+            raise ValueError("`sigma` has incorrect shape.")
+
+    func = _ModelResiduals(f, kind)
+    if callable(jac):
+        dfun = _ModelJacobian(jac, kind)
+    elif jac is None or method != "lm":
+        dfun = None  # "2-point" etc. for trf/dogbox: we differentiate exactly / by FD
+    else:
+        raise TypeError(f"jac must be callable or None for method 'lm', got {jac!r}")
+
+    if "args" in kwargs:
+        raise ValueError("'args' is not a supported keyword argument.")
+
+    if ydata.size != 1 and n > ydata.size:
+        raise TypeError(
+            f"The number of func parameters={n} must not"
+            f" exceed the number of data points={ydata.size}"
+        )
+    fit_args = (xdata, ydata, transform)
+
+    if method == "lm":
+        res = _leastsq(
+            func, p0, fit_args, dfun, True, False,
+            kwargs.pop("ftol", 1.49012e-08), kwargs.pop("xtol", 1.49012e-08),
+            kwargs.pop("gtol", 0.0), kwargs.pop("maxfev", 0),
+            kwargs.pop("epsfcn", None), kwargs.pop("factor", 100),
+            kwargs.pop("diag", None), stacklevel=3,
+        )  # fmt: skip
+        if kwargs:
+            raise TypeError(
+                f"leastsq() got an unexpected keyword argument {next(iter(kwargs))!r}"
+            )
+        popt, pcov, infodict = res["x"], res["cov_x"], res["infodict"]
+        errmsg, ier = res["mesg"], res["ier"]
+        ysize = len(infodict["fvec"])
+        cost = np.sum(infodict["fvec"] ** 2)
+        if ier not in _LEASTSQ_SUCCESS:
+            raise RuntimeError("Optimal parameters not found: " + errmsg)
+    else:
+        unknown = sorted(set(kwargs) - set(_LSQ_KWARGS))
+        if unknown or kwargs.get("verbose", 0):
+            raise NotImplementedError(
+                f"method={method!r} is served by Levenberg-Marquardt here; the "
+                f"least_squares options {unknown or ['verbose']} are not supported."
+            )
+        maxfev = kwargs.get("max_nfev", kwargs.get("maxfev", None)) or 0
+        res = _leastsq(
+            func, p0, fit_args, dfun, True, False,
+            kwargs.get("ftol", 1e-8), kwargs.get("xtol", 1e-8),
+            kwargs.get("gtol", 1e-8), maxfev, None, 100, None, stacklevel=3,
+        )  # fmt: skip
+        status = res["ier"]
+        if status == 5:
+            raise RuntimeError("Optimal parameters not found: " + _LSQ_MESSAGES[0])
+        if status not in _LEASTSQ_SUCCESS:
+            raise RuntimeError("Optimal parameters not found: " + res["mesg"])
+        ier = _LSQ_STATUS[status]
+        errmsg = _LSQ_MESSAGES[ier]
+        popt = res["x"]
+        fvec = res["infodict"]["fvec"]
+        infodict = dict(nfev=res["infodict"]["nfev"], fvec=fvec)
+        ysize = len(fvec)
+        cost = np.sum(fvec**2)
+        _, s, vt = np.linalg.svd(res["jac"], full_matrices=False)
+        threshold = np.finfo(float).eps * max(res["jac"].shape) * s[0]
+        s = s[s > threshold]
+        vt = vt[: s.size]
+        pcov = np.dot(vt.T / s**2, vt)
+
+    warn_cov = False
+    if pcov is None or np.isnan(pcov).any():
+        pcov = np.zeros((len(popt), len(popt)), dtype=float)
+        pcov.fill(np.inf)
+        warn_cov = True
+    elif not absolute_sigma:
+        if ysize > p0.size:
+            s_sq = cost / (ysize - p0.size)
+            pcov = pcov * s_sq
+        else:
+            pcov.fill(np.inf)
+            warn_cov = True
+
+    if warn_cov:
+        warnings.warn(
+            "Covariance of the parameters could not be estimated",
+            category=OptimizeWarning,
+            stacklevel=2,
+        )
+
+    if full_output:
+        return popt, pcov, infodict, errmsg, ier
+    return popt, pcov
