@@ -250,8 +250,13 @@ def run_lm(
             )
             return st, accepted
 
-        st, _ = lax.while_loop(trial_running, trial_body, (st, jnp.zeros((), bool)))
-        return st
+        # J and diag stay fixed during the trials: keep them out of the inner carry,
+        # which a batched while_loop re-selects lane by lane on every iteration.
+        trial_state = st._replace(jac=None, diag=None)
+        trial_state, _ = lax.while_loop(
+            trial_running, trial_body, (trial_state, jnp.zeros((), bool))
+        )
+        return trial_state._replace(jac=st.jac, diag=st.diag)
 
     final = lax.while_loop(running, outer_body, state)
     # The Jacobian at the returned point (for Solution.jac, grad and covariances):
