@@ -1,5 +1,6 @@
 """jaxlsq: a JAX-native, MINPACK-grade Levenberg-Marquardt least-squares solver."""
 
+from ._batch import solve_batch
 from ._solution import MESSAGES, Solution, Status
 from ._solve import solve
 from .scipy import HostFallbackWarning, OptimizeWarning, curve_fit, leastsq
@@ -13,5 +14,6 @@ __all__ = [
     "curve_fit",
     "leastsq",
     "solve",
+    "solve_batch",
 ]
 __version__ = "0.1.0"
