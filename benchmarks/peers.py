@@ -82,8 +82,20 @@ def _version(package: str, error: str | None) -> str:
 # batched (JAX) methods
 
 
-def _build_jaxlsq(linear_solver: str, scipy_tols: bool = False) -> Callable:
-    """``jit(vmap(jaxlsq.solve))``.
+def _jaxlsq_outputs(sol) -> dict:
+    return {
+        "params": sol.params,
+        "iters": sol.njev,
+        "success": sol.success,
+        "status": sol.status,
+    }
+
+
+def _build_jaxlsq(
+    linear_solver: str, scipy_tols: bool = False, chunked: bool = False
+) -> Callable:
+    """``jit(vmap(jaxlsq.solve))``, or ``jaxlsq.solve_batch`` (chunks of 1024) when
+    ``chunked``.
 
     With jaxlsq's own defaults, or with ``scipy_tols``: scipy leastsq's defaults
     (``ftol = xtol = sqrt(eps)``, ``factor = 100``, ``max_nfev = 100 (n + 1)``), for
@@ -104,14 +116,16 @@ def _build_jaxlsq(linear_solver: str, scipy_tols: bool = False) -> Callable:
 
         def fit(p0, y):
             sol = jaxlsq.solve(fun, p0, args=(x, y), **options)
-            return {
-                "params": sol.params,
-                "iters": sol.njev,
-                "success": sol.success,
-                "status": sol.status,
-            }
+            return _jaxlsq_outputs(sol)
 
-        return jax.jit(jax.vmap(fit))
+        if not chunked:
+            return jax.jit(jax.vmap(fit))
+
+        def fit_batch(p0, y):
+            sol = jaxlsq.solve_batch(fun, p0, (x, y), in_axes=(0, (None, 0)), **options)
+            return _jaxlsq_outputs(sol)
+
+        return jax.jit(fit_batch)
 
     return build
 
@@ -177,6 +191,18 @@ BATCHED_METHODS = (
         "jaxlsq-scipytols",
         "jaxlsq (svd, scipy tols)",
         _build_jaxlsq("svd", True),
+        "njev",
+    ),
+    BatchedMethod(
+        "jaxlsq-batch",
+        "jaxlsq solve_batch",
+        _build_jaxlsq("svd", chunked=True),
+        "njev",
+    ),
+    BatchedMethod(
+        "jaxlsq-batch-scipytols",
+        "jaxlsq solve_batch (scipy tols)",
+        _build_jaxlsq("svd", True, chunked=True),
         "njev",
     ),
     BatchedMethod(

@@ -88,7 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--methods",
         default=None,
         help="comma-separated keys: jaxlsq, jaxlsq-eigh, jaxlsq-scipytols, "
-        "optimistix, jaxopt, scipy-dfun, scipy-fd (default: all)",
+        "jaxlsq-batch, jaxlsq-batch-scipytols, optimistix, jaxopt, scipy-dfun, "
+        "scipy-fd (default: all)",
     )
     p.add_argument("--out", type=Path, default=None, help="markdown report path")
     p.add_argument("--seed", type=int, default=0)
