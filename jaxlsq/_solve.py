@@ -10,8 +10,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from ._implicit import ADJOINTS, implicit_solution, with_tangents
 from ._jacobian import JAC_MODES, make_jacobian
 from ._linalg import LINEAR_SOLVERS
 from ._lm import LMOptions, run_lm
@@ -31,6 +33,7 @@ def solve(
     factor: float = 10.0,
     diag: Any = None,
     linear_solver: str = "svd",
+    adjoint: str = "implicit",
 ) -> Solution:
     """Minimise ``0.5 * sum(fun(params, *args) ** 2)`` by Levenberg-Marquardt.
 
@@ -84,6 +87,22 @@ def solve(
         How damped steps are solved; see `jaxlsq._linalg`. ``"svd"`` is robust to
         ill-conditioning; ``"eigh"`` (normal equations) is cheaper but loses accuracy
         when the Jacobian's condition number exceeds about ``1/sqrt(eps)``.
+    adjoint : {"implicit", "unrolled"}, default "implicit"
+        How JAX differentiates the result with respect to ``args``. ``"implicit"``:
+        the implicit-function theorem at the solution, ``dp/dargs =
+        -H^+ d(J^T r)/dargs`` with ``H`` the exact Hessian of the cost (see
+        `jaxlsq._implicit`); forward and reverse mode, ``jit`` and ``vmap`` all work,
+        memory does not depend on the number of iterations, and the derivative with
+        respect to ``x0`` is zero. It assumes the returned point is stationary: for a
+        fit that did not succeed it is still evaluated there, and may be meaningless.
+        ``"unrolled"``: differentiate through the iterations themselves (for
+        comparison); forward mode only (``jvp``, ``jacfwd``): JAX cannot reverse a
+        ``while_loop`` and raises ``ValueError`` for ``grad``/``jacrev``/``vjp``.
+        Known limitation: with ``linear_solver="svd"``, ``"unrolled"`` works under
+        ``jvp`` but not ``jacfwd``/``vmap`` of ``jvp`` (the batched SVD's
+        ``custom_vmap`` recurses); use ``"eigh"`` or ``"implicit"`` there.
+        ``params``, ``residuals``, ``cost``, ``jac`` and ``grad`` carry derivatives;
+        integer fields do not.
 
     Returns
     -------
@@ -102,13 +121,19 @@ def solve(
 
     Examples
     --------
-    >>> import jax.numpy as jnp, jaxlsq
+    >>> import jax, jax.numpy as jnp, jaxlsq
     >>> x = jnp.linspace(0.0, 1.0, 20)
     >>> y = 2.0 * jnp.exp(-3.0 * x)
     >>> sol = jaxlsq.solve(lambda p, x, y: p[0] * jnp.exp(-p[1] * x) - y,
     ...                    jnp.array([1.0, 1.0]), args=(x, y))
     >>> bool(sol.success), [round(float(v), 4) for v in sol.params]
     (True, [2.0, 3.0])
+
+    Derivative of the fitted parameters with respect to the data, shape (2, 20):
+
+    >>> dp_dy = jax.jacrev(lambda y: jaxlsq.solve(
+    ...     lambda p, x, y: p[0] * jnp.exp(-p[1] * x) - y, jnp.array([1.0, 1.0]),
+    ...     args=(x, y)).params)(y)
     """
     if not callable(fun):
         raise TypeError(f"fun must be callable, got {type(fun).__name__}")
@@ -125,6 +150,8 @@ def solve(
             "m >= n (improper input)."
         )
     _check_options(jac, ftol, xtol, gtol, max_nfev, factor, linear_solver)
+    if adjoint not in ADJOINTS:
+        raise ValueError(f"adjoint must be one of {ADJOINTS}, got {adjoint!r}")
     if diag is not None:
         diag = jnp.asarray(diag, dtype)
         if diag.shape != (n,):
@@ -142,28 +169,42 @@ def solve(
         max_nfev=500 * (n + 1) if max_nfev is None else max_nfev,
         diag=diag,
     )
-    return _solve_jit(fun, jac, linear_solver, x0, args, options)
+    return _solve_jit(fun, jac, linear_solver, adjoint, x0, args, options)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _solve_jit(fun, jac, linear_solver, x0, args, options: LMOptions) -> Solution:
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _solve_jit(
+    fun, jac, linear_solver, adjoint, x0, args, options: LMOptions
+) -> Solution:
     flat_x0, unravel = ravel_pytree(x0)
     dtype = flat_x0.dtype
 
+    def residual_fn(x, a):
+        return jnp.ravel(fun(unravel(x), *a)).astype(dtype)
+
+    if adjoint == "implicit":  # the loop carries no tangents; they are attached after
+        loop_x0, loop_args, options = lax.stop_gradient((flat_x0, args, options))
+    else:  # "unrolled": JAX differentiates through the iterations (forward mode)
+        loop_x0, loop_args = flat_x0, args
+
     def flat_fun(x):
-        return jnp.ravel(fun(unravel(x), *args)).astype(dtype)
+        return residual_fn(x, loop_args)
 
     m = jax.eval_shape(flat_fun, flat_x0).shape[0]
-    user_jac = (lambda x: jac(unravel(x), *args)) if callable(jac) else jac
+    user_jac = (lambda x: jac(unravel(x), *loop_args)) if callable(jac) else jac
     jac_fun = make_jacobian(flat_fun, user_jac, m, flat_x0.size, dtype)
-    st = run_lm(flat_fun, jac_fun, flat_x0, options, linear_solver)
+    st = run_lm(flat_fun, jac_fun, loop_x0, options, linear_solver)
+    x, f, jac_ = st.x, st.f, st.jac
+    if adjoint == "implicit":
+        x = implicit_solution(residual_fn, x, args)
+        f, jac_ = with_tangents(residual_fn, x, args, f, jac_)
     status = st.status
     return Solution(
-        params=unravel(st.x),
-        residuals=st.f,
-        cost=0.5 * jnp.sum(st.f * st.f),
-        jac=st.jac,
-        grad=st.jac.T @ st.f,
+        params=unravel(x),
+        residuals=f,
+        cost=0.5 * jnp.sum(f * f),
+        jac=jac_,
+        grad=jac_.T @ f,
         status=status,
         success=(status >= int(Status.FTOL)) & (status <= int(Status.GTOL)),
         nfev=st.nfev,
