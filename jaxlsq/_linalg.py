@@ -126,7 +126,7 @@ def _right_svd_scaled(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.A
 def _right_svd_scaled_batched(axis_size, in_batched, jac, diag):
     jac_batched, diag_batched = in_batched
     if not (jac_batched or diag_batched):
-        return _right_svd_scaled(jac, diag), (False, False)
+        return _right_svd_unbatched(jac, diag), (False, False)
     jac_axis = 0 if jac_batched else None
     diag_axis = 0 if diag_batched else None
     if jac.shape[-1] > SMALL_N:

@@ -98,9 +98,6 @@ def solve(
         ``"unrolled"``: differentiate through the iterations themselves (for
         comparison); forward mode only (``jvp``, ``jacfwd``): JAX cannot reverse a
         ``while_loop`` and raises ``ValueError`` for ``grad``/``jacrev``/``vjp``.
-        Known limitation: with ``linear_solver="svd"``, ``"unrolled"`` works under
-        ``jvp`` but not ``jacfwd``/``vmap`` of ``jvp`` (the batched SVD's
-        ``custom_vmap`` recurses); use ``"eigh"`` or ``"implicit"`` there.
         ``params``, ``residuals``, ``cost``, ``jac`` and ``grad`` carry derivatives;
         integer fields do not.
 

@@ -130,6 +130,11 @@ def test_unrolled_forward_mode_agrees(linear_solver):
         (v,),
     )
     np.testing.assert_allclose(t_unr, t_imp, rtol=1e-5, atol=1e-8)
+    # jacfwd = vmap of jvp: the batched-SVD rule sees unbatched inputs here.
+    j_unr = jax.jacfwd(
+        lambda y: fit_params(y, adjoint="unrolled", linear_solver=linear_solver)
+    )(y)
+    np.testing.assert_allclose(j_unr, jax.jacfwd(fit_params)(y), rtol=1e-4, atol=1e-7)
 
 
 def test_unrolled_reverse_mode_raises():
