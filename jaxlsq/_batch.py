@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._solution import Solution
 from ._solve import solve
@@ -15,6 +16,7 @@ from ._solve import solve
 #: Options of `solve` that select code (static); the others are traced values.
 _STATIC_OPTIONS = ("jac", "linear_solver")
 _DYNAMIC_OPTIONS = ("ftol", "xtol", "gtol", "max_nfev", "factor", "diag")
+_BATCH_AXIS = "batch"
 
 
 def solve_batch(
@@ -24,6 +26,7 @@ def solve_batch(
     *,
     in_axes: Any = 0,
     chunk_size: int | None = 1024,
+    devices: Any = None,
     **solve_options: Any,
 ) -> Solution:
     """Solve many independent least-squares problems at once.
@@ -50,6 +53,12 @@ def solve_batch(
         (say the abscissa) and batches the second (the curves).
     chunk_size : int or None, default 1024
         Fits per chunk; ``None`` vmaps the whole batch at once.
+    devices : None, int or list of jax.Device, default None
+        Shard the batch over these devices (an int takes the first ``devices`` of
+        ``jax.devices()``): a 1-D mesh over the batch axis and ``jax.shard_map``, each
+        device fitting its shard in chunks, results left sharded on the devices. The
+        batch is padded to a multiple of the device count. ``None``: the default
+        device.
     **solve_options
         Any keyword of `solve` (``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
         ``factor``, ``diag``, ``jac``, ``linear_solver``), shared by all fits.
@@ -96,47 +105,91 @@ def solve_batch(
     treedef = jax.tree_util.tree_structure((x0, args))
     axes_leaves = tuple(jax.tree_util.tree_leaves(axes, is_leaf=lambda a: a is None))
     chunk = None if chunk_size is None or chunk_size >= n_batch else chunk_size
+    mesh = _mesh(devices)
     return _solve_batch_jit(
-        fun, static, treedef, axes_leaves, chunk, n_batch, (x0, args), dynamic
+        fun, static, treedef, axes_leaves, chunk, n_batch, mesh, (x0, args), dynamic
     )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
 def _solve_batch_jit(
-    fun, static, treedef, axes_leaves, chunk, n_batch, inputs, dynamic
+    fun, static, treedef, axes_leaves, chunk, n_batch, mesh, inputs, dynamic
 ):
     leaves = treedef.flatten_up_to(inputs)
     # Batched leaves get their batch axis in front; shared leaves stay as they are.
-    leaves = [
-        leaf if axis is None else jnp.moveaxis(jnp.asarray(leaf), axis, 0)
-        for leaf, axis in zip(leaves, axes_leaves, strict=True)
-    ]
     batched = [axis is not None for axis in axes_leaves]
+    per_fit = [
+        jnp.moveaxis(jnp.asarray(leaf), axis, 0)
+        for leaf, axis in zip(leaves, axes_leaves, strict=True)
+        if axis is not None
+    ]
+    shared = [leaf for leaf, b in zip(leaves, batched, strict=True) if not b]
 
-    def one(batched_leaves):
-        it = iter(batched_leaves)
-        full = [
-            next(it) if b else leaf for leaf, b in zip(leaves, batched, strict=True)
-        ]
+    def one(shared, batched_leaves):
+        per, common = iter(batched_leaves), iter(shared)
+        full = [next(per) if b else next(common) for b in batched]
         x0, args = jax.tree_util.tree_unflatten(treedef, full)
         return solve(fun, x0, args, **dict(static), **dynamic)
 
-    per_fit = [leaf for leaf, b in zip(leaves, batched, strict=True) if b]
-    if chunk is None:
-        return jax.vmap(one)(per_fit)
-    n_chunks = -(-n_batch // chunk)
-    pad = n_chunks * chunk - n_batch
+    def chunked(shared, per_fit):
+        """Fit the leading axis of ``per_fit`` in chunks (vmap in, lax.map over)."""
+        n = per_fit[0].shape[0]
+        if chunk is None or chunk >= n:
+            return jax.vmap(one, in_axes=(None, 0))(shared, per_fit)
+        n_chunks = -(-n // chunk)
+        padded = [_pad(leaf, n_chunks * chunk) for leaf in per_fit]
+        split = [leaf.reshape((n_chunks, chunk) + leaf.shape[1:]) for leaf in padded]
+        sols = jax.lax.map(lambda c: jax.vmap(one, in_axes=(None, 0))(shared, c), split)
+        return jax.tree_util.tree_map(
+            lambda a: a.reshape((n_chunks * chunk,) + a.shape[2:])[:n], sols
+        )
 
-    def to_chunks(leaf):
-        # Pad with copies of the last problem (a valid fit, never NaN), then split.
-        if pad:
-            leaf = jnp.concatenate([leaf, jnp.repeat(leaf[-1:], pad, axis=0)])
-        return leaf.reshape((n_chunks, chunk) + leaf.shape[1:])
+    if mesh is None:
+        return chunked(shared, per_fit)
+    # One shard of the batch per device; each device fits its shard in chunks.
+    n_padded = -(-n_batch // mesh.size) * mesh.size
+    per_fit = [_pad(leaf, n_padded) for leaf in per_fit]
+    spec = jax.sharding.PartitionSpec(_BATCH_AXIS)
+    sols = jax.shard_map(
+        chunked,
+        mesh=mesh,
+        in_specs=(jax.sharding.PartitionSpec(), spec),
+        out_specs=spec,
+        # Each device runs independent fits, no collectives: skip the varying-axes
+        # type check, which the solver's while_loops (constant initial carries) trip.
+        check_vma=False,
+    )(shared, per_fit)
+    if n_padded == n_batch:
+        return sols
+    return jax.tree_util.tree_map(lambda a: a[:n_batch], sols)
 
-    sols = jax.lax.map(jax.vmap(one), [to_chunks(leaf) for leaf in per_fit])
-    return jax.tree_util.tree_map(
-        lambda a: a.reshape((n_chunks * chunk,) + a.shape[2:])[:n_batch], sols
-    )
+
+def _pad(leaf: jax.Array, size: int) -> jax.Array:
+    """Pad the leading axis to ``size`` with copies of the last problem (a valid fit,
+    never NaN), so every call with the same shapes reuses one compiled program."""
+    missing = size - leaf.shape[0]
+    if missing == 0:
+        return leaf
+    return jnp.concatenate([leaf, jnp.repeat(leaf[-1:], missing, axis=0)])
+
+
+def _mesh(devices) -> jax.sharding.Mesh | None:
+    if devices is None:
+        return None
+    if isinstance(devices, int) and not isinstance(devices, bool):
+        available = jax.devices()
+        if not 1 <= devices <= len(available):
+            raise ValueError(
+                f"devices={devices} but {len(available)} device(s) are available"
+            )
+        devices = available[:devices]
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ValueError(
+            "devices must be None, a positive int or a list of jax.Device, "
+            f"got {devices!r}"
+        )
+    return jax.sharding.Mesh(np.array(devices), (_BATCH_AXIS,))
 
 
 def _broadcast_axes(in_axes: Any, tree: Any) -> Any:

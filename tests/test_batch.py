@@ -107,3 +107,53 @@ def test_batch_sizes_must_agree():
         jaxlsq.solve_batch(
             expdecay, jnp.ones((3, 3)), (X50, _batch(n=4)), in_axes=(0, (None, 0))
         )
+
+
+_SHARDED_SCRIPT = r"""
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+import jaxlsq
+
+assert len(jax.devices()) == 4, jax.devices()
+x = jnp.linspace(0.0, 5.0, 50)
+rng = np.random.default_rng(0)
+truth = np.array([2.0, 1.5, 0.5]) * rng.uniform(0.8, 1.2, (REPLACE_N, 3))
+ys = truth[:, :1] * np.exp(-truth[:, 1:2] * np.asarray(x)) + truth[:, 2:]
+ys = jnp.asarray(ys + 0.05 * rng.standard_normal(ys.shape)).at[3, 5].set(jnp.nan)
+
+def res(p, x, y):
+    return p[0] * jnp.exp(-p[1] * x) + p[2] - y
+
+kw = dict(in_axes=(None, (None, 0)), chunk_size=4)
+single = jaxlsq.solve_batch(res, jnp.ones(3), (x, ys), **kw)
+sharded = jaxlsq.solve_batch(res, jnp.ones(3), (x, ys), devices=4, **kw)
+np.testing.assert_allclose(sharded.params, single.params, rtol=1e-8)
+np.testing.assert_array_equal(sharded.success, single.success)
+assert int(sharded.status[3]) == int(jaxlsq.Status.NONFINITE)
+print("DEVICES", len(sharded.params.sharding.device_set))
+"""
+
+
+@pytest.mark.parametrize("n_curves", [32, 30])  # 30: padded to a multiple of 4
+def test_sharding_over_four_simulated_devices(n_curves):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    code = _SHARDED_SCRIPT.replace("REPLACE_N", str(n_curves))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    if n_curves == 32:  # not padded: the results stay spread over the 4 devices
+        assert "DEVICES 4" in out.stdout, out.stdout
+
+
+def test_bad_devices_raise():
+    ys = _batch(n=4, seed=9)
+    for bad in (0, 10_000, ["cpu"]):
+        with pytest.raises(ValueError, match="devices"):
+            jaxlsq.solve_batch(
+                expdecay, P0, (X50, ys), in_axes=(None, (None, 0)), devices=bad
+            )
