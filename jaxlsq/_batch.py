@@ -27,6 +27,7 @@ def solve_batch(
     in_axes: Any = 0,
     chunk_size: int | None = 1024,
     devices: Any = None,
+    progress: bool = False,
     **solve_options: Any,
 ) -> Solution:
     """Solve many independent least-squares problems at once.
@@ -59,6 +60,9 @@ def solve_batch(
         device fitting its shard in chunks, results left sharded on the devices. The
         batch is padded to a multiple of the device count. ``None``: the default
         device.
+    progress : bool, default False
+        Show a tqdm progress bar over chunks (needs ``tqdm``). The call then waits
+        for the results instead of returning at once.
     **solve_options
         Any keyword of `solve` (``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
         ``factor``, ``diag``, ``jac``, ``linear_solver``), shared by all fits.
@@ -106,14 +110,17 @@ def solve_batch(
     axes_leaves = tuple(jax.tree_util.tree_leaves(axes, is_leaf=lambda a: a is None))
     chunk = None if chunk_size is None or chunk_size >= n_batch else chunk_size
     mesh = _mesh(devices)
-    return _solve_batch_jit(
-        fun, static, treedef, axes_leaves, chunk, n_batch, mesh, (x0, args), dynamic
+    run = functools.partial(
+        _solve_batch_jit, fun, static, treedef, axes_leaves, chunk, n_batch, mesh
     )
+    if not progress:
+        return run(False, (x0, args), dynamic)
+    return _with_progress_bar(run, (x0, args), dynamic, n_batch, chunk, mesh)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
 def _solve_batch_jit(
-    fun, static, treedef, axes_leaves, chunk, n_batch, mesh, inputs, dynamic
+    fun, static, treedef, axes_leaves, chunk, n_batch, mesh, progress, inputs, dynamic
 ):
     leaves = treedef.flatten_up_to(inputs)
     # Batched leaves get their batch axis in front; shared leaves stay as they are.
@@ -131,15 +138,21 @@ def _solve_batch_jit(
         x0, args = jax.tree_util.tree_unflatten(treedef, full)
         return solve(fun, x0, args, **dict(static), **dynamic)
 
+    def one_chunk(shared, per_fit):
+        sols = jax.vmap(one, in_axes=(None, 0))(shared, per_fit)
+        if progress:  # after the chunk's fits: the tick depends on their result
+            jax.debug.callback(_tick, sols.nfev[0])
+        return sols
+
     def chunked(shared, per_fit):
         """Fit the leading axis of ``per_fit`` in chunks (vmap in, lax.map over)."""
         n = per_fit[0].shape[0]
         if chunk is None or chunk >= n:
-            return jax.vmap(one, in_axes=(None, 0))(shared, per_fit)
+            return one_chunk(shared, per_fit)
         n_chunks = -(-n // chunk)
         padded = [_pad(leaf, n_chunks * chunk) for leaf in per_fit]
         split = [leaf.reshape((n_chunks, chunk) + leaf.shape[1:]) for leaf in padded]
-        sols = jax.lax.map(lambda c: jax.vmap(one, in_axes=(None, 0))(shared, c), split)
+        sols = jax.lax.map(lambda c: one_chunk(shared, c), split)
         return jax.tree_util.tree_map(
             lambda a: a.reshape((n_chunks * chunk,) + a.shape[2:])[:n], sols
         )
@@ -162,6 +175,35 @@ def _solve_batch_jit(
     if n_padded == n_batch:
         return sols
     return jax.tree_util.tree_map(lambda a: a[:n_batch], sols)
+
+
+_PROGRESS: dict = {"bar": None}  # the bar of the solve_batch call being computed
+
+
+def _tick(_):
+    bar = _PROGRESS["bar"]
+    if bar is not None:
+        bar.update(1)
+
+
+def _with_progress_bar(run, inputs, dynamic, n_batch, chunk, mesh):
+    """Run with a tqdm bar over chunks; waits for the results (to close the bar)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as err:
+        raise ImportError("progress=True needs tqdm: pip install tqdm") from err
+    n_dev = 1 if mesh is None else mesh.size
+    per_device = -(-n_batch // n_dev)
+    chunk = chunk if chunk is not None and chunk < per_device else per_device
+    total = -(-per_device // chunk) * n_dev
+    with tqdm(total=total, unit="chunk", desc=f"{n_batch} fits") as bar:
+        _PROGRESS["bar"] = bar
+        try:
+            sols = jax.block_until_ready(run(True, inputs, dynamic))
+            jax.effects_barrier()  # every tick delivered before the bar closes
+        finally:
+            _PROGRESS["bar"] = None
+    return sols
 
 
 def _pad(leaf: jax.Array, size: int) -> jax.Array:

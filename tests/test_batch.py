@@ -157,3 +157,13 @@ def test_bad_devices_raise():
             jaxlsq.solve_batch(
                 expdecay, P0, (X50, ys), in_axes=(None, (None, 0)), devices=bad
             )
+
+
+def test_progress_bar_counts_chunks(capsys):
+    ys = _batch(n=10, seed=10)
+    kw = dict(in_axes=(None, (None, 0)), chunk_size=4)
+    plain = jaxlsq.solve_batch(expdecay, P0, (X50, ys), **kw)
+    shown = jaxlsq.solve_batch(expdecay, P0, (X50, ys), progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "10 fits" in err and "3/3" in err, err  # 10 fits in 3 chunks of 4
+    np.testing.assert_array_equal(shown.params, plain.params)
