@@ -79,6 +79,14 @@ def solve_batch(
         If no leaf is batched, batched leaves disagree on N, ``chunk_size`` is not a
         positive integer, or an option is unknown.
 
+    Notes
+    -----
+    Ragged batches (curves of different lengths): pad every curve to the longest
+    and pass a 0/1 mask (or per-point weights) as an argument that multiplies the
+    residuals, ``fun = lambda p, x, y, mask: mask * (model(p, x) - y)``. Padded
+    points then contribute nothing, and each fit equals the fit of its unpadded
+    curve (tested). ``residuals`` and ``jac`` of a padded fit have zeros there.
+
     Examples
     --------
     >>> import jax.numpy as jnp, jaxlsq

@@ -167,3 +167,28 @@ def test_progress_bar_counts_chunks(capsys):
     err = capsys.readouterr().err
     assert "10 fits" in err and "3/3" in err, err  # 10 fits in 3 chunks of 4
     np.testing.assert_array_equal(shown.params, plain.params)
+
+
+def masked_expdecay(p, x, y, mask):
+    """Ragged curves padded to a common length: padded points weigh 0."""
+    return mask * (p[0] * jnp.exp(-p[1] * x) + p[2] - y)
+
+
+def test_ragged_batch_with_mask_equals_fits_of_the_unpadded_curves():
+    rng = np.random.default_rng(11)
+    lengths = [50, 23, 37, 12]
+    xs = np.zeros((4, 50))
+    ys = np.zeros((4, 50))
+    masks = np.zeros((4, 50))
+    for i, m in enumerate(lengths):
+        x = np.sort(rng.uniform(0, 5, m))
+        xs[i, :m] = x
+        ys[i, :m] = 2 * np.exp(-1.5 * x) + 0.5 + 0.05 * rng.standard_normal(m)
+        masks[i, :m] = 1.0
+        xs[i, m:] = 123.0  # padding values are irrelevant: the mask zeroes them
+    sols = jaxlsq.solve_batch(masked_expdecay, P0, (xs, ys, masks), in_axes=(None, 0))
+    for i, m in enumerate(lengths):
+        solo = jaxlsq.solve(expdecay, P0, args=(xs[i, :m], ys[i, :m]))
+        np.testing.assert_allclose(sols.params[i], solo.params, rtol=1e-7)
+        np.testing.assert_allclose(sols.cost[i], solo.cost, rtol=1e-10)
+        assert bool(sols.success[i])
