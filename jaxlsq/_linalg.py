@@ -105,6 +105,12 @@ def scaled_jacobian_norm(spec: Spectral, z: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(spec.w * (spec.v.T @ z) ** 2))
 
 
+def _right_svd_unbatched(jac, diag):
+    """LAPACK SVD of ``jac / diag``: (V, s)."""
+    _, s, vt = jnp.linalg.svd(jac / diag, full_matrices=False)
+    return vt.T, s
+
+
 @jax.custom_batching.custom_vmap
 def _right_svd_scaled(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Right singular vectors V (n, n) and singular values s (n,) of ``jac / diag``.
@@ -118,8 +124,7 @@ def _right_svd_scaled(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.A
     ``custom_vmap`` picks the implementation by whether the call is batched, which
     tracing alone cannot see.
     """
-    _, s, vt = jnp.linalg.svd(jac / diag, full_matrices=False)
-    return vt.T, s
+    return _right_svd_unbatched(jac, diag)
 
 
 @_right_svd_scaled.def_vmap
@@ -133,11 +138,6 @@ def _right_svd_scaled_batched(axis_size, in_batched, jac, diag):
         one = jax.vmap(_right_svd_unbatched, in_axes=(jac_axis, diag_axis))
         return one(jac, diag), (True, True)
     return jax.vmap(_small_svd, in_axes=(jac_axis, diag_axis))(jac, diag), (True, True)
-
-
-def _right_svd_unbatched(jac, diag):
-    _, s, vt = jnp.linalg.svd(jac / diag, full_matrices=False)
-    return vt.T, s
 
 
 def _small_svd(jac, diag):
