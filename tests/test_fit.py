@@ -1,0 +1,373 @@
+"""`jaxlsq.fit`: the curve-fitting layer, against scipy's curve_fit / least_squares,
+hand formulas and finite differences.
+
+Every model function and data shape is a new compile, so the tests share a few
+models (module-level functions) and shapes (40 points for the decay, 100 for the
+tutorial sinusoid).
+"""
+
+import functools
+import html.parser
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import curve_fit, least_squares  # noqa: F401
+
+from jaxlsq import Status
+from jaxlsq._fit import FitResult, fit
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+from tutorial_fits import sinusoid, tutorial_problems  # noqa: E402
+
+TIGHT = {"ftol": 1e-15, "xtol": 1e-15, "gtol": 0.0, "maxfev": 10000}
+P0 = {"a": 1.0, "k": 1.0, "c": 0.0}
+
+
+def decay(x, p):
+    return p["a"] * jnp.exp(-p["k"] * x) + p["c"]
+
+
+def decay_np(x, a, k, c):
+    return a * np.exp(-k * x) + c
+
+
+def decay_jac(x, a, k, c):  # exact Jacobian for scipy: FD limits it to ~1e-9
+    e = np.exp(-k * x)
+    return np.stack([e, -a * x * e, np.ones_like(x)], axis=1)
+
+
+def sinus(x, p):
+    return p["a"] * jnp.sin(p["b"] * x + p["c"])
+
+
+@functools.cache
+def decay_data():
+    rng = np.random.default_rng(0)
+    x = np.linspace(0.0, 4.0, 40)
+    sig = 0.02 * (1.0 + x)
+    y = decay_np(x, 3.0, 1.3, 0.5) + sig * rng.standard_normal(x.size)
+    return x, y, sig
+
+
+def ar1_covariance(sig, rho=0.6):
+    i = np.arange(sig.size)
+    return np.outer(sig, sig) * rho ** np.abs(i[:, None] - i[None, :])
+
+
+def flat(tree):
+    return np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(tree)])
+
+
+# ----------------------------------------------------------------------------------
+# scipy curve_fit as the oracle
+
+
+@pytest.mark.parametrize("kind", ["none", "scalar", "1d", "2d"])
+def test_params_and_covariance_match_curve_fit(kind):
+    x, y, sig = decay_data()
+    sigma = {"none": None, "scalar": 0.05, "1d": sig, "2d": ar1_covariance(sig)}[kind]
+    for absolute_sigma in (False, True):
+        res = fit(decay, x, y, P0, sigma=sigma, absolute_sigma=absolute_sigma)
+        # (scipy's jac wrapper cannot take a scalar sigma: give it the full array)
+        ref_sigma = np.full(x.shape, sigma) if kind == "scalar" else sigma
+        popt, pcov = curve_fit(
+            decay_np, x, y, p0=[1.0, 1.0, 0.0], sigma=ref_sigma, jac=decay_jac,
+            absolute_sigma=absolute_sigma, **TIGHT,
+        )  # fmt: skip
+        assert bool(res.success)
+        # flat order of a dict is sorted keys: a, c, k
+        order = [0, 2, 1]
+        np.testing.assert_allclose(flat(res.params), popt[order], rtol=1e-9)
+        np.testing.assert_allclose(
+            np.asarray(res.covariance), pcov[np.ix_(order, order)], rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            flat(res.stderr), np.sqrt(np.diag(pcov))[order], rtol=1e-6
+        )
+        d = np.sqrt(np.diag(pcov))
+        np.testing.assert_allclose(
+            np.asarray(res.correlation),
+            (pcov / np.outer(d, d))[np.ix_(order, order)],
+            rtol=1e-6,
+            atol=1e-12,
+        )
+        assert res.names == ("a", "c", "k")
+        assert (res.ndata, res.nfree, res.dof) == (40, 3, 37)
+        # weighted residuals and best fit from the oracle's parameters
+        model_y = decay_np(x, *popt)
+        if kind == "2d":
+            white = np.linalg.solve(np.linalg.cholesky(sigma), model_y - y)
+        else:
+            white = (model_y - y) / (1.0 if sigma is None else sigma)
+        np.testing.assert_allclose(np.asarray(res.residuals), white, atol=1e-8)
+        np.testing.assert_allclose(np.asarray(res.best_fit), model_y, atol=1e-9)
+        np.testing.assert_allclose(float(res.chisq), np.sum(white**2), rtol=1e-9)
+
+
+def test_statistics_match_hand_formulas():
+    x, y, sig = decay_data()
+    m, nfree = x.size, 3
+    for sigma in (None, sig):
+        res = fit(decay, x, y, P0, sigma=sigma)
+        popt, _ = curve_fit(
+            decay_np, x, y, p0=[1, 1, 0], sigma=sigma, jac=decay_jac, **TIGHT
+        )
+        w = 1.0 if sigma is None else 1.0 / sigma
+        chisq = np.sum(((decay_np(x, *popt) - y) * w) ** 2)
+        # R^2 against the best constant model under the same weights (a curve_fit of
+        # a constant: the weighted mean), which is 1 - SSR/SST without weights
+        (c0,), _ = curve_fit(
+            lambda x, c: np.full(x.shape, c), x, y, p0=[1.0], sigma=sigma, **TIGHT
+        )
+        chisq0 = np.sum(((c0 - y) * w) ** 2)
+        if sigma is None:
+            assert np.isclose(chisq0, np.sum((y - y.mean()) ** 2), rtol=1e-12)
+        np.testing.assert_allclose(float(res.chisq), chisq, rtol=1e-9)
+        np.testing.assert_allclose(float(res.redchi), chisq / (m - nfree), rtol=1e-9)
+        np.testing.assert_allclose(float(res.r_squared), 1 - chisq / chisq0, rtol=1e-9)
+        aic = m * np.log(chisq / m) + 2 * nfree
+        bic = m * np.log(chisq / m) + np.log(m) * nfree
+        np.testing.assert_allclose(float(res.aic), aic, rtol=1e-9)
+        np.testing.assert_allclose(float(res.bic), bic, rtol=1e-9)
+        np.testing.assert_allclose(float(res.cost), chisq / 2, rtol=1e-9)
+
+
+def rank_deficient(x, p):  # a and b enter only through their product
+    return p["a"] * p["b"] * x + p["c"]
+
+
+def test_rank_deficient_gives_inf_not_garbage():
+    x, y, _ = decay_data()
+    res = fit(rank_deficient, x, y, {"a": 1.0, "b": -1.0, "c": 0.0})
+    assert bool(res.success)
+    cov = np.asarray(res.covariance)  # order a, b, c
+    assert np.all(np.isinf(cov[:2, :])) and np.all(np.isinf(cov[:, :2]))
+    assert np.isinf(float(res.stderr["a"])) and np.isinf(float(res.stderr["b"]))
+    # c is estimable: same fit and same (unscaled) variance as in the identifiable
+    # model s*x + c; the chisq/dof scale counts nfree = 3 (as scipy and lmfit do)
+    popt, pcov = curve_fit(
+        lambda x, s, c: s * x + c, x, y, p0=[1.0, 0.0], absolute_sigma=True, **TIGHT
+    )
+    ssr = np.sum((popt[0] * x + popt[1] - y) ** 2)
+    np.testing.assert_allclose(float(res.chisq), ssr, rtol=1e-10)
+    np.testing.assert_allclose(cov[2, 2], pcov[1, 1] * ssr / (x.size - 3), rtol=1e-8)
+    corr = np.asarray(res.correlation)
+    assert np.all(np.isnan(corr[:2, :])) and corr[2, 2] == 1.0
+    text = res.report()
+    assert "not estimable" in text and "C(a, b)" not in text
+
+
+# ----------------------------------------------------------------------------------
+# report and HTML
+
+
+def test_report_contents_and_html():
+    x, y, _ = decay_data()
+    res = fit(decay, x, y, P0)
+    text = res.report(correl_threshold=0.1)
+    assert str(res) == text
+    for header in ("[[Fit Statistics]]", "[[Variables]]", "[[Correlations]]"):
+        assert header in text
+    assert f"# data points      = {x.size}" in text
+    assert f"chi-square         = {float(res.chisq):.7g}" in text
+    assert f"status             = {int(res.status)} ({Status(int(res.status)).name}"
+    assert res.message in text
+    for name in res.names:
+        v, e = float(res.params[name]), float(res.stderr[name])
+        assert f"{name}: {v:.7g} +/- {e:.7g} ({abs(e / v) * 100:.2f}%)" in text
+    corr = np.asarray(res.correlation)
+    names = res.names
+    for i in range(3):
+        for j in range(i + 1, 3):
+            label = f"C({names[i]}, {names[j]}) = {corr[i, j]:+.4f}"
+            assert (label in text) == (abs(corr[i, j]) > 0.1)
+    # a higher threshold drops correlations
+    assert "[[Correlations]]" not in res.report(correl_threshold=1.0)
+
+    page = res._repr_html_()
+
+    class Parser(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.text = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    parser = Parser()
+    parser.feed(page)
+    assert parser.tags.count("table") == 3 and "th" in parser.tags
+    assert all(name in parser.text for name in res.names)
+    assert f"{float(res.params['k']):.7g}" in parser.text
+
+
+def test_param_names_from_pytree_paths():
+    from jaxlsq._fit import _param_names
+
+    assert _param_names({"w": jnp.zeros(2), "b": 0.0}) == ("b", "w[0]", "w[1]")
+    assert _param_names(jnp.zeros(3)) == ("p[0]", "p[1]", "p[2]")
+    assert _param_names([1.0, jnp.zeros((1, 2))]) == ("p[0]", "p[1][0,0]", "p[1][0,1]")
+    assert _param_names({"g": {"mu": 0.0}}) == ("g.mu",)
+
+
+# ----------------------------------------------------------------------------------
+# multi-start
+
+
+def test_multistart_sinusoid_finds_the_global_minimum():
+    _, model, x, y, start = tutorial_problems()[2]
+    assert model is sinusoid
+    ref, _, info, *_ = curve_fit(sinusoid, x, y, p0=start, full_output=True)
+    ref_ssr = np.sum(info["fvec"] ** 2)
+    assert ref_ssr > 100  # MINPACK from [1, 1, 0] stops in a local minimum
+
+    p0 = dict(zip("abc", map(float, start), strict=True))
+    single = fit(sinus, x, y, p0)
+    np.testing.assert_allclose(float(single.chisq), ref_ssr, rtol=1e-6)
+
+    b, c = np.meshgrid(np.linspace(0.5, 3.0, 6), np.linspace(0.0, 2 * np.pi, 6))
+    starts = np.stack([np.ones(b.size), b.ravel(), c.ravel()], axis=1)
+    res = fit(sinus, x, y, p0, starts=starts)
+    # oracle: the best of scipy's fits from the same 36 starts
+    ssr = []
+    for s in starts:
+        try:
+            p, _, info, _, ier = curve_fit(sinusoid, x, y, p0=s, full_output=True)
+            ssr.append(np.sum(info["fvec"] ** 2))
+        except RuntimeError:
+            pass
+    assert bool(res.success) and res.n_starts == 36
+    assert 1 <= int(res.n_success) <= 36
+    np.testing.assert_allclose(float(res.chisq), min(ssr), rtol=1e-6)
+    assert float(res.chisq) < 4.0 < ref_ssr
+    assert "starts             = " in res.report()
+    # the same starts as a pytree with a leading K axis
+    tree_starts = {k: starts[:, i] for i, k in enumerate("abc")}
+    again = fit(sinus, x, y, p0, starts=tree_starts)
+    np.testing.assert_array_equal(flat(again.params), flat(res.params))
+
+
+# ----------------------------------------------------------------------------------
+# jit, vmap, grad
+
+
+def test_vmap_over_y_equals_per_curve_fits_and_batch_summary():
+    x, _, _ = decay_data()
+    rng = np.random.default_rng(1)
+    truth = np.stack(
+        [rng.uniform(1, 4, 6), rng.uniform(0.5, 2, 6), rng.uniform(0, 1, 6)]
+    )
+    ys = decay_np(x[None, :], *truth[:, :, None]) + 0.01 * rng.standard_normal((6, 40))
+    ys[4, 7] = np.nan  # under vmap nothing raises: the lane reports it
+
+    batched = jax.jit(jax.vmap(lambda y: fit(decay, x, y, P0)))(jnp.asarray(ys))
+    assert isinstance(batched, FitResult) and batched.batch_shape == (6,)
+    # Lanes agree with solo fits to the solver's accuracy, not bit for bit: solve
+    # computes batched damped steps with a different SVD than a single fit's.
+    for i in (0, 1, 2, 3, 5):
+        solo = fit(decay, x, ys[i], P0)
+        assert bool(solo.success) and bool(batched.success[i])
+        for field in ("chisq", "covariance", "redchi", "r_squared", "best_fit"):
+            np.testing.assert_allclose(
+                np.asarray(getattr(batched, field))[i],
+                np.asarray(getattr(solo, field)),
+                rtol=1e-7,
+            )
+        np.testing.assert_allclose(
+            flat(jax.tree_util.tree_map(lambda v, i=i: v[i], batched.params)),
+            flat(solo.params),
+            rtol=1e-7,
+        )
+    status = np.asarray(batched.status)
+    success = np.asarray(batched.success)
+    assert not success[4] and success[[0, 1, 2, 3, 5]].all()
+    with pytest.raises(ValueError, match="y must be finite"):
+        fit(decay, x, ys[4], P0)
+
+    text = batched.report()
+    assert "[[Batch Summary]]" in text
+    assert f"# succeeded        = {success.sum()}" in text
+    for code in np.unique(status):
+        name = Status(int(code)).name
+        assert f"{int(code):>2d} {name:<15s}: {np.sum(status == code):>8d}" in text
+    k = np.asarray(batched.params["k"])[success]
+    row = next(line for line in text.splitlines() if line.strip().startswith("k "))
+    stats = [float(v) for v in row.split()[1:6]]
+    np.testing.assert_allclose(
+        stats, [k.mean(), k.std(), k.min(), np.median(k), k.max()], rtol=1e-5
+    )
+    assert "<table>" in batched._repr_html_()
+
+
+def test_grad_of_params_and_stderr_matches_finite_differences():
+    x, y, sig = decay_data()
+
+    def summary(y):
+        res = fit(decay, x, y, P0, sigma=sig)
+        return jnp.stack([res.params["k"] + 0.3 * res.params["a"], res.stderr["k"]])
+
+    jac = np.asarray(jax.jacrev(summary)(jnp.asarray(y)))  # (2, 40)
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        d = rng.standard_normal(y.size)
+
+        def central(h, d=d):
+            return (np.asarray(summary(y + h * d)) - np.asarray(summary(y - h * d))) / (
+                2 * h
+            )
+
+        # Richardson-extrapolated central differences of re-fits (error O(h^4));
+        # each re-fit is only determined to ~1e-10, hence h = 1e-3.
+        fd = (4 * central(1e-3) - central(2e-3)) / 3
+        scale = np.linalg.norm(jac, axis=1) * np.linalg.norm(d)
+        np.testing.assert_array_less(np.abs(jac @ d - fd), 1e-5 * scale)
+
+
+# ----------------------------------------------------------------------------------
+# bad inputs
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sigma": np.ones(39)}, "sigma must be a scalar, an array of y's shape"),
+        ({"sigma": np.r_[np.nan, np.ones(39)]}, "sigma must be finite"),
+        ({"sigma": np.r_[0.0, np.ones(39)]}, "sigma must be > 0"),
+        ({"sigma": -np.eye(40)}, "positive definite"),
+        ({"y": np.ones(39)}, r"model\(x, p0\) returns shape \(40,\) but y has"),
+        ({"y": np.r_[np.inf, np.ones(39)]}, "y must be finite"),
+        ({"loss": "l1"}, "loss must be one of"),
+        ({"f_scale": 0.0}, "f_scale must be > 0"),
+        ({"starts": np.ones((4, 2))}, r"starts must be an array of shape \(K, 3\)"),
+        ({"starts": np.full((2, 3), np.nan)}, "starts must be finite"),
+        ({"bounds": (0.0, 0.0)}, "lower < upper"),
+        ({"bounds": (2.0, 5.0)}, "p0 must lie within bounds"),
+        ({"bounds": (0.0,)}, r"bounds must be a pair"),
+        ({"bounds": (np.zeros(2), 5.0)}, r"bounds\[0\] \(lower\) must be"),
+    ],
+)
+def test_bad_inputs_raise_with_a_named_problem(kwargs, match):
+    x, y, _ = decay_data()
+    kwargs = dict(kwargs)
+    y = kwargs.pop("y", y)
+    with pytest.raises(ValueError, match=match):
+        fit(decay, x, y, P0, **kwargs)
+
+
+def test_bad_types():
+    x, y, _ = decay_data()
+    with pytest.raises(TypeError, match="model must be callable"):
+        fit(None, x, y, P0)
+    with pytest.raises(TypeError, match="callable jac"):
+        fit(decay, x, y, P0, jac=lambda *a: 0)
+    with pytest.raises(TypeError, match="fixed must be concrete"):
+        jax.jit(lambda f: fit(decay, x, y, P0, fixed={"a": f, "k": False, "c": False}))(
+            True
+        )
