@@ -15,6 +15,13 @@ derivative is one Hessian (n x n) and one eigendecomposition at the solution, wh
 the number of iterations.
 
 The tangent of the starting point is ignored: ``dp*/dx0 = 0``.
+
+Frozen parameters -- fixed ones, and those that ended on a bound -- have zero
+derivative: the stationarity condition holds only in the free directions, so the
+system is solved on the free block of ``H`` (``p_free_dot = -H_ff^+ g_f_dot``) and
+the frozen entries of the tangent are 0. (A parameter exactly on its bound with a zero
+gradient could move inwards under some perturbations; its one-sided derivative is
+reported as 0.)
 """
 
 from __future__ import annotations
@@ -57,7 +64,10 @@ def _sym_pinv_solver(h: jax.Array) -> Callable[[jax.Array], jax.Array]:
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def implicit_solution(
-    residual_fn: Callable[[jax.Array, Any], jax.Array], x_star: jax.Array, args: Any
+    residual_fn: Callable[[jax.Array, Any], jax.Array],
+    x_star: jax.Array,
+    args: Any,
+    frozen: jax.Array,
 ) -> jax.Array:
     """Return ``x_star`` with the implicit-function derivative attached.
 
@@ -71,6 +81,9 @@ def implicit_solution(
         depend on where the fit started).
     args : pytree of arrays
         Everything the residuals depend on besides the parameters.
+    frozen : bool array (n,)
+        Parameters held fixed or stopped on a bound: their tangent is 0 and the
+        others are solved for on the free block of ``H``.
 
     Returns
     -------
@@ -89,14 +102,14 @@ def implicit_solution(
     indefinite (a saddle point) the derivative is that of the saddle point. Non-finite
     residuals give non-finite tangents.
     """
-    del residual_fn, args
+    del residual_fn, args, frozen
     return x_star
 
 
 @implicit_solution.defjvp
 def _implicit_solution_jvp(residual_fn, primals, tangents):
-    x_star, args = primals
-    _, args_dot = tangents  # the tangent of x_star is ignored (x0 does not matter)
+    x_star, args, frozen = primals
+    _, args_dot, _ = tangents  # the tangent of x_star is ignored (x0 does not matter)
 
     def grad_fn(x, a):
         return jax.grad(_cost, argnums=1)(residual_fn, x, a)
@@ -104,6 +117,13 @@ def _implicit_solution_jvp(residual_fn, primals, tangents):
     h = jax.hessian(_cost, argnums=1)(residual_fn, x_star, args)
     # dg/dargs . args_dot: linear in args_dot (JAX transposes it for reverse mode)
     _, b = jax.jvp(lambda a: grad_fn(x_star, a), (args,), (args_dot,))
+    # Frozen rows/columns of H become the identity and their right-hand sides 0,
+    # which decouples them (tangent 0) and leaves H_ff on the free block.
+    free = ~frozen
+    h = jnp.where(free[:, None] & free[None, :], h, 0) + jnp.diag(
+        frozen.astype(h.dtype)
+    )
+    b = jnp.where(free, b, 0)
     pinv = _sym_pinv_solver(h)
     x_dot = -lax.custom_linear_solve(
         lambda v: h @ v, b, solve=lambda _, rhs: pinv(rhs), symmetric=True

@@ -16,6 +16,18 @@ Two deviations from lmder, both about non-finite numbers:
 * NaN/inf residuals or Jacobian at an accepted point stop the fit with
   ``Status.NONFINITE`` instead of a meaningless convergence code.
 
+Box bounds and fixed parameters (both optional, both compiled only when given) use an
+active set on top of lmder, the projected Levenberg-Marquardt idea: at every Jacobian,
+a parameter that is fixed, or that sits on a bound with the gradient pushing it
+outwards, is *frozen* -- its Jacobian column is zeroed, so the damped step, the scaling
+and the gtol test (a projected gradient) all ignore it. Trial points are projected onto
+the box (``clip``), which lands parameters exactly on their bounds; when a projection
+changed the step, the predicted reduction is computed from the model with that actual
+step (one J @ p) instead of lmpar's closed form, and a step whose model predicts no
+decrease is rejected. Small steps from a feasible point are never clipped in the free
+directions, so lmder's convergence argument carries over; with no bound active the
+iterates are lmder's.
+
 Under ``jax.vmap`` both loops run until the slowest lane stops; JAX's batching of
 ``while_loop`` keeps the carry of a finished lane unchanged, so each lane's answer is
 that of the same fit solved alone.
@@ -37,7 +49,10 @@ from ._solution import Status
 class LMOptions(NamedTuple):
     """Dynamic (traced) options of the loop; see `jaxlsq.solve` for their meaning.
 
-    All scalars have shape (); ``diag`` is (n,) or None (automatic scaling).
+    All scalars have shape (); ``diag`` is (n,) or None (automatic scaling);
+    ``lower``/``upper`` are (n,) bounds (±inf allowed) or None (no bounds: the
+    unbounded loop is compiled, bit-identical to lmder); ``fixed`` is a bool (n,) mask
+    of parameters held at their starting values, or None.
     """
 
     ftol: jax.Array
@@ -46,6 +61,9 @@ class LMOptions(NamedTuple):
     factor: jax.Array
     max_nfev: jax.Array
     diag: jax.Array | None
+    lower: jax.Array | None = None
+    upper: jax.Array | None = None
+    fixed: jax.Array | None = None
 
 
 class LMState(NamedTuple):
@@ -106,6 +124,13 @@ def run_lm(
     options_ok = (ftol >= 0) & (xtol >= 0) & (gtol >= 0) & (factor > 0) & (max_nfev > 0)
     if user_diag is not None:
         options_ok &= jnp.all(user_diag > 0)
+    bounded = options.lower is not None
+    if bounded:
+        lower = jnp.asarray(options.lower, dtype)
+        upper = jnp.asarray(options.upper, dtype)
+        # NaN bounds fail both comparisons, so they are improper input too.
+        options_ok &= jnp.all(lower < upper) & jnp.all((x0 >= lower) & (x0 <= upper))
+    fixed = options.fixed
     input_ok = options_ok & jnp.all(jnp.isfinite(x0))
     status0 = jnp.where(
         input_ok,
@@ -145,10 +170,23 @@ def run_lm(
             jac=jac, jac_current=jnp.ones((), bool), njev=st.njev + 1, status=status
         )
 
+    def frozen_columns(x: jax.Array, jtf: jax.Array) -> jax.Array | None:
+        """(n,) bool: fixed parameters, and those on a bound that the gradient
+        ``jtf`` pushes outwards (a descent step would leave the box)."""
+        frozen = fixed
+        if bounded:
+            pushed_out = ((x <= lower) & (jtf > 0)) | ((x >= upper) & (jtf < 0))
+            frozen = pushed_out if frozen is None else frozen | pushed_out
+        return frozen
+
     def outer_body(st: LMState) -> LMState:
         # One Jacobian per outer iteration, i.e. per accepted step (plus the first).
         st = with_jacobian(st)
-        acnorm = jnp.linalg.norm(st.jac, axis=0)
+        jac = st.jac
+        frozen = frozen_columns(st.x, jac.T @ st.f)
+        if frozen is not None:  # the loop sees a Jacobian without frozen columns
+            jac = jnp.where(frozen, jnp.zeros_like(jac), jac)
+        acnorm = jnp.linalg.norm(jac, axis=0)
         first = st.njev == 1
         if user_diag is None:  # MINPACK mode 1: column norms, zero columns scaled by 1
             diag = jnp.where(first, _positive_or_one(acnorm), st.diag)
@@ -163,12 +201,12 @@ def run_lm(
         )
         # gtol test: largest |cos| between f and a column of J (0 when f == 0).
         fnorm_safe = _positive_or_one(st.fnorm)
-        jtf = st.jac.T @ st.f
+        jtf = jac.T @ st.f
         cosines = jnp.abs(jtf) / (_positive_or_one(acnorm) * fnorm_safe)
         cosines = jnp.where(acnorm > 0, cosines, 0)
         gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
         status = jnp.where(running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
-        spec = factorize(st.jac, diag, jtf, linear_solver)
+        spec = factorize(jac, diag, jtf, linear_solver)
         st = st._replace(diag=diag, gnorm=gnorm, status=status)
 
         def trial_running(carry):
@@ -179,24 +217,37 @@ def run_lm(
             st, _ = carry
             par, z = trust_region_par(spec, st.delta, st.par)
             step = z / diag
-            pnorm = jnp.linalg.norm(z)
-            # Before the first accepted step the radius never exceeds the step tried.
-            delta = jnp.where(st.n_iter == 0, jnp.minimum(st.delta, pnorm), st.delta)
             x_trial = st.x + step
-            f_trial = flat_fun(x_trial)
-            fnorm1 = _norm(f_trial)
-            nfev = st.nfev + 1
-
-            # Actual and predicted relative reductions, directional derivative.
+            pnorm = jnp.linalg.norm(z)
+            # Predicted relative reduction and directional derivative, in lmpar's
+            # closed form (valid for the unprojected damped step).
             fnorm = _positive_or_one(st.fnorm)
-            actred = jnp.where(0.1 * fnorm1 < st.fnorm, 1 - (fnorm1 / fnorm) ** 2, -1)
             temp1 = scaled_jacobian_norm(spec, z) / fnorm  # ||J step|| / ||f||
             temp2 = jnp.sqrt(par) * pnorm / fnorm
             prered = temp1**2 + 2 * temp2**2
             dirder = -(temp1**2 + temp2**2)
-            ratio = jnp.where(
-                prered != 0, actred / jnp.where(prered != 0, prered, 1), 0
-            )
+            if bounded:  # project onto the box; recompute the model if that bit
+                projected = jnp.clip(x_trial, lower, upper)
+                clipped = jnp.any(projected != x_trial)
+                x_trial = projected
+                actual_step = x_trial - st.x
+                jp = jac @ actual_step
+                fjp = jnp.dot(st.f, jp) / fnorm**2
+                pnorm = jnp.where(clipped, jnp.linalg.norm(diag * actual_step), pnorm)
+                prered = jnp.where(
+                    clipped, -2 * fjp - jnp.dot(jp, jp) / fnorm**2, prered
+                )
+                dirder = jnp.where(clipped, fjp, dirder)
+            # Before the first accepted step the radius never exceeds the step tried.
+            delta = jnp.where(st.n_iter == 0, jnp.minimum(st.delta, pnorm), st.delta)
+            f_trial = flat_fun(x_trial)
+            fnorm1 = _norm(f_trial)
+            nfev = st.nfev + 1
+
+            # Actual relative reduction; a step the model says cannot help (possible
+            # only after a projection) is rejected.
+            actred = jnp.where(0.1 * fnorm1 < st.fnorm, 1 - (fnorm1 / fnorm) ** 2, -1)
+            ratio = jnp.where(prered > 0, actred / jnp.where(prered > 0, prered, 1), 0)
 
             # Radius update (lmder): shrink on a poor step, double on a good one.
             shrink = ratio <= 0.25

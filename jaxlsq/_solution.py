@@ -116,6 +116,14 @@ class Solution(NamedTuple):
         Number of Jacobian evaluations.
     n_iter : Array, int32, shape ()
         Number of accepted steps.
+    active_mask : Array, int32, shape (n,)
+        Per parameter (``ravel_pytree`` order), as scipy ``least_squares``: -1 if it
+        ended on its lower bound, +1 on its upper bound, 0 otherwise (always 0
+        without ``bounds``).
+
+    With a robust ``loss``, ``cost`` is the robust cost (scipy's), while
+    ``residuals`` and ``jac`` are those of ``fun`` itself and ``grad`` is the
+    gradient of the robust cost.
     """
 
     params: Any
@@ -128,6 +136,7 @@ class Solution(NamedTuple):
     nfev: Any
     njev: Any
     n_iter: Any
+    active_mask: Any
 
     @property
     def message(self) -> str | np.ndarray:

@@ -17,6 +17,7 @@ from ._implicit import ADJOINTS, implicit_solution, with_tangents
 from ._jacobian import JAC_MODES, make_jacobian
 from ._linalg import LINEAR_SOLVERS
 from ._lm import LMOptions, run_lm
+from ._loss import LOSSES, robust_residuals
 from ._solution import Solution, Status
 
 
@@ -25,6 +26,10 @@ def solve(
     x0: Any,
     args: tuple = (),
     *,
+    bounds: tuple[Any, Any] | None = None,
+    fixed: Any = None,
+    loss: str = "linear",
+    f_scale: float = 1.0,
     jac: str | Callable = "auto",
     ftol: float | None = None,
     xtol: float | None = None,
@@ -52,6 +57,28 @@ def solve(
         float64) is the working precision. Integer leaves are cast to float.
     args : tuple, default ()
         Extra positional arguments of ``fun`` (any pytrees of arrays).
+    bounds : (lower, upper), optional
+        Box constraints ``lower <= params <= upper``. Each side is a scalar (applied
+        to every parameter) or a pytree with the structure of ``x0`` whose leaves
+        broadcast to the parameter leaves; use ``-inf``/``inf`` for open sides.
+        Requires ``lower < upper`` everywhere and ``x0`` inside the box (on a bound
+        is fine): violations raise ``ValueError`` (like scipy ``least_squares``),
+        or give ``Status.IMPROPER_INPUT`` when the values are traced. Method: an
+        active-set projected LM (see `jaxlsq._lm`); solutions on the boundary are
+        reached exactly and reported in ``Solution.active_mask``. Default: no bounds
+        (the unbounded loop is compiled and nothing of this costs anything).
+    fixed : pytree of bool, optional
+        ``True`` holds a parameter at its value in ``x0``; same structure rules as
+        ``bounds``. The model is not rewritten: fixed parameters still enter
+        ``fun``, their Jacobian columns are simply ignored by the steps. Default:
+        nothing fixed.
+    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"}, default "linear"
+        Robust loss with scipy ``least_squares``' definition: the fit minimises
+        ``0.5 * f_scale**2 * sum(rho((r / f_scale)**2))`` (see `jaxlsq._loss`), and
+        ``Solution.cost`` is that value.
+    f_scale : float, default 1.0
+        Residual scale (units of the residuals) at which a robust loss starts to
+        down-weight a point. Must be > 0. Ignored for ``"linear"``.
     jac : {"auto", "fwd", "rev"} or callable, default "auto"
         How the Jacobian is computed: forward-mode (``jax.jacfwd``, best for
         ``n <= m``), reverse-mode, or a callable ``jac(params, *args)`` returning an
@@ -105,16 +132,17 @@ def solve(
     -------
     Solution
         ``params`` (structure of ``x0``), ``residuals`` (m,), ``cost``, ``jac`` (m, n),
-        ``grad`` (n,), ``status``, ``success``, ``nfev``, ``njev``, ``n_iter``, and the
-        host-side property ``message``.
+        ``grad`` (n,), ``status``, ``success``, ``nfev``, ``njev``, ``n_iter``,
+        ``active_mask`` (n,), and the host-side property ``message``.
 
     Raises
     ------
     ValueError
         For an invalid option, an empty or non-float ``x0``, non-finite concrete
-        ``x0``, ``m < n``, or a ``fun`` that cannot be evaluated at ``x0``. Under
-        ``jit``/``vmap``, non-finite ``x0`` or options are reported as
-        ``Status.IMPROPER_INPUT`` instead.
+        ``x0``, ``m < n``, a ``fun`` that cannot be evaluated at ``x0``, bounds with
+        ``lower >= upper`` or ``x0`` outside them, an unknown ``loss``, or
+        ``f_scale <= 0``. Under ``jit``/``vmap``, non-finite ``x0``, bad bounds or
+        options are reported as ``Status.IMPROPER_INPUT`` instead.
 
     Examples
     --------
@@ -157,6 +185,14 @@ def solve(
     for leaf in leaves:
         _check_concrete(leaf, "x0", lambda v: np.all(np.isfinite(v)), "must be finite")
 
+    lower, upper = _flat_bounds(bounds, x0, n, dtype)
+    if lower is not None:
+        _check_bounds(lower, upper, x0)
+    fixed_mask = None if fixed is None else _flat_like(fixed, x0, n, bool, "fixed")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    _check_concrete(f_scale, "f_scale", lambda v: np.all(v > 0), "must be > 0")
+
     default_tol = 10 * float(jnp.finfo(dtype).eps)
     options = LMOptions(
         ftol=default_tol if ftol is None else ftol,
@@ -165,48 +201,100 @@ def solve(
         factor=factor,
         max_nfev=500 * (n + 1) if max_nfev is None else max_nfev,
         diag=diag,
+        lower=lower,
+        upper=upper,
+        fixed=fixed_mask,
     )
-    return _solve_jit(fun, jac, linear_solver, adjoint, x0, args, options)
+    f_scale = jnp.asarray(f_scale, dtype)
+    return _solve_jit(
+        fun, jac, linear_solver, adjoint, loss, x0, args, options, f_scale
+    )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
 def _solve_jit(
-    fun, jac, linear_solver, adjoint, x0, args, options: LMOptions
+    fun, jac, linear_solver, adjoint, loss, x0, args, options: LMOptions, f_scale
 ) -> Solution:
     flat_x0, unravel = ravel_pytree(x0)
-    dtype = flat_x0.dtype
+    dtype, n = flat_x0.dtype, flat_x0.size
 
-    def residual_fn(x, a):
+    def raw_residual_fn(x, a):
         return jnp.ravel(fun(unravel(x), *a)).astype(dtype)
 
+    def raw_jacobian_fn(a):  # x -> d raw_residual_fn / dx, (m, n)
+        user_jac = (lambda x: jac(unravel(x), *a)) if callable(jac) else jac
+        return make_jacobian(lambda x: raw_residual_fn(x, a), user_jac, m, n, dtype)
+
+    def robust_with_slope(f, scale):
+        """Robust residuals (jaxlsq._loss) and their elementwise derivative."""
+        return jax.jvp(
+            lambda f_: robust_residuals(f_, loss, scale), (f,), (jnp.ones_like(f),)
+        )
+
+    # The loop minimises half the sum of squares of ``residual_fn``. A robust loss is
+    # an elementwise transformation of the residuals; f_scale travels with the args
+    # so that implicit differentiation treats it like the data.
+    def residual_fn(x, a):
+        user_args, scale = a
+        return robust_residuals(raw_residual_fn(x, user_args), loss, scale)
+
+    full_args = (args, f_scale)
     if adjoint == "implicit":  # the loop carries no tangents; they are attached after
-        loop_x0, loop_args, options = lax.stop_gradient((flat_x0, args, options))
+        loop_x0, loop_args, options = lax.stop_gradient((flat_x0, full_args, options))
     else:  # "unrolled": JAX differentiates through the iterations (forward mode)
-        loop_x0, loop_args = flat_x0, args
+        loop_x0, loop_args = flat_x0, full_args
 
     def flat_fun(x):
         return residual_fn(x, loop_args)
 
     m = jax.eval_shape(flat_fun, flat_x0).shape[0]
-    user_jac = (lambda x: jac(unravel(x), *loop_args)) if callable(jac) else jac
-    jac_fun = make_jacobian(flat_fun, user_jac, m, flat_x0.size, dtype)
+    if loss == "linear":
+        jac_fun = raw_jacobian_fn(loop_args[0])
+    elif not callable(jac):
+        jac_fun = make_jacobian(flat_fun, jac, m, n, dtype)
+    else:  # chain rule through the transformation, for the user's Jacobian
+
+        def jac_fun(x):
+            f = raw_residual_fn(x, loop_args[0])
+            _, slope = robust_with_slope(f, loop_args[1])
+            return slope[:, None] * raw_jacobian_fn(loop_args[0])(x)
+
     st = run_lm(flat_fun, jac_fun, loop_x0, options, linear_solver)
     x, f, jac_ = st.x, st.f, st.jac
+
+    if options.lower is None:
+        active_mask = jnp.zeros(x.shape, jnp.int32)
+    else:  # the loop projects onto the box, so "on a bound" is an exact equality
+        at_lower, at_upper = x <= options.lower, x >= options.upper
+        active_mask = at_upper.astype(jnp.int32) - at_lower.astype(jnp.int32)
     if adjoint == "implicit":
-        x = implicit_solution(residual_fn, x, args)
-        f, jac_ = with_tangents(residual_fn, x, args, f, jac_)
+        frozen = active_mask != 0
+        if options.fixed is not None:
+            frozen = frozen | options.fixed
+        x = implicit_solution(residual_fn, x, full_args, frozen)
+        if loss == "linear":
+            f, jac_ = with_tangents(residual_fn, x, full_args, f, jac_)
+    if loss == "linear":
+        cost, grad = 0.5 * jnp.sum(f * f), jac_.T @ f
+    else:  # report fun's own residuals and Jacobian, and the robust cost and gradient
+        f = raw_residual_fn(x, args)
+        jac_ = raw_jacobian_fn(args)(x)
+        robust_f, slope = robust_with_slope(f, f_scale)
+        cost = 0.5 * jnp.sum(robust_f * robust_f)
+        grad = jac_.T @ (slope * robust_f)
     status = st.status
     return Solution(
         params=unravel(x),
         residuals=f,
-        cost=0.5 * jnp.sum(f * f),
+        cost=cost,
         jac=jac_,
-        grad=jac_.T @ f,
+        grad=grad,
         status=status,
         success=(status >= int(Status.FTOL)) & (status <= int(Status.GTOL)),
         nfev=st.nfev,
         njev=st.njev,
         n_iter=st.n_iter,
+        active_mask=active_mask,
     )
 
 
@@ -304,3 +392,86 @@ def _check_concrete(value, name: str, predicate, requirement: str) -> None:
         return  # checked inside the loop, reported as Status.IMPROPER_INPUT
     if not predicate(np.asarray(value)):
         raise ValueError(f"{name} {requirement}, got {np.asarray(value)!r}")
+
+
+def _flat_like(tree: Any, x0: Any, n: int, dtype, name: str) -> jax.Array:
+    """Flatten a per-parameter option to (n,) in ``ravel_pytree(x0)`` order.
+
+    ``tree`` is a scalar (same value for every parameter), a flat (n,) array, or a
+    pytree with the structure of ``x0`` whose leaves broadcast to the matching leaves
+    of ``x0``.
+    """
+    if not jax.tree_util.tree_leaves(tree):
+        raise ValueError(f"{name} must not be empty")
+    if not _is_container(tree):
+        if jnp.ndim(tree) == 0:
+            return jnp.full((n,), tree, dtype)
+        if jnp.shape(tree) == (n,):  # already flat, in ravel_pytree order
+            return jnp.asarray(tree, dtype)
+    x0_def = jax.tree_util.tree_structure(x0)
+    try:
+        leaves = x0_def.flatten_up_to(tree)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name} must be a scalar or have the structure of x0 ({x0_def}), got "
+            f"{jax.tree_util.tree_structure(tree)}"
+        ) from err
+    flat = []
+    for leaf, ref in zip(leaves, jax.tree_util.tree_leaves(x0), strict=True):
+        try:
+            flat.append(
+                jnp.ravel(jnp.broadcast_to(jnp.asarray(leaf, dtype), ref.shape))
+            )
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{name}: a leaf of shape {jnp.shape(leaf)} does not broadcast to the "
+                f"matching x0 leaf of shape {ref.shape}"
+            ) from err
+    return jnp.concatenate(flat)
+
+
+def _is_container(tree: Any) -> bool:
+    return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(tree))
+
+
+def _flat_bounds(bounds, x0, n, dtype):
+    """``bounds`` -> (lower, upper) flat (n,) arrays, or (None, None)."""
+    if bounds is None:
+        return None, None
+    if not isinstance(bounds, tuple | list) or len(bounds) != 2:
+        raise ValueError(
+            "bounds must be a pair (lower, upper) of scalars or pytrees like x0, got "
+            f"{type(bounds).__name__}"
+            + (f" of length {len(bounds)}" if isinstance(bounds, tuple | list) else "")
+        )
+    return (
+        _flat_like(bounds[0], x0, n, dtype, "bounds[0] (lower)"),
+        _flat_like(bounds[1], x0, n, dtype, "bounds[1] (upper)"),
+    )
+
+
+def _check_bounds(lower, upper, x0) -> None:
+    """scipy's rules: ``lower < upper`` strictly, ``x0`` inside (closed) box."""
+    if any(isinstance(v, jax.core.Tracer) for v in (lower, upper)):
+        return  # reported as Status.IMPROPER_INPUT inside the loop
+    lo, hi = np.asarray(lower), np.asarray(upper)
+    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
+        raise ValueError("bounds must not contain NaN")
+    bad = np.flatnonzero(~(lo < hi))
+    if bad.size:
+        raise ValueError(
+            f"bounds: each lower bound must be strictly less than its upper bound; "
+            f"violated at flat parameter index {bad.tolist()} (lower {lo[bad]}, "
+            f"upper {hi[bad]}). Use fixed= to hold a parameter constant."
+        )
+    flat_x0 = ravel_pytree(x0)[0]
+    if isinstance(flat_x0, jax.core.Tracer):
+        return
+    x = np.asarray(flat_x0)
+    outside = np.flatnonzero((x < lo) | (x > hi))
+    if outside.size:
+        raise ValueError(
+            f"x0 is infeasible: outside bounds at flat parameter index "
+            f"{outside.tolist()} (x0 {x[outside]}, lower {lo[outside]}, upper "
+            f"{hi[outside]})"
+        )
