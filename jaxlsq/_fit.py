@@ -234,7 +234,7 @@ def fit(
 ) -> FitResult:
     """Fit ``model(x, params)`` to data ``y`` by Levenberg-Marquardt.
 
-    Minimises ``0.5 * sum(W (model(x, params) - y))**2`` (or a robust ``loss`` of the
+    Minimises ``0.5 * sum((W (model(x, params) - y))**2)`` (or a robust ``loss`` of the
     weighted residuals) with `jaxlsq.solve`, then computes the covariance of the
     parameters and fit statistics from the exact Jacobian at the solution. Works under
     ``jax.jit``, ``jax.vmap`` (for example over ``y``: a batch of fits) and
@@ -376,7 +376,9 @@ def fit(
     if bound_arrays is not None:
         options["bounds"] = tuple(_unflatten(b, treedef, shapes) for b in bound_arrays)
     if fixed_mask.any():
-        options["fixed"] = tuple(bool(b) for b in fixed_mask)  # static; see _solve_fit
+        options["fixed"] = tuple(
+            bool(b) for b in fixed_mask
+        )  # static; see _solve_kwargs
     if loss != "linear":
         options["loss"] = loss
         options["f_scale"] = f_scale

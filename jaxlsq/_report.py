@@ -253,6 +253,11 @@ def _batch_content(result):
     ]
     if r.loss != "linear":
         head.append(("loss", r.loss))
+    if r.n_starts > 1:
+        n_ok = np.asarray(r.n_success).reshape(-1)
+        head.append(
+            ("starts", f"{r.n_starts} per fit ({np.median(n_ok):g} succeed, median)")
+        )
     return head, counts, var_rows, stat_rows, int(success.sum())
 
 
