@@ -19,6 +19,14 @@ class Status(enum.IntEnum):
     """Why the Levenberg-Marquardt loop stopped.
 
     ``1 <= status <= 4`` is success (the same rule as scipy's ``ier``).
+
+    Examples
+    --------
+    >>> from jaxlsq import Status
+    >>> Status(2).name, Status(2).success
+    ('XTOL', True)
+    >>> Status.MAX_NFEV.message
+    'The number of residual evaluations has reached max_nfev.'
     """
 
     RUNNING = -1
@@ -124,6 +132,20 @@ class Solution(NamedTuple):
     With a robust ``loss``, ``cost`` is the robust cost (scipy's), while
     ``residuals`` and ``jac`` are those of ``fun`` itself and ``grad`` is the
     gradient of the robust cost.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, jaxlsq
+    >>> x = jnp.linspace(0.0, 1.0, 10)
+    >>> sol = jaxlsq.solve(lambda p, x: p[0] + p[1] * x - (1 + 2 * x), jnp.zeros(2),
+    ...                    args=(x,))
+    >>> sol.jac.shape, bool(sol.success), int(sol.status) in (1, 2, 3, 4)
+    ((10, 2), True, True)
+    >>> batch = jax.vmap(lambda c: jaxlsq.solve(
+    ...     lambda p, x: p[0] + p[1] * x - (c + 2 * x), jnp.zeros(2), args=(x,)))(
+    ...     jnp.arange(4.0))
+    >>> batch.params.shape, batch.status.shape   # one status per fit
+    ((4, 2), (4,))
     """
 
     params: Any
