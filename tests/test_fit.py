@@ -468,6 +468,19 @@ def test_grad_of_params_and_stderr_matches_finite_differences():
         np.testing.assert_array_less(np.abs(jac @ d - fd), 1e-5 * scale)
 
 
+def test_float32_in_float32_out():
+    x, y, sig = decay_data()
+    p32 = {k: np.float32(v) for k, v in P0.items()}
+    res = fit(decay, x.astype(np.float32), y.astype(np.float32), p32, sigma=sig)
+    ref = fit(decay, x, y, P0, sigma=sig)
+    leaves = jax.tree_util.tree_leaves((res.params, res.stderr))
+    leaves += [res.covariance, res.chisq, res.aic, res.residuals, res.best_fit]
+    assert all(leaf.dtype == jnp.float32 for leaf in leaves)
+    assert bool(res.success)
+    np.testing.assert_allclose(flat(res.params), flat(ref.params), rtol=1e-4)
+    np.testing.assert_allclose(flat(res.stderr), flat(ref.stderr), rtol=1e-3)
+
+
 # ----------------------------------------------------------------------------------
 # bad inputs
 
