@@ -128,8 +128,8 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 
     Masked lanes contribute neither to the value nor to the gradient, even where they
     hold NaN or inf: the masked entries are replaced before they are summed, so their
-    cotangent is an exact zero. (That zero only stays zero upstream if the masked
-    lanes' own derivatives are finite: see `where_lanes` and this module's notes.)
+    cotangent is an exact zero. That zero only stays zero upstream if the masked
+    lanes' own derivatives are finite -- see the Notes.
 
     Parameters
     ----------
@@ -142,6 +142,23 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     -------
     scalar array
         ``sum(values[mask]) / values[mask].size``; 0.0 when no lane is included.
+
+    Notes
+    -----
+    Reverse mode multiplies a masked lane's zero cotangent by that lane's partial
+    derivatives, and ``0 * nan = nan``: a fit to NaN data (or from a NaN start) has
+    NaN implicit derivatives, and one such lane makes the gradient of every shared
+    parameter NaN, however its loss is masked. Replace the bad lanes' *inputs* before
+    fitting as well (the "double where")::
+
+        ok = jaxlsq.finite_lanes((x0s, ys))            # known before fitting
+        x0s, ys = jaxlsq.where_lanes(ok, (x0s, ys), fill=(x_safe, 0.0))
+        sols = jax.vmap(fit)(x0s, ys)                  # every lane finite now
+        loss = jaxlsq.masked_mean(per_fit_loss(sols), ok & sols.success)
+
+    A fit that stops without converging (``max_nfev``) stops at finite values, so
+    masking its loss is enough, unless the per-fit loss is undefined there (``log``,
+    ``sqrt`` of a negative parameter): pass it ``where_lanes(ok, sols.params, fill)``.
 
     Examples
     --------

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlsq import Status
-from jaxlsq._masking import finite_lanes, masked_mean, where_lanes
+from jaxlsq import Status, finite_lanes, masked_mean, where_lanes
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "examples"
 _SPEC = importlib.util.spec_from_file_location(
