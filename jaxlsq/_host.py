@@ -180,9 +180,12 @@ def forward_difference(
 class _CallContext:
     """What one ``leastsq`` call on the host path needs inside the callbacks."""
 
-    def __init__(self, args: tuple, epsfcn: float):
+    def __init__(self, args: tuple, epsfcn: float, difference=None):
         self.args = args
         self.epsfcn = epsfcn
+        # ``difference(func, x, fx) -> (m, n)`` replaces MINPACK's forward differences
+        # (``least_squares``' 2-point/3-point/cs schemes); None: `forward_difference`
+        self.difference = difference
         self.nfev = 0  # calls of func made by the LM loop (residuals and differences)
         self.njev = 0  # calls of Dfun
         self.last_x: np.ndarray | None = None
@@ -245,9 +248,13 @@ class HostProblem:
     # -- per-call context ------------------------------------------------------------
 
     @staticmethod
-    def open(args: tuple, epsfcn: float) -> tuple[int, _CallContext]:
-        """Register a call's context; returns ``(token, context)``."""
-        ctx = _CallContext(args, epsfcn)
+    def open(args: tuple, epsfcn: float, difference=None) -> tuple[int, _CallContext]:
+        """Register a call's context; returns ``(token, context)``.
+
+        ``difference(func, x, fx)``, if given, computes the Jacobian when there is no
+        ``Dfun``, instead of MINPACK's forward differences with ``epsfcn``.
+        """
+        ctx = _CallContext(args, epsfcn, difference)
         with _LOCK:
             token = next(_TOKENS) % (2**31 - 1)
             _CONTEXTS[token] = ctx
@@ -288,6 +295,8 @@ class HostProblem:
                 ctx.nfev += 1
                 return out.ravel()
 
+            if ctx.difference is not None:
+                return _to_bits(ctx.difference(func, x, fx))
             return _to_bits(forward_difference(func, x, fx, ctx.epsfcn))
         jac = np.asarray(self.dfun(np.array(x), *ctx.args), dtype=np.float64)
         ctx.njev += 1

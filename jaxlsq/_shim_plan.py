@@ -114,7 +114,11 @@ def _hashable(obj) -> bool:
     return True
 
 
-def _plan(func, Dfun, col_deriv, x0, args, *, stacklevel: int) -> _Plan:
+def _plan(
+    func, Dfun, col_deriv, x0, args, *, stacklevel: int, jac_desc: str | None = None
+) -> _Plan:
+    """The cached path for ``func``; ``jac_desc`` names the host-path Jacobian in the
+    `HostFallbackWarning` (default: "your Dfun" or MINPACK's forward differences)."""
     n = x0.size
     sig = _args_signature(args)
     key = None
@@ -137,7 +141,7 @@ def _plan(func, Dfun, col_deriv, x0, args, *, stacklevel: int) -> _Plan:
     plan = _host_plan(func, Dfun, col_deriv, x0, args)
     if key is not None:
         _JAX_PLANS.put(key, "host")
-    _warn_host(func, Dfun, err, stacklevel=stacklevel + 1)
+    _warn_host(func, Dfun, err, stacklevel=stacklevel + 1, jac_desc=jac_desc)
     return plan
 
 
@@ -201,7 +205,9 @@ def _check_dfun_shape(Dfun, shape, col_deriv, out_shape, n) -> None:
         )
 
 
-def _warn_host(func, Dfun, err, *, stacklevel: int) -> None:
+def _warn_host(
+    func, Dfun, err, *, stacklevel: int, jac_desc: str | None = None
+) -> None:
     origin = getattr(func, "_jaxlsq_origin", func)
     key = origin if _hashable(origin) else id(origin)
     if _WARNED.get(key) is not None:
@@ -210,6 +216,7 @@ def _warn_host(func, Dfun, err, *, stacklevel: int) -> None:
     name = getattr(origin, "__name__", type(origin).__name__)
     why = f" ({type(err).__name__}: {str(err).splitlines()[0][:200]})" if err else ""
     jac = "your Dfun" if Dfun is not None else "MINPACK's forward differences"
+    jac = jac if jac_desc is None else jac_desc
     warnings.warn(
         f"jaxlsq: {name!r} cannot be traced by JAX{why}; it runs on the host through "
         f"callbacks, with {jac} for the Jacobian. Write it with jax.numpy (jnp.exp, "

@@ -1,10 +1,10 @@
-"""Drop-in replacements for ``scipy.optimize.leastsq`` and ``scipy.optimize.curve_fit``.
+"""Drop-in replacements for scipy.optimize: leastsq, least_squares and curve_fit.
 
 Numpy in, numpy (float64) out, scipy's signatures, defaults, return values, messages,
 warnings and errors; the fit itself is `jaxlsq.solve` (MINPACK's lmder, compiled once
 per problem shape). Change only the import::
 
-    from jaxlsq.scipy import leastsq, curve_fit   # was: from scipy.optimize import ...
+    from jaxlsq.scipy import leastsq, least_squares, curve_fit  # was: scipy.optimize
 
 Two paths, chosen once per function (and argument shapes), never by the user:
 
@@ -25,6 +25,7 @@ needed (it is the tests' oracle).
 """
 
 from ._curve_fit import curve_fit
+from ._least_squares import least_squares
 from ._leastsq import NONFINITE_IER, leastsq
 from ._shim_warnings import HostFallbackWarning, OptimizeWarning
 
@@ -33,5 +34,6 @@ __all__ = [
     "HostFallbackWarning",
     "OptimizeWarning",
     "curve_fit",
+    "least_squares",
     "leastsq",
 ]

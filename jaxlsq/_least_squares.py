@@ -1,0 +1,871 @@
+"""`least_squares`: scipy.optimize.least_squares' contract on top of `jaxlsq.solve`.
+
+See `jaxlsq.scipy` for the overview (JAX path vs host path, float64 semantics). This
+module maps scipy's options onto `solve` (bounds, robust losses, scaling, tolerances),
+differentiates numpy functions on the host with scipy's finite-difference schemes, and
+assembles scipy's `OptimizeResult` (status codes, messages, optimality measure, the
+loss-modified Jacobian).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _host
+from ._shim_plan import _LRU, _args_signature, _hashable, _plan, _warn_host
+from ._solution import MESSAGES, Status
+from ._solve import solve
+
+EPS = float(np.finfo(float).eps)
+
+#: scipy's ``least_squares`` messages, word for word (-2, callbacks, cannot happen).
+TERMINATION_MESSAGES = {
+    -1: "Improper input parameters status returned from `leastsq`",
+    0: "The maximum number of function evaluations is exceeded.",
+    1: "`gtol` termination condition is satisfied.",
+    2: "`ftol` termination condition is satisfied.",
+    3: "`xtol` termination condition is satisfied.",
+    4: "Both `ftol` and `xtol` termination conditions are satisfied.",
+}
+
+#: jaxlsq `Status` (MINPACK's info) -> ``least_squares`` status. 1-5 as scipy's own
+#: ``FROM_MINPACK_TO_COMMON``; 6-8 ("tolerance too small": the test's machine-precision
+#: floor was reached, possible only for a tolerance below eps, which scipy warns
+#: about) count as that test; jaxlsq's NONFINITE is a failure (-1, its own message).
+STATUS_FROM_JAXLSQ = {
+    Status.IMPROPER_INPUT: -1,
+    Status.FTOL: 2,
+    Status.XTOL: 3,
+    Status.FTOL_AND_XTOL: 4,
+    Status.GTOL: 1,
+    Status.MAX_NFEV: 0,
+    Status.FTOL_TOO_SMALL: 2,
+    Status.XTOL_TOO_SMALL: 3,
+    Status.GTOL_TOO_SMALL: 1,
+    Status.NONFINITE: -1,
+}
+_OWN_MESSAGE = (
+    Status.FTOL_TOO_SMALL,
+    Status.XTOL_TOO_SMALL,
+    Status.GTOL_TOO_SMALL,
+    Status.NONFINITE,
+)
+
+_METHODS = ("trf", "dogbox", "lm")
+_LOSSES = ("linear", "huber", "soft_l1", "cauchy", "arctan")  # scipy's order
+_JAC_SCHEMES = ("2-point", "3-point", "cs")
+#: Initial trust-region radius: MINPACK's (and scipy 'lm''s) 100 for "lm";
+#: `jaxlsq.solve`'s default (10, more robust, see its docstring) for trf/dogbox.
+_FACTOR = {"lm": 100.0, "trf": 10.0, "dogbox": 10.0}
+
+
+# ----------------------------------------------------------------------------------
+# the user's functions, as the loop sees them
+
+
+class _Bound:
+    """``f(x, *args, **kwargs)`` called as ``f(x, args, kwargs)``.
+
+    ``args`` and ``kwargs`` travel as data (traced on the JAX path, in the per-call
+    context on the host path), so one compiled loop serves every call; instances
+    compare equal per ``(f, role)``. ``role`` "fun" enforces scipy's 1-D rule for the
+    residuals; "jac" densifies a sparse Jacobian on the host.
+    """
+
+    def __init__(self, f, role: str):
+        self.f = f
+        self.role = role
+        self._jaxlsq_origin = getattr(f, "_jaxlsq_origin", f)
+
+    def __call__(self, x, args, kwargs):
+        out = self.f(x, *args, **kwargs)
+        if self.role == "fun":
+            if np.ndim(out) > 1:
+                raise ValueError(
+                    "`fun` must return at most 1-d array_like. "
+                    f"f0.shape: {np.shape(out)}"
+                )
+            return out
+        if not isinstance(out, jax.Array):
+            if hasattr(out, "toarray"):  # scipy.sparse
+                out = out.toarray()
+            elif hasattr(out, "matvec"):
+                raise NotImplementedError(
+                    "jaxlsq.least_squares: `jac` returned a LinearOperator; return "
+                    "a dense (m, n) array (or a scipy.sparse array) instead."
+                )
+        return out
+
+    def __eq__(self, other):
+        return type(other) is _Bound and other.f == self.f and other.role == self.role
+
+    def __hash__(self):
+        return hash((_Bound, self.f, self.role))
+
+
+class _Padded:
+    """``f`` with ``pad`` zero residuals (rows of the Jacobian) appended.
+
+    jaxlsq's LM needs ``m >= n``; zero residuals change neither the cost, nor the
+    gradient, nor ``J^T J``, so padding an ``m < n`` problem (which trf/dogbox accept)
+    solves the same problem.
+    """
+
+    def __init__(self, f, pad: int, n: int):
+        self.f = f
+        self.pad = pad
+        self.n = n
+        self._jaxlsq_origin = getattr(f, "_jaxlsq_origin", f)
+
+    def __call__(self, x, args, kwargs):
+        out = self.f(x, args, kwargs)
+        xp = jnp if isinstance(out, jax.Array) else np
+        if self.f.role == "fun":
+            return xp.concatenate([xp.ravel(xp.asarray(out)), xp.zeros(self.pad)])
+        out = xp.reshape(xp.asarray(out), (-1, self.n))
+        return xp.concatenate([out, xp.zeros((self.pad, self.n))])
+
+    def __eq__(self, other):
+        return (
+            type(other) is _Padded
+            and other.f == self.f
+            and (other.pad, other.n) == (self.pad, self.n)
+        )
+
+    def __hash__(self):
+        return hash((_Padded, self.f, self.pad, self.n))
+
+
+_JAC_TRACES = _LRU(512)  # (jac, n, args signature) -> (shape or None, error)
+
+
+def _trace_jac(jac_w, x0, call_args):
+    """``(shape, None)`` if JAX can trace the user's ``jac``, else ``(None, error)``."""
+    sig = _args_signature(call_args)
+    key = (jac_w, x0.size, sig) if sig is not None and _hashable(jac_w) else None
+    cached = _JAC_TRACES.get(key) if key is not None else None
+    if cached is not None:
+        return cached
+    spec = jax.ShapeDtypeStruct(x0.shape, jnp.float64)
+    try:
+        out = jax.eval_shape(jac_w, spec, *call_args)
+        result = (tuple(out.shape), None)
+    except Exception as err:  # numpy inside, sparse output, ...: host path
+        result = (None, err)
+    if key is not None:
+        _JAC_TRACES.put(key, result)
+    return result
+
+
+def _check_jac_shape(shape, m: int, n: int) -> None:
+    shape = np.atleast_2d(np.empty(shape, dtype=np.int8)).shape
+    if shape != (m, n):
+        raise ValueError(
+            f"The return value of `jac` has wrong shape: expected {(m, n)}, "
+            f"actual {shape}."
+        )
+
+
+# ----------------------------------------------------------------------------------
+# finite differences on the host (scipy.optimize._numdiff's dense schemes)
+
+
+def _relative_step(method: str, out_dtype) -> float:
+    """scipy's default relative step: eps**(1/2) (2-point, cs) or eps**(1/3)."""
+    eps = EPS
+    if np.issubdtype(out_dtype, np.inexact) and np.dtype(out_dtype).itemsize < 8:
+        eps = float(np.finfo(out_dtype).eps)
+    return eps ** (1 / 3) if method == "3-point" else eps**0.5
+
+
+def _absolute_step(rel_step, x0, rstep):
+    sign = (x0 >= 0).astype(float) * 2 - 1  # +1 at x0 == 0
+    default = rstep * sign * np.maximum(1.0, np.abs(x0))
+    if rel_step is None:
+        return default
+    h = rel_step * sign * np.abs(x0)
+    return np.where(((x0 + h) - x0) == 0, default, h)
+
+
+def _adjust_to_bounds(x0, h, scheme: str, lb, ub):
+    """scipy's ``_adjust_scheme_to_bounds`` with ``num_steps = 1``."""
+    if scheme == "1-sided":
+        one_sided = np.ones_like(h, dtype=bool)
+    else:
+        h = np.abs(h)
+        one_sided = np.zeros_like(h, dtype=bool)
+    if np.all((lb == -np.inf) & (ub == np.inf)):
+        return h, one_sided
+    h_adj = h.copy()
+    lower_dist, upper_dist = x0 - lb, ub - x0
+    if scheme == "1-sided":
+        x = x0 + h
+        violated = (x < lb) | (x > ub)
+        fitting = np.abs(h) <= np.maximum(lower_dist, upper_dist)
+        h_adj[violated & fitting] *= -1
+        forward = (upper_dist >= lower_dist) & ~fitting
+        h_adj[forward] = upper_dist[forward]
+        backward = (upper_dist < lower_dist) & ~fitting
+        h_adj[backward] = -lower_dist[backward]
+    else:
+        central = (lower_dist >= h) & (upper_dist >= h)
+        forward = (upper_dist >= lower_dist) & ~central
+        h_adj[forward] = np.minimum(h[forward], 0.5 * upper_dist[forward])
+        one_sided[forward] = True
+        backward = (upper_dist < lower_dist) & ~central
+        h_adj[backward] = -np.minimum(h[backward], 0.5 * lower_dist[backward])
+        one_sided[backward] = True
+        min_dist = np.minimum(upper_dist, lower_dist)
+        adjusted_central = ~central & (np.abs(h_adj) <= min_dist)
+        h_adj[adjusted_central] = min_dist[adjusted_central]
+        one_sided[adjusted_central] = False
+    return h_adj, one_sided
+
+
+def approx_jacobian(fun, x0, f0, method, rel_step, lb, ub, out_dtype, workers=None):
+    """Dense finite-difference Jacobian (m, n) of ``fun`` at ``x0``, as scipy's
+    ``approx_derivative`` computes it for ``least_squares`` (same steps, same bound
+    handling, same formulas). ``fun(x) -> (m,)``; ``f0 = fun(x0)``."""
+    n = x0.size
+    mapper = map if workers is None else workers
+    h = _absolute_step(rel_step, x0, _relative_step(method, out_dtype))
+    if method == "cs":
+        points = []
+        for i in range(n):
+            xc = x0.astype(complex)
+            xc[i] += h[i] * 1.0j
+            points.append(xc)
+        evals = list(mapper(fun, points))
+        cols = [np.ravel(np.asarray(evals[i]).imag) / h[i] for i in range(n)]
+        return np.stack(cols, axis=1)
+    scheme = "1-sided" if method == "2-point" else "2-sided"
+    h, one_sided = _adjust_to_bounds(x0, h, scheme, lb, ub)
+    if method == "2-point":
+        points = []
+        for i in range(n):
+            x1 = x0.copy()
+            x1[i] = x0[i] + h[i]
+            points.append(x1)
+        evals = list(mapper(fun, points))
+        cols = [
+            (np.ravel(np.asarray(evals[i], dtype=float)) - f0) / (points[i][i] - x0[i])
+            for i in range(n)
+        ]
+        return np.stack(cols, axis=1)
+    points = []
+    for i in range(n):
+        lo, hi = x0.copy(), x0.copy()
+        if one_sided[i]:
+            lo[i], hi[i] = x0[i] + h[i], x0[i] + 2 * h[i]
+        else:
+            lo[i], hi[i] = x0[i] - h[i], x0[i] + h[i]
+        points += [lo, hi]
+    evals = [np.ravel(np.asarray(f, dtype=float)) for f in mapper(fun, points)]
+    cols = []
+    for i in range(n):
+        f1, f2 = evals[2 * i], evals[2 * i + 1]
+        if one_sided[i]:
+            cols.append((-3.0 * f0 + 4 * f1 - f2) / (points[2 * i + 1][i] - x0[i]))
+        else:
+            cols.append((f2 - f1) / (points[2 * i + 1][i] - points[2 * i][i]))
+    return np.stack(cols, axis=1)
+
+
+class _UserCall:
+    """``fun(x, *args, **kwargs)`` as a one-argument callable (picklable for
+    ``workers`` pools when ``fun`` is)."""
+
+    def __init__(self, fun, args, kwargs):
+        self.fun, self.args, self.kwargs = fun, args, kwargs
+
+    def __call__(self, x):
+        return self.fun(x, *self.args, **self.kwargs)
+
+
+class _Difference:
+    """The host path's Jacobian for a string ``jac``: scipy's schemes, counted as
+    Jacobian evaluations (scipy's ``nfev`` excludes finite-difference calls)."""
+
+    def __init__(self, user_fun, method, rel_step, lb, ub, out_dtype, workers, m, pad):
+        self.user_fun = user_fun
+        self.method, self.rel_step = method, rel_step
+        self.lb, self.ub, self.out_dtype = lb, ub, out_dtype
+        self.workers, self.m, self.pad = workers, m, pad
+        self.njev = 0
+
+    def __call__(self, func, x, fx):  # ``func`` (counted by the loop) is not used
+        self.njev += 1
+        jac = approx_jacobian(
+            self.user_fun, x, fx[: self.m], self.method, self.rel_step,
+            self.lb, self.ub, self.out_dtype, self.workers,
+        )  # fmt: skip
+        if self.pad:
+            jac = np.concatenate([jac, np.zeros((self.pad, x.size))])
+        return jac
+
+
+# ----------------------------------------------------------------------------------
+# robust losses on the host: scipy's rho and derivatives, for the reported jac
+
+
+def _rho(f, loss: str, f_scale: float):
+    """scipy's ``(rho, rho', rho'')`` of ``z = (f / f_scale)**2``, scaled as scipy's
+    ``construct_loss_function`` (rho * C**2, rho'' / C**2)."""
+    z = (f / f_scale) ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if loss == "soft_l1":
+            t = 1 + z
+            rho = np.stack([2 * (t**0.5 - 1), t**-0.5, -0.5 * t**-1.5])
+        elif loss == "huber":
+            small = z <= 1
+            zs = np.where(small, 1.0, z)
+            rho = np.stack([
+                np.where(small, z, 2 * zs**0.5 - 1),
+                np.where(small, 1.0, zs**-0.5),
+                np.where(small, 0.0, -0.5 * zs**-1.5),
+            ])  # fmt: skip
+        elif loss == "cauchy":
+            t = 1 + z
+            rho = np.stack([np.log1p(z), 1 / t, -1 / t**2])
+        elif loss == "arctan":
+            t = 1 + z**2
+            rho = np.stack([np.arctan(z), 1 / t, -2 * z / t**2])
+        else:  # linear
+            rho = np.stack([z, np.ones_like(z), np.zeros_like(z)])
+    rho[0] *= f_scale**2
+    rho[2] /= f_scale**2
+    return rho
+
+
+def _cost(f, loss: str, f_scale: float) -> float:
+    if loss == "linear":
+        return 0.5 * float(np.dot(f, f))
+    return 0.5 * float(np.sum(_rho(f, loss, f_scale)[0]))
+
+
+def _loss_modified_jacobian(jac, f, loss: str, f_scale: float):
+    """scipy's ``scale_for_robust_loss_function``: rows of J scaled by
+    ``sqrt(max(rho' + 2 rho'' f**2, eps))``; J^T J is then the Gauss-Newton Hessian
+    of the robust cost."""
+    if loss == "linear":
+        return jac
+    rho = _rho(f, loss, f_scale)
+    scale = rho[1] + 2 * rho[2] * f**2
+    scale[scale < EPS] = EPS
+    return jac * np.sqrt(scale)[:, None]
+
+
+# ----------------------------------------------------------------------------------
+# least_squares
+
+
+def least_squares(
+    fun: Callable[..., Any],
+    x0: Any,
+    jac: str | Callable[..., Any] = "2-point",
+    bounds: Any = (-np.inf, np.inf),
+    method: str = "trf",
+    ftol: float | None = 1e-08,
+    xtol: float | None = 1e-08,
+    gtol: float | None = 1e-08,
+    x_scale: Any = None,
+    loss: str = "linear",
+    f_scale: float = 1.0,
+    diff_step: Any = None,
+    tr_solver: str | None = None,
+    tr_options: dict | None = None,
+    jac_sparsity: Any = None,
+    max_nfev: int | None = None,
+    verbose: int = 0,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    callback: Callable[..., Any] | None = None,
+    workers: Any = None,
+):
+    """Solve a nonlinear least-squares problem with bounds: scipy's ``least_squares``.
+
+    Same signature, defaults, result fields, status codes, messages and errors as
+    ``scipy.optimize.least_squares`` (scipy 1.17); the minimisation is `jaxlsq.solve`
+    (MINPACK's Levenberg-Marquardt, with an active-set projection for bounds). It
+    minimises ``F(x) = 0.5 * sum(rho(f_i(x)**2))`` subject to ``lb <= x <= ub`` with
+    scipy's definitions of ``rho`` and ``f_scale``.
+
+    A ``fun`` written with ``jax.numpy`` is compiled once per problem shape and
+    differentiated exactly; a numpy ``fun`` runs on the host through callbacks,
+    differentiated by scipy's finite-difference schemes (see `HostFallbackWarning`).
+    Everything is computed in float64; results are numpy.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(x, *args, **kwargs)`` with ``x`` of shape (n,), returning ``m``
+        residuals (a 1-D array or a scalar).
+    x0 : array_like, shape (n,), or float
+        Starting point; must lie within ``bounds`` (on a bound is fine: unlike
+        scipy's trf, ``x0`` is not moved to the interior).
+    jac : {"2-point", "3-point", "cs"} or callable, default "2-point"
+        Callable: ``jac(x, *args, **kwargs)`` returning the (m, n) Jacobian (a JAX
+        array on the JAX path; a numpy or scipy.sparse array on the host path). A
+        string picks scipy's finite-difference scheme *on the host path only*: with
+        a JAX-traceable ``fun`` the exact Jacobian (``jax.jacfwd``) is used whatever
+        the string -- more accurate than differences and the same solution.
+    bounds : 2-tuple of array_like or `scipy.optimize.Bounds`, default no bounds
+        Lower and upper bounds, scalars or shape (n,), ``±inf`` for open sides.
+    method : {"trf", "dogbox", "lm"}, default "trf"
+        ``"lm"``: MINPACK's lmder exactly as scipy's ``method='lm'`` (same factor
+        100, scaling, tolerance tests and status codes), so the same iterates up to
+        the Jacobian (exact here, differences in scipy). ``"trf"``/``"dogbox"``:
+        jaxlsq's projected LM, which supports bounds and robust losses; it reaches
+        the same solution within tolerance, not by the same iterates as scipy's
+        trust-region-reflective or dogleg algorithms.
+    ftol, xtol, gtol : float or None, default 1e-8
+        MINPACK's tests for every method, with scipy's values passed unchanged
+        (``None`` disables a test, not allowed for "lm"): ``ftol`` -- relative
+        reduction of the cost, actual and predicted (scipy's trf/dogbox test the
+        actual one, ``dF < ftol * F``); ``xtol`` -- trust-region radius relative to
+        the scaled ``x`` (trf/dogbox: ``||dx|| < xtol * (xtol + ||x||)``); ``gtol``
+        -- largest cosine between the residuals and the (free) Jacobian columns,
+        scale-free, as scipy's "lm" (trf/dogbox test an absolute, scaled gradient
+        norm instead; this is the one real difference of meaning). As scipy, a
+        tolerance below machine epsilon warns, and all three (any one, for "lm")
+        below epsilon is an error.
+    x_scale : None, array_like or "jac", default None
+        Variable scales: an array of positive values is MINPACK's fixed ``diag =
+        1 / x_scale``; "jac" is MINPACK's automatic scaling (running maximum of the
+        Jacobian's column norms). ``None`` is "jac" for every method (scipy: "jac"
+        for "lm", 1 for trf/dogbox; MINPACK's loop is designed around its scaling).
+    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"}, default "linear"
+        Robust loss, scipy's definitions (see `jaxlsq._loss`); callables are not
+        supported. Not with "lm" (as scipy).
+    f_scale : float, default 1.0
+        Soft margin between inlier and outlier residuals; must be > 0 for a robust
+        loss (scipy does not check it).
+    diff_step : None or array_like
+        Relative finite-difference step (host path with a string ``jac``), scipy's
+        rule: ``x * diff_step``, default ``eps**(1/2)`` (2-point, cs) or
+        ``eps**(1/3)`` (3-point) times ``max(1, |x|)``.
+    tr_solver : {None, "exact"}
+        Dense solves only; "lsmr" raises NotImplementedError.
+    tr_options : dict, optional
+        Must be empty (they configure lsmr).
+    jac_sparsity : None
+        Not supported (NotImplementedError); "lm" rejects it as scipy.
+    max_nfev : int, optional
+        Maximum number of evaluations of ``fun`` by the iterations (finite-difference
+        calls not included, as scipy >= 1.16); default ``100 * n`` for every method.
+    verbose : {0, 1, 2}, default 0
+        1: scipy's termination report. 2: the same, after a note -- the iterations
+        run inside one compiled loop, so there is no per-iteration table.
+    args, kwargs : tuple and dict, optional
+        Extra arguments of ``fun`` and ``jac``: ``fun(x, *args, **kwargs)``.
+    callback : None
+        Per-iteration callbacks are not possible inside the compiled loop:
+        NotImplementedError for trf/dogbox; for "lm" scipy's warning and ignored.
+    workers : map-like callable, optional
+        Maps finite-difference evaluations on the host path (``workers(f, points)``).
+
+    Returns
+    -------
+    OptimizeResult
+        ``x`` (n,), ``cost`` (the robust cost with a loss), ``fun`` (m,) residuals,
+        ``jac`` (m, n) (loss-modified as scipy's: rows scaled by
+        ``sqrt(rho' + 2 rho'' f**2)``), ``grad`` (n,) gradient of the cost,
+        ``optimality`` (as scipy per method: ``||grad||_inf`` for "lm" and unbounded
+        trf, ``||v * grad||_inf`` with Coleman-Li's ``v`` for bounded trf, the free
+        gradient for dogbox), ``active_mask`` (n,) int (-1 lower, 1 upper, 0 free;
+        exact: bounds are reached exactly), ``nfev``, ``njev`` (None for "lm"
+        without a callable ``jac``, as scipy), ``status`` (-1 improper input or
+        non-finite residuals/Jacobian during the fit, 0 max_nfev, 1 gtol, 2 ftol,
+        3 xtol, 4 ftol and xtol), ``message`` (scipy's), ``success`` (status > 0).
+        A scipy ``OptimizeResult`` when scipy is installed, else a dict with
+        attribute access.
+
+    Raises
+    ------
+    ValueError
+        scipy's checks, with its messages: unknown ``method``/``jac``/``loss``/
+        ``tr_solver``/``verbose``; a robust loss, bounds, or ``m < n`` with "lm";
+        ``max_nfev <= 0``; complex or >1-D ``x0``; bounds of the wrong length or
+        shape, ``lb >= ub``, ``x0`` outside them; bad ``x_scale``; tolerances
+        below eps; ``fun`` not 1-D or not finite at ``x0``; ``jac`` of the wrong
+        shape. Also ``f_scale <= 0`` with a robust loss.
+    NotImplementedError
+        ``jac_sparsity``, ``tr_solver="lsmr"``, non-empty ``tr_options``, a callable
+        ``loss``, ``callback`` with trf/dogbox, an integer ``workers``, a
+        LinearOperator from ``jac``.
+
+    Warns
+    -----
+    UserWarning
+        A tolerance below machine epsilon; ``callback`` with "lm" (as scipy).
+    HostFallbackWarning
+        Once per function that JAX cannot trace.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import jax.numpy as jnp
+    >>> from jaxlsq.scipy import least_squares
+    >>> t = np.linspace(0.0, 3.0, 30)
+    >>> y = 2.0 * np.exp(-1.5 * t) + 0.5
+    >>> def fun(p, t, y):
+    ...     return p[0] * jnp.exp(-p[1] * t) + p[2] - y
+    >>> res = least_squares(fun, [1.0, 1.0, 0.0], args=(t, y))
+    >>> res.x.round(6), bool(res.success), res.status in (1, 2, 3, 4)
+    (array([2. , 1.5, 0.5]), True, True)
+
+    With bounds, the rate pinned at its upper bound:
+
+    >>> res = least_squares(fun, [1.0, 1.0, 0.0], bounds=([0, 0, 0], [10, 1.2, 10]),
+    ...                     args=(t, y))
+    >>> float(res.x[1]), res.active_mask.tolist()
+    (1.2, [0, 1, 0])
+    """
+    return _least_squares(
+        fun, x0, jac, bounds, method, ftol, xtol, gtol, x_scale, loss, f_scale,
+        diff_step, tr_solver, tr_options, jac_sparsity, max_nfev, verbose, args,
+        kwargs, callback, workers, stacklevel=3,
+    )  # fmt: skip
+
+
+def _least_squares(
+    fun, x0, jac, bounds, method, ftol, xtol, gtol, x_scale, loss, f_scale,
+    diff_step, tr_solver, tr_options, jac_sparsity, max_nfev, verbose, args, kwargs,
+    callback, workers, *, stacklevel: int,
+):  # fmt: skip
+    # -- scipy's checks, in scipy's order, with its messages ---------------------------
+    if method not in _METHODS:
+        raise ValueError("`method` must be 'trf', 'dogbox' or 'lm'.")
+    if not callable(jac) and jac not in _JAC_SCHEMES:
+        raise ValueError("`jac` must be '2-point', '3-point', 'cs' or callable.")
+    if tr_solver not in (None, "exact", "lsmr"):
+        raise ValueError("`tr_solver` must be None, 'exact' or 'lsmr'.")
+    if not callable(loss) and loss not in _LOSSES:
+        raise ValueError(
+            f"`loss` must be one of {dict.fromkeys(_LOSSES).keys()} or a callable."
+        )
+    if method == "lm" and loss != "linear":
+        raise ValueError("method='lm' supports only 'linear' loss function.")
+    if verbose not in (0, 1, 2):
+        raise ValueError("`verbose` must be in [0, 1, 2].")
+    if max_nfev is not None and max_nfev <= 0:
+        raise ValueError("`max_nfev` must be None or positive integer.")
+    if np.iscomplexobj(x0):
+        raise ValueError("`x0` must be real.")
+    x0 = np.atleast_1d(x0).astype(float)
+    if x0.ndim > 1:
+        raise ValueError("`x0` must have at most 1 dimension.")
+    n = x0.shape[0]
+
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):  # scipy.optimize.Bounds
+        bounds = (bounds.lb, bounds.ub)
+    if len(bounds) != 2:
+        raise ValueError("`bounds` must contain 2 elements.")
+    lb, ub = (np.asarray(b, dtype=float) for b in bounds)
+    if lb.ndim == 0:
+        lb = np.resize(lb, n)
+    if ub.ndim == 0:
+        ub = np.resize(ub, n)
+    if method == "lm" and not np.all((lb == -np.inf) & (ub == np.inf)):
+        raise ValueError("Method 'lm' doesn't support bounds.")
+    if lb.shape != x0.shape or ub.shape != x0.shape:
+        raise ValueError("Inconsistent shapes between bounds and `x0`.")
+    if np.any(lb >= ub):
+        raise ValueError(
+            "Each lower bound must be strictly less than each upper bound."
+        )
+    if not np.all((x0 >= lb) & (x0 <= ub)):
+        raise ValueError("Initial guess is outside of provided bounds")
+
+    diag = _check_x_scale(x_scale, x0)
+    ftol, xtol, gtol = _check_tolerances(ftol, xtol, gtol, method, stacklevel + 1)
+
+    # -- what jaxlsq does not do -------------------------------------------------------
+    if callable(loss):
+        raise NotImplementedError(
+            "jaxlsq.least_squares: a callable `loss` is not supported; use one of "
+            f"{_LOSSES} (or scipy.optimize.least_squares)."
+        )
+    if loss != "linear" and not float(f_scale) > 0:
+        raise ValueError(f"`f_scale` must be positive, got {f_scale!r}.")
+    if jac_sparsity is not None:
+        if method == "lm" and not callable(jac):
+            raise ValueError("method='lm' does not support `jac_sparsity`.")
+        raise NotImplementedError(
+            "jaxlsq.least_squares: `jac_sparsity` is not supported (dense Jacobians "
+            "only); drop it -- a JAX-traceable `fun` gets its exact Jacobian anyway."
+        )
+    if tr_solver == "lsmr":
+        raise NotImplementedError(
+            "jaxlsq.least_squares: tr_solver='lsmr' is not supported; use None or "
+            "'exact' (dense trust-region solves)."
+        )
+    if tr_options:
+        raise NotImplementedError(
+            "jaxlsq.least_squares: `tr_options` are not supported (they configure "
+            f"'lsmr'); pass None or {{}}, got {tr_options!r}."
+        )
+    if callback is not None:
+        if method != "lm":
+            raise NotImplementedError(
+                "jaxlsq.least_squares: `callback` is not supported: the iterations "
+                "run inside one compiled loop. Drop it, or use method='lm' (where "
+                "scipy ignores it too)."
+            )
+        warnings.warn(
+            "Callback function specified, but not supported with `lm` method.",
+            stacklevel=stacklevel,
+        )
+    if workers is not None and not callable(workers):
+        raise NotImplementedError(
+            "jaxlsq.least_squares: `workers` must be None or a map-like callable "
+            f"(e.g. multiprocessing.Pool(k).map), got {workers!r}."
+        )
+    if max_nfev is None:
+        max_nfev = 100 * n
+    if diff_step is not None:
+        diff_step = np.asarray(diff_step, dtype=float)
+
+    call_args = (tuple(args), dict(kwargs or {}))
+    fun_w = _Bound(fun, "fun")
+    jac_w = _Bound(jac, "jac") if callable(jac) else None
+    jac_desc = "your jac" if callable(jac) else f"{jac} finite differences"
+
+    with jax.enable_x64(True):
+        plan = _plan(
+            fun_w, None, False, x0, call_args, stacklevel=stacklevel + 1,
+            jac_desc=jac_desc,
+        )  # fmt: skip
+        m = plan.m
+        if plan.f0 is not None and not np.all(np.isfinite(plan.f0)):
+            raise ValueError("Residuals are not finite in the initial point.")
+        if method == "lm" and m < n:
+            raise ValueError(
+                "Method 'lm' doesn't work when the number of residuals is less "
+                "than the number of variables."
+            )
+        host = plan.host is not None
+        loop_jac: Any = "auto"
+        if jac_w is not None and not host:
+            shape, err = _trace_jac(jac_w, x0, call_args)
+            if shape is None:
+                host = True
+                _warn_host(jac_w, jac_w, err, stacklevel=stacklevel + 1,
+                           jac_desc="your jac")  # fmt: skip
+            else:
+                _check_jac_shape(shape, m, n)
+                loop_jac = jac_w
+        if jac_w is not None and host:  # scipy evaluates J0 too; check its shape
+            j0 = jac_w(x0.copy(), *call_args)
+            _check_jac_shape(np.shape(j0), m, n)
+
+        pad = max(n - m, 0)
+        loop_fun: Any = fun_w if not pad else _Padded(fun_w, pad, n)
+        if pad and isinstance(loop_jac, _Bound):
+            loop_jac = _Padded(jac_w, pad, n)
+        bounded = bool(np.any((lb > -np.inf) | (ub < np.inf)))
+        options = dict(
+            ftol=float(ftol), xtol=float(xtol), gtol=float(gtol),
+            max_nfev=int(max_nfev), factor=_FACTOR[method], diag=diag,
+            bounds=(lb, ub) if bounded else None, f_scale=float(f_scale),
+        )  # fmt: skip
+        if not host:
+            out = _run(loop_fun, loop_jac, loss, x0, call_args, options, m + pad)
+            nfev, njev = out["nfev"], out["njev"]
+        else:
+            difference = None
+            host_jac = None
+            if jac_w is not None:
+                host_jac = jac_w if not pad else _Padded(jac_w, pad, n)
+            else:
+                difference = _Difference(
+                    _UserCall(fun, *call_args), jac, diff_step, lb, ub,
+                    plan.out_dtype, workers, m, pad,
+                )  # fmt: skip
+            problem = _host.HostProblem.get(loop_fun, host_jac, False, m + pad, n)
+            token, ctx = _host.HostProblem.open(call_args, EPS, difference)
+            try:
+                out = _run(
+                    problem.fun, problem.jac, loss, x0, (np.int32(token),), options,
+                    m + pad,
+                )  # fmt: skip
+            finally:
+                _host.HostProblem.close(token)
+            nfev = ctx.nfev
+            njev = ctx.njev if difference is None else difference.njev
+
+    status_j = Status(out["status"])
+    f, jac_x = out["fun"][:m], out["jac"][:m]
+    if status_j == Status.NONFINITE and out["nfev"] <= 1 and not np.all(np.isfinite(f)):
+        raise ValueError("Residuals are not finite in the initial point.")
+    status = STATUS_FROM_JAXLSQ[status_j]
+    message = MESSAGES[status_j] if status_j in _OWN_MESSAGE else (
+        TERMINATION_MESSAGES[status]
+    )  # fmt: skip
+    x, grad, active_mask = out["x"], out["grad"], out["active_mask"]
+    optimality = _optimality(method, x, grad, lb, ub, active_mask, bounded)
+    if method == "lm" and not callable(jac):
+        njev = None
+    result = _optimize_result(
+        x=x,
+        cost=out["cost"],
+        fun=f,
+        jac=_loss_modified_jacobian(jac_x, f, loss, float(f_scale)),
+        grad=grad,
+        optimality=optimality,
+        active_mask=active_mask,
+        nfev=int(nfev),
+        njev=None if njev is None else int(njev),
+        status=status,
+        message=message,
+        success=status > 0,
+    )
+    if verbose >= 1:
+        if verbose == 2:
+            print(
+                "jaxlsq: no per-iteration report (verbose=2): the iterations run "
+                "inside one compiled loop. Termination report:"
+            )
+        f0 = plan.f0
+        if f0 is None:
+            with jax.enable_x64(True):
+                f0 = np.ravel(np.asarray(fun_w(x0, *call_args), dtype=float))
+        initial_cost = _cost(f0, loss, float(f_scale))
+        print(result.message)
+        print(
+            f"Function evaluations {result.nfev}, initial cost {initial_cost:.4e}, "
+            f"final cost {result.cost:.4e}, "
+            f"first-order optimality {result.optimality:.2e}."
+        )
+    return result
+
+
+def _check_x_scale(x_scale, x0):
+    """MINPACK's ``diag`` for ``x_scale`` (None: automatic), with scipy's checks."""
+    if x_scale is None or (isinstance(x_scale, str) and x_scale == "jac"):
+        return None
+    try:
+        x_scale = np.asarray(x_scale, dtype=float)
+        valid = bool(np.all(np.isfinite(x_scale)) and np.all(x_scale > 0))
+    except (ValueError, TypeError):
+        valid = False
+    if not valid:
+        raise ValueError("`x_scale` must be 'jac' or array_like with positive numbers.")
+    if x_scale.ndim == 0:
+        x_scale = np.resize(x_scale, x0.shape)
+    if x_scale.shape != x0.shape:
+        raise ValueError("Inconsistent shapes between `x_scale` and `x0`.")
+    return 1.0 / x_scale
+
+
+def _check_tolerances(ftol, xtol, gtol, method, stacklevel):
+    """scipy's ``check_tolerance``: None -> 0, warn below eps, raise if unusable."""
+
+    def check(tol, name):
+        if tol is None:
+            return 0.0
+        if tol < EPS:
+            warnings.warn(
+                f"Setting `{name}` below the machine epsilon ({EPS:.2e}) effectively "
+                "disables the corresponding termination condition.",
+                stacklevel=stacklevel + 1,
+            )
+        return tol
+
+    ftol, xtol, gtol = check(ftol, "ftol"), check(xtol, "xtol"), check(gtol, "gtol")
+    if method == "lm" and (ftol < EPS or xtol < EPS or gtol < EPS):
+        raise ValueError(
+            "All tolerances must be higher than machine epsilon "
+            f"({EPS:.2e}) for method 'lm'."
+        )
+    if ftol < EPS and xtol < EPS and gtol < EPS:
+        raise ValueError(
+            "At least one of the tolerances must be higher than "
+            f"machine epsilon ({EPS:.2e})."
+        )
+    return ftol, xtol, gtol
+
+
+def _optimality(method, x, grad, lb, ub, active_mask, bounded) -> float:
+    """scipy's first-order optimality measure, per method."""
+    if method == "lm" or not bounded:
+        return float(np.linalg.norm(grad, ord=np.inf))
+    if method == "trf":  # Coleman-Li scaling: distance to the bound grad points at
+        v = np.ones_like(x)
+        mask = (grad < 0) & np.isfinite(ub)
+        v[mask] = ub[mask] - x[mask]
+        mask = (grad > 0) & np.isfinite(lb)
+        v[mask] = x[mask] - lb[mask]
+        return float(np.linalg.norm(grad * v, ord=np.inf))
+    free = np.where(active_mask * grad < 0, 0.0, grad)  # dogbox: the free gradient
+    return float(np.linalg.norm(free, ord=np.inf))
+
+
+def _optimize_result(**fields):
+    try:
+        from scipy.optimize import OptimizeResult
+    except ImportError:  # scipy is optional: the same thing, a dict with attributes
+        OptimizeResult = _OptimizeResult
+    return OptimizeResult(**fields)
+
+
+class _OptimizeResult(dict):
+    """scipy's ``OptimizeResult`` where scipy is not installed."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as err:
+            raise AttributeError(name) from err
+
+    __setattr__ = dict.__setitem__  # type: ignore[assignment]
+    __delattr__ = dict.__delitem__  # type: ignore[assignment]
+
+
+# ----------------------------------------------------------------------------------
+# the compiled call: one dispatch, one transfer
+
+
+def _run(fun, jac, loss, x0, args, options, m) -> dict[str, Any]:
+    """Run `jaxlsq.solve` and bring its results to the host (inside enable_x64)."""
+    o = options
+    packed = np.array(
+        _solve_packed(
+            fun, jac, loss, x0, args, o["ftol"], o["xtol"], o["gtol"],
+            o["max_nfev"], o["factor"], o["diag"], o["bounds"], o["f_scale"],
+        )
+    )  # fmt: skip
+    n = x0.size
+    status, nfev, njev = (int(v) for v in packed[:3].tolist())
+    i = 4
+    out = dict(status=status, nfev=nfev, njev=njev, cost=packed[3])
+    for name, size in (("x", n), ("fun", m), ("grad", n), ("active_mask", n)):
+        out[name] = packed[i : i + size]
+        i += size
+    out["active_mask"] = out["active_mask"].astype(int)
+    out["jac"] = packed[i:].reshape(m, n)
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _solve_packed(
+    fun, jac, loss, x0, args, ftol, xtol, gtol, max_nfev, factor, diag, bounds,
+    f_scale,
+):  # fmt: skip
+    """``solve(...)`` packed as ``[status, nfev, njev, cost, x, f, grad, active,
+    jac.ravel()]`` (float64)."""
+    sol = solve(
+        fun, x0, args, bounds=bounds, loss=loss, f_scale=f_scale, jac=jac,
+        ftol=ftol, xtol=xtol, gtol=gtol, max_nfev=max_nfev, factor=factor, diag=diag,
+    )  # fmt: skip
+    head = jnp.stack([sol.status, sol.nfev, sol.njev]).astype(jnp.float64)
+    parts = (head, sol.cost, sol.params, sol.residuals, sol.grad, sol.active_mask,
+             sol.jac)  # fmt: skip
+    return jnp.concatenate([jnp.ravel(p).astype(jnp.float64) for p in parts])
