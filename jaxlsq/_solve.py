@@ -403,11 +403,16 @@ def _flat_like(tree: Any, x0: Any, n: int, dtype, name: str) -> jax.Array:
     """
     if not jax.tree_util.tree_leaves(tree):
         raise ValueError(f"{name} must not be empty")
+    # numpy for concrete values: eager jnp ops cost ~10 us each on every call
+    traced = any(
+        isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(tree)
+    )
+    xp = jnp if traced else np
     if not _is_container(tree):
-        if jnp.ndim(tree) == 0:
-            return jnp.full((n,), tree, dtype)
-        if jnp.shape(tree) == (n,):  # already flat, in ravel_pytree order
-            return jnp.asarray(tree, dtype)
+        if np.ndim(tree) == 0:
+            return xp.full((n,), tree, dtype)
+        if np.shape(tree) == (n,):  # already flat, in ravel_pytree order
+            return xp.asarray(tree, dtype)
     x0_def = jax.tree_util.tree_structure(x0)
     try:
         leaves = x0_def.flatten_up_to(tree)
@@ -419,15 +424,13 @@ def _flat_like(tree: Any, x0: Any, n: int, dtype, name: str) -> jax.Array:
     flat = []
     for leaf, ref in zip(leaves, jax.tree_util.tree_leaves(x0), strict=True):
         try:
-            flat.append(
-                jnp.ravel(jnp.broadcast_to(jnp.asarray(leaf, dtype), ref.shape))
-            )
+            flat.append(xp.ravel(xp.broadcast_to(xp.asarray(leaf, dtype), ref.shape)))
         except (ValueError, TypeError) as err:
             raise ValueError(
-                f"{name}: a leaf of shape {jnp.shape(leaf)} does not broadcast to the "
+                f"{name}: a leaf of shape {np.shape(leaf)} does not broadcast to the "
                 f"matching x0 leaf of shape {ref.shape}"
             ) from err
-    return jnp.concatenate(flat)
+    return xp.concatenate(flat)
 
 
 def _is_container(tree: Any) -> bool:
@@ -464,10 +467,10 @@ def _check_bounds(lower, upper, x0) -> None:
             f"violated at flat parameter index {bad.tolist()} (lower {lo[bad]}, "
             f"upper {hi[bad]}). Use fixed= to hold a parameter constant."
         )
-    flat_x0 = ravel_pytree(x0)[0]
-    if isinstance(flat_x0, jax.core.Tracer):
+    leaves = jax.tree_util.tree_leaves(x0)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
         return
-    x = np.asarray(flat_x0)
+    x = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
     outside = np.flatnonzero((x < lo) | (x > hi))
     if outside.size:
         raise ValueError(
