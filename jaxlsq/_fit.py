@@ -26,7 +26,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.tree_util import (
     DictKey,
     FlattenedIndexKey,
@@ -35,6 +34,7 @@ from jax.tree_util import (
     register_pytree_node_class,
 )
 
+from ._linalg import _right_svd_scaled as right_svd
 from ._solution import Status, status_message
 from ._solve import solve
 
@@ -605,13 +605,12 @@ def covariance(
 
     Notes
     -----
-    ``(J^T J)^+ = J^+ J^+T`` with ``J^+`` from `jax.numpy.linalg.pinv` (its JVP is
-    the Golub-Pereyra formula: no ``1 / (s_i^2 - s_j^2)`` terms, so derivatives stay
-    finite for repeated singular values), with scipy ``curve_fit``'s cutoff:
-    singular values ``<= max(m, n) * eps * s_max`` are dropped. A dropped direction
-    has infinite variance: every free parameter with a component in it (squared
-    component of the null-space projector above ``eps``) gets ``inf`` rows and
-    columns; the other entries are those of the estimable block.
+    ``(J^T J)^+`` from one SVD of ``J`` (`_gram_pinv`) with scipy ``curve_fit``'s
+    cutoff: singular values ``<= max(m, n) * eps * s_max`` are dropped. A dropped
+    direction has infinite variance: every free parameter with a component in it
+    (diagonal of the null-space projector above ``eps``; a projector, so
+    independent of the SVD's choice of basis) gets ``inf`` rows and columns; the
+    other entries are those of the estimable block.
     """
     m, n = jac.shape
     dtype = jac.dtype
@@ -621,13 +620,7 @@ def covariance(
     jac_free = jnp.where(free[None, :], jac, 0)
     finite = jnp.all(jnp.isfinite(jac_free))
     jac_free = jnp.where(finite, jac_free, 0)
-    rtol = max(m, n) * eps
-    pinv = jnp.linalg.pinv(jac_free, rtol=rtol)
-    cov0 = pinv @ pinv.T
-    # null space of J (a projector, so independent of the SVD's basis choice)
-    _, s, vt = jnp.linalg.svd(lax.stop_gradient(jac_free), full_matrices=False)
-    dropped = s <= rtol * s[0]
-    null_diag = jnp.sum(jnp.where(dropped[:, None], vt * vt, 0), axis=0)
+    cov0, null_diag = _gram_pinv(jac_free)
     bad = free & ((null_diag > eps) | ~finite)
 
     if absolute_sigma:
@@ -650,6 +643,44 @@ def covariance(
     corr = jnp.where(both_good, corr, jnp.nan)
     corr = jnp.where(either_fixed, 0, corr)
     return cov, corr
+
+
+def _gram_pinv_parts(jac):
+    """``(J^T J)^+`` (n, n) and the null-space projector ``I - (J^T J)^+ J^T J``."""
+    m, n = jac.shape
+    eps = jnp.finfo(jac.dtype).eps
+    # solve's SVD helper: LAPACK for one matrix, a vectorised QR + Jacobi SVD under
+    # vmap (8x faster than batched LAPACK for 10^4 small Jacobians on CPU)
+    v, s = right_svd(jac, jnp.ones((n,), jac.dtype))
+    keep = s > max(m, n) * eps * jnp.max(s)
+    inv_s2 = jnp.where(keep, 1 / jnp.where(keep, s, 1) ** 2, 0)
+    return (v * inv_s2) @ v.T, (v * ~keep) @ v.T
+
+
+@jax.custom_jvp
+def _gram_pinv(jac: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``C = (J^T J)^+`` (n, n) with curve_fit's rank cutoff, and the diagonal of
+    the null-space projector ``N`` (n,) (no derivative).
+
+    The derivative is that of a pseudo-inverse of constant rank (Golub & Pereyra
+    1973), with ``A = J^T J`` symmetric and ``dA = dJ^T J + J^T dJ``:
+    ``dC = -C dA C + C C dA N + N dA C C``. It is linear in ``dJ`` (so JAX transposes
+    it for reverse mode) and has no ``1 / (s_i^2 - s_j^2)`` terms: it stays finite
+    for repeated singular values, unlike differentiating through the SVD.
+    """
+    cov0, null = _gram_pinv_parts(jac)
+    return cov0, jnp.diagonal(null)
+
+
+@_gram_pinv.defjvp
+def _gram_pinv_jvp(primals, tangents):
+    (jac,), (djac,) = primals, tangents
+    cov0, null = _gram_pinv_parts(jac)
+    da = djac.T @ jac + jac.T @ djac
+    cc = cov0 @ cov0
+    dcov = -cov0 @ da @ cov0 + cc @ da @ null + null @ da @ cc
+    null_diag = jnp.diagonal(null)
+    return (cov0, null_diag), (dcov, jnp.zeros_like(null_diag))
 
 
 def _safe_sqrt(v):

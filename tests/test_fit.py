@@ -301,6 +301,44 @@ def test_covariance_rules_against_numpy():
     assert np.all(np.isinf(np.asarray(cov)))
 
 
+def test_covariance_derivative_matches_finite_differences():
+    # (J^T J)^+ along a path J + t dJ of constant rank: full rank, repeated singular
+    # values (where differentiating through an SVD gives NaN), and rank-deficient
+    from jaxlsq._fit import _gram_pinv
+
+    rng = np.random.default_rng(5)
+    q, _ = np.linalg.qr(rng.standard_normal((20, 3)))
+    full = rng.standard_normal((20, 3))
+    dep = full.copy()
+    dep[:, 2] = dep[:, 0] - 2 * dep[:, 1]
+    skew = rng.standard_normal((3, 3))
+    skew -= skew.T
+    for jac in (full, 2.0 * q, dep):
+        step = rng.standard_normal((20, 3))
+        if jac is dep:
+            # J(t) = (dep + t D)(I + t K): rank 2 for every t, and the K factor
+            # rotates the null space (which the projector terms of dC account for)
+            step[:, 2] = step[:, 0] - 2 * step[:, 1]
+
+            def path(t, step=step):
+                return (dep + t * step) @ (np.eye(3) + t * skew)
+
+            djac = step + dep @ skew
+        else:
+
+            def path(t, jac=jac, step=step):
+                return jac + t * step
+
+            djac = step
+        _, (dcov, _) = jax.jvp(_gram_pinv, (jnp.asarray(jac),), (jnp.asarray(djac),))
+        h = 1e-6
+        plus = np.asarray(_gram_pinv(jnp.asarray(path(h)))[0])
+        minus = np.asarray(_gram_pinv(jnp.asarray(path(-h)))[0])
+        fd = (plus - minus) / (2 * h)
+        assert np.all(np.isfinite(np.asarray(dcov)))
+        np.testing.assert_allclose(np.asarray(dcov), fd, atol=1e-7 * np.abs(fd).max())
+
+
 # ----------------------------------------------------------------------------------
 # report and HTML
 
