@@ -118,19 +118,18 @@ def fit_curves(calib, t, y, x0, noise, max_nfev=MAX_NFEV):
     )
 
 
-def batch_loss(calib, t, y, x0, noise, max_nfev=MAX_NFEV):
+def batch_loss(calib, t, y, x0, noise, max_nfev=MAX_NFEV, sanitize=True):
     """Mean reduced chi-square of the fits that succeeded, and the fits.
 
     Dead pixels (NaN) are replaced by a harmless curve of zeros *before* fitting,
     so every lane has finite derivatives; they and any fit that did not converge
-    are then left out of the mean. ``jnp.where(success, chi2, 0)`` alone would give
-    the right value but a NaN gradient: a NaN lane's zero cotangent times its NaN
-    partial derivatives.
+    are then left out of the mean. Masking the loss alone (``sanitize=False``, kept
+    to show the trap) gives the right value but a NaN gradient: a NaN lane's zero
+    cotangent times its NaN partial derivatives.
     """
     good_data = jaxlsq.finite_lanes((y, x0))
-    y, x0 = jaxlsq.where_lanes(
-        good_data, (y, x0), fill=(0.0, jnp.array([1.0, 1.0, 0.0]))
-    )
+    keep = good_data | ~jnp.asarray(sanitize)
+    y, x0 = jaxlsq.where_lanes(keep, (y, x0), fill=(0.0, jnp.array([1.0, 1.0, 0.0])))
     sols = fit_curves(calib, t, y, x0, noise, max_nfev)
     ok = good_data & sols.success
     dof = t.shape[0] - N_PARAMS
@@ -140,10 +139,10 @@ def batch_loss(calib, t, y, x0, noise, max_nfev=MAX_NFEV):
 _loss_and_grad = jax.jit(jax.value_and_grad(batch_loss, has_aux=True))
 
 
-def loss_and_grad(calib, data, x0, max_nfev=MAX_NFEV):
+def loss_and_grad(calib, data, x0, max_nfev=MAX_NFEV, sanitize=True):
     """``((loss, (fits, ok)), d loss / d calib)``: one compiled program per shape of
     the data, whatever the values (every argument is passed as a traced array)."""
-    return _loss_and_grad(calib, data.t, data.y, x0, data.noise, max_nfev)
+    return _loss_and_grad(calib, data.t, data.y, x0, data.noise, max_nfev, sanitize)
 
 
 class History(NamedTuple):
