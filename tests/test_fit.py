@@ -352,7 +352,8 @@ def test_report_contents_and_html():
         assert header in text
     assert f"# data points      = {x.size}" in text
     assert f"chi-square         = {float(res.chisq):.7g}" in text
-    assert f"status             = {int(res.status)} ({Status(int(res.status)).name}"
+    status = Status(int(res.status))
+    assert f"status             = {status.value} ({status.name}, success)" in text
     assert res.message in text
     for name in res.names:
         v, e = float(res.params[name]), float(res.stderr[name])
@@ -365,6 +366,12 @@ def test_report_contents_and_html():
             assert (label in text) == (abs(corr[i, j]) > 0.1)
     # a higher threshold drops correlations
     assert "[[Correlations]]" not in res.report(correl_threshold=1.0)
+    # a failed fit says so (solve options pass through: max_nfev)
+    failed = fit(decay, x, y, P0, max_nfev=3)
+    assert int(failed.status) == Status.MAX_NFEV and not bool(failed.success)
+    text = failed.report()
+    assert "status             = 5 (MAX_NFEV, failure)" in text
+    assert Status.MAX_NFEV.message in text
 
     page = res._repr_html_()
 
