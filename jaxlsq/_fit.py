@@ -432,8 +432,8 @@ class _Residuals:
         self.kind = kind
 
     def __call__(self, params, x, y, transform):
-        return _whiten(jnp.asarray(self.model(x, params)).astype(y.dtype) - y,
-                       transform, self.kind)  # fmt: skip
+        predicted = jnp.asarray(self.model(x, params)).astype(y.dtype)
+        return _whiten(predicted - y, transform, self.kind)
 
     def __eq__(self, other):
         return (
