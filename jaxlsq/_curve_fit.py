@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._least_squares import _least_squares
 from ._leastsq import _LEASTSQ_SUCCESS, _leastsq
 from ._shim_warnings import OptimizeWarning
 
@@ -97,16 +98,17 @@ def _contains_nan(a, nan_policy: str) -> bool:
     return contains
 
 
-#: least_squares' status codes and messages, for method "trf"/"dogbox".
-_LSQ_STATUS = {1: 2, 2: 3, 3: 4, 4: 1, 5: 0}
-_LSQ_MESSAGES = {
-    0: "The maximum number of function evaluations is exceeded.",
-    1: "`gtol` termination condition is satisfied.",
-    2: "`ftol` termination condition is satisfied.",
-    3: "`xtol` termination condition is satisfied.",
-    4: "Both `ftol` and `xtol` termination conditions are satisfied.",
-}
-_LSQ_KWARGS = ("ftol", "xtol", "gtol", "max_nfev", "maxfev", "verbose")
+def _initialize_feasible(lb, ub):
+    """scipy's default ``p0`` with bounds: mid-box, or 1 inside a one-sided bound."""
+    p0 = np.ones_like(lb)
+    lb_finite, ub_finite = np.isfinite(lb), np.isfinite(ub)
+    mask = lb_finite & ub_finite
+    p0[mask] = 0.5 * (lb[mask] + ub[mask])
+    mask = lb_finite & ~ub_finite
+    p0[mask] = lb[mask] + 1
+    mask = ~lb_finite & ub_finite
+    p0[mask] = ub[mask] - 1
+    return p0
 
 
 def curve_fit(
@@ -125,11 +127,12 @@ def curve_fit(
     nan_policy: str | None = None,
     **kwargs: Any,
 ):
-    """Fit ``f(xdata, *params)`` to ``ydata``: ``scipy.optimize.curve_fit`` (method lm).
+    """Fit ``f(xdata, *params)`` to ``ydata``: ``scipy.optimize.curve_fit``.
 
-    Same signature, defaults and results as scipy's, on top of `leastsq`. ``f`` may be
-    written with ``jax.numpy`` (compiled, exact Jacobian) or plain numpy (host path,
-    forward differences; see `HostFallbackWarning`).
+    Same signature, defaults and results as scipy's, on top of `leastsq` (method
+    "lm") or `least_squares` (methods "trf"/"dogbox", which bounds select). ``f`` may
+    be written with ``jax.numpy`` (compiled, exact Jacobian) or plain numpy (host
+    path, finite differences; see `HostFallbackWarning`).
 
     Parameters
     ----------
@@ -141,7 +144,9 @@ def curve_fit(
     ydata : array_like, shape (M,)
         Data; converted to float64.
     p0 : array_like (N,), optional
-        Starting point; default all ones, N read from ``f``'s signature.
+        Starting point; N read from ``f``'s signature when omitted. Default: all
+        ones, or with bounds scipy's feasible start (mid-box; 1 inside a one-sided
+        bound).
     sigma : None, scalar, array (M,) or array (M, M), optional
         Scalar or 1-D: standard deviations of ``ydata`` (residuals are divided by
         them). 2-D: covariance of ``ydata``; residuals are multiplied by ``L^-1``
@@ -152,32 +157,40 @@ def curve_fit(
         Raise ValueError on NaN/inf in ``xdata``/``ydata``. Default True unless
         ``nan_policy`` is given.
     bounds : 2-tuple or object with ``lb``/``ub``, default (-inf, inf)
-        Only infinite bounds are supported for now.
+        Lower and upper bounds on the parameters (scalars or shape (N,)); finite
+        bounds select method "trf", as in scipy.
     method : {None, "lm", "trf", "dogbox"}, optional
-        ``"lm"`` (default). ``"trf"``/``"dogbox"`` with infinite bounds solve the same
-        unconstrained problem by LM but return ``least_squares``' contract (status
-        codes and messages, pseudo-inverse covariance, ``infodict`` with ``nfev`` and
-        ``fvec`` only).
-    jac : callable, optional
+        Default "lm" without bounds, "trf" with bounds (as scipy). "trf"/"dogbox"
+        run `least_squares` (jaxlsq's projected LM: scipy's solution within
+        tolerance, not its iterates) and return its contract: status codes and
+        messages, ``pcov`` from the SVD pseudo-inverse of the final (loss-modified)
+        Jacobian, ``infodict`` with ``nfev`` and ``fvec`` only.
+    jac : callable or {"2-point", "3-point", "cs"}, optional
         ``jac(xdata, *params)`` -> (M, N), scaled by ``sigma`` like the residuals.
+        The strings (trf/dogbox) are `least_squares`' finite-difference schemes,
+        used on the host path only (a JAX model is differentiated exactly).
     full_output : bool, default False
         Also return ``infodict``, ``mesg`` and ``ier``.
     nan_policy : {None, "raise", "omit"}, optional
         ``"raise"``: error on NaN in the data; ``"omit"``: drop those points (and the
         matching ``sigma`` entries). ``"propagate"`` is rejected, as in scipy.
     **kwargs
-        Passed to `leastsq` (e.g. ``maxfev``, ``ftol``, ``epsfcn``).
+        Passed to `leastsq` for "lm" (e.g. ``maxfev``, ``ftol``, ``epsfcn``) or to
+        `least_squares` for "trf"/"dogbox" (e.g. ``loss``, ``f_scale``, ``x_scale``,
+        ``max_nfev``; ``maxfev`` is renamed ``max_nfev``, as scipy does).
 
     Returns
     -------
     popt : ndarray, shape (N,)
         Best-fit parameters.
     pcov : ndarray, shape (N, N)
-        Their estimated covariance (``cov_x`` of `leastsq`, scaled unless
+        Their estimated covariance (``cov_x`` of `leastsq`, or the SVD
+        pseudo-inverse of ``J^T J`` for trf/dogbox; scaled unless
         ``absolute_sigma``); filled with ``inf`` (and an `OptimizeWarning`) when it
         cannot be estimated.
     infodict, mesg, ier
-        As from `leastsq` (only with ``full_output``).
+        As from `leastsq`, or ``least_squares``' ``nfev``/``fvec``, ``message`` and
+        ``status`` (only with ``full_output``).
 
     Raises
     ------
@@ -185,13 +198,15 @@ def curve_fit(
         NaN/inf data with ``check_finite``; NaN data with ``nan_policy="raise"``; bad
         ``nan_policy``; ``sigma`` of a wrong shape or not positive definite; empty
         ``ydata``; ``args`` in ``kwargs``; ``method="lm"`` with finite bounds; an
-        unknown ``method``.
+        unknown ``method``; `least_squares`' own checks (e.g. ``p0`` outside the
+        bounds).
     TypeError
-        More parameters than data points.
+        More parameters than data points (method "lm"); an unknown keyword.
     RuntimeError
-        The fit failed (``ier`` not in 1-4): "Optimal parameters not found: ...".
+        The fit failed (``ier`` not in 1-4, or ``least_squares``' ``success``
+        false): "Optimal parameters not found: ...".
     NotImplementedError
-        Finite bounds (with ``method`` None, "trf" or "dogbox"): not supported yet.
+        `least_squares` options jaxlsq does not support (see there).
 
     Warns
     -----
@@ -223,28 +238,22 @@ def curve_fit(
         lb, ub = (np.asarray(b, dtype=float) for b in bounds)
     lb, ub = np.asarray(lb, dtype=float), np.asarray(ub, dtype=float)
     if lb.ndim == 0:
-        lb = np.full(n, lb)
+        lb = np.resize(lb, n)
     if ub.ndim == 0:
-        ub = np.full(n, ub)
+        ub = np.resize(ub, n)
     if p0 is None:
-        p0 = np.ones(n)
+        p0 = _initialize_feasible(lb, ub)
 
     bounded_problem = bool(((lb > -np.inf) | (ub < np.inf)).any())
     if method is not None and method not in ("lm", "trf", "dogbox"):
         raise ValueError("`method` must be 'trf', 'dogbox' or 'lm'.")
+    if method is None:
+        method = "trf" if bounded_problem else "lm"
     if method == "lm" and bounded_problem:
         raise ValueError(
             "Method 'lm' only works for unconstrained problems. "
             "Use 'trf' or 'dogbox' instead."
         )
-    if bounded_problem:
-        raise NotImplementedError(
-            "jaxlsq.curve_fit does not support finite bounds yet (got "
-            f"lb={lb}, ub={ub}); use bounds=(-np.inf, np.inf), or "
-            "scipy.optimize.curve_fit for a bounded fit."
-        )
-    if method is None:
-        method = "lm"
 
     if check_finite is None:
         check_finite = nan_policy is None
@@ -308,22 +317,24 @@ def curve_fit(
     func = _ModelResiduals(f, kind)
     if callable(jac):
         dfun = _ModelJacobian(jac, kind)
-    elif jac is None or method != "lm":
-        dfun = None  # "2-point" etc. for trf/dogbox: we differentiate exactly / by FD
+    elif method != "lm":
+        dfun = "2-point" if jac is None else jac  # least_squares' scheme names
+    elif jac is None:
+        dfun = None
     else:
         raise TypeError(f"jac must be callable or None for method 'lm', got {jac!r}")
 
     if "args" in kwargs:
         raise ValueError("'args' is not a supported keyword argument.")
 
-    if ydata.size != 1 and n > ydata.size:
-        raise TypeError(
-            f"The number of func parameters={n} must not"
-            f" exceed the number of data points={ydata.size}"
-        )
     fit_args = (xdata, ydata, transform)
 
     if method == "lm":
+        if ydata.size != 1 and n > ydata.size:
+            raise TypeError(
+                f"The number of func parameters={n} must not"
+                f" exceed the number of data points={ydata.size}"
+            )
         res = _leastsq(
             func, p0, fit_args, dfun, True, False,
             kwargs.pop("ftol", 1.49012e-08), kwargs.pop("xtol", 1.49012e-08),
@@ -342,32 +353,20 @@ def curve_fit(
         if ier not in _LEASTSQ_SUCCESS:
             raise RuntimeError("Optimal parameters not found: " + errmsg)
     else:
-        unknown = sorted(set(kwargs) - set(_LSQ_KWARGS))
-        if unknown or kwargs.get("verbose", 0):
-            raise NotImplementedError(
-                f"method={method!r} is served by Levenberg-Marquardt here; the "
-                f"least_squares options {unknown or ['verbose']} are not supported."
-            )
-        maxfev = kwargs.get("max_nfev", kwargs.get("maxfev", None)) or 0
-        res = _leastsq(
-            func, p0, fit_args, dfun, True, False,
-            kwargs.get("ftol", 1e-8), kwargs.get("xtol", 1e-8),
-            kwargs.get("gtol", 1e-8), maxfev, None, 100, None, stacklevel=3,
-        )  # fmt: skip
-        status = res["ier"]
-        if status == 5:
-            raise RuntimeError("Optimal parameters not found: " + _LSQ_MESSAGES[0])
-        if status not in _LEASTSQ_SUCCESS:
-            raise RuntimeError("Optimal parameters not found: " + res["mesg"])
-        ier = _LSQ_STATUS[status]
-        errmsg = _LSQ_MESSAGES[ier]
-        popt = res["x"]
-        fvec = res["infodict"]["fvec"]
-        infodict = dict(nfev=res["infodict"]["nfev"], fvec=fvec)
-        ysize = len(fvec)
-        cost = np.sum(fvec**2)
-        _, s, vt = np.linalg.svd(res["jac"], full_matrices=False)
-        threshold = np.finfo(float).eps * max(res["jac"].shape) * s[0]
+        if "max_nfev" not in kwargs:
+            kwargs["max_nfev"] = kwargs.pop("maxfev", None)
+        res = _least_squares_kwargs(func, p0, dfun, (lb, ub), method, fit_args, kwargs)
+        if not res.success:
+            raise RuntimeError("Optimal parameters not found: " + res.message)
+        infodict = dict(nfev=res.nfev, fvec=res.fun)
+        ier = res.status
+        errmsg = res.message
+        ysize = len(res.fun)
+        cost = 2 * res.cost  # res.cost is half the (robust) sum of squares
+        popt = res.x
+        # scipy's pseudo-inverse of J^T J from the SVD of the (loss-modified) Jacobian
+        _, s, vt = np.linalg.svd(res.jac, full_matrices=False)
+        threshold = np.finfo(float).eps * max(res.jac.shape) * s[0]
         s = s[s > threshold]
         vt = vt[: s.size]
         pcov = np.dot(vt.T / s**2, vt)
@@ -395,3 +394,26 @@ def curve_fit(
     if full_output:
         return popt, pcov, infodict, errmsg, ier
     return popt, pcov
+
+
+_LSQ_DEFAULTS = dict(
+    ftol=1e-08, xtol=1e-08, gtol=1e-08, x_scale=None, loss="linear", f_scale=1.0,
+    diff_step=None, tr_solver=None, tr_options=None, jac_sparsity=None,
+    max_nfev=None, verbose=0, kwargs=None, callback=None, workers=None,
+)  # fmt: skip
+
+
+def _least_squares_kwargs(func, p0, jac, bounds, method, fit_args, kwargs):
+    """``least_squares(func, p0, jac=jac, bounds=bounds, method=method, **kwargs)``."""
+    unknown = sorted(set(kwargs) - set(_LSQ_DEFAULTS))
+    if unknown:
+        raise TypeError(
+            f"least_squares() got an unexpected keyword argument {unknown[0]!r}"
+        )
+    o = {**_LSQ_DEFAULTS, **kwargs}
+    return _least_squares(
+        func, p0, jac, bounds, method, o["ftol"], o["xtol"], o["gtol"],
+        o["x_scale"], o["loss"], o["f_scale"], o["diff_step"], o["tr_solver"],
+        o["tr_options"], o["jac_sparsity"], o["max_nfev"], o["verbose"], fit_args,
+        o["kwargs"], o["callback"], o["workers"], stacklevel=4,
+    )  # fmt: skip

@@ -1,0 +1,458 @@
+"""`jaxlsq.scipy.least_squares` and `curve_fit(bounds=...)` against scipy.
+
+Oracle: scipy.optimize.least_squares / curve_fit on the same problems (tight tolerances
+where solutions are compared, exact Jacobians given to scipy where Jacobians are), and
+scipy's own ``approx_derivative`` for the host path's finite differences. Every error
+case is raised by scipy and by jaxlsq, and the two exceptions are compared.
+
+Compile budget: one residual function, one shape; bounds, tolerances, scales and
+``factor`` are traced values, so most tests reuse a handful of compiled loops.
+"""
+
+import re
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize as so
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.optimize._numdiff import approx_derivative
+
+from jaxlsq import HostFallbackWarning
+from jaxlsq._least_squares import TERMINATION_MESSAGES, approx_jacobian
+from jaxlsq.scipy import curve_fit, least_squares
+
+T = np.linspace(0.0, 3.0, 30)
+Y = 2.0 * np.exp(-1.5 * T) + 0.5 + 0.01 * np.sin(9 * T)
+Y_OUT = Y.copy()
+Y_OUT[::6] += 1.0  # outliers for the robust losses
+X0 = np.array([1.0, 1.0, 0.0])
+TIGHT = dict(ftol=1e-15, xtol=1e-15, gtol=1e-15)
+SCIPY_KEYS = {
+    "x", "cost", "fun", "jac", "grad", "optimality", "active_mask", "nfev", "njev",
+    "status", "message", "success",
+}  # fmt: skip
+
+
+def res_jnp(p, t, y):
+    return p[0] * jnp.exp(-p[1] * t) + p[2] - y
+
+
+def res_np(p, t, y):
+    return p[0] * np.exp(-p[1] * t) + p[2] - y
+
+
+def jac_np(p, t, y):
+    e = np.exp(-p[1] * t)
+    return np.stack([e, -p[0] * t * e, np.ones_like(t)], axis=1)
+
+
+def jac_jnp(p, t, y):
+    e = jnp.exp(-p[1] * t)
+    return jnp.stack([e, -p[0] * t * e, jnp.ones_like(t)], axis=1)
+
+
+def model_jnp(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+
+def model_np(x, a, b, c):
+    return a * np.exp(-b * x) + c
+
+
+def _host(call, *args, **kwargs):
+    """Call with the HostFallbackWarning (tested on its own) silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HostFallbackWarning)
+        return call(*args, **kwargs)
+
+
+def assert_matches(ours, ref, *, x_rtol=1e-9, jac_rtol=1e-9, grad_atol=1e-9):
+    """Solution, cost (no worse), residuals, Jacobian, gradient, mask, success."""
+    assert set(ours) == SCIPY_KEYS
+    assert bool(ours.success) and bool(ref.success), (ours.message, ref.message)
+    assert (
+        ours.status in (1, 2, 3, 4)
+        and ours.message == TERMINATION_MESSAGES[ours.status]
+    )
+    assert_allclose(ours.x, ref.x, rtol=x_rtol, atol=x_rtol)
+    assert ours.cost <= ref.cost * (1 + 1e-9) + 1e-300
+    assert_allclose(ours.fun, ref.fun, rtol=1e-6, atol=x_rtol)
+    assert_allclose(ours.jac, ref.jac, rtol=jac_rtol, atol=jac_rtol)
+    assert_allclose(ours.grad, ref.grad, atol=grad_atol)
+    assert_array_equal(ours.active_mask, ref.active_mask)
+    for name in ("x", "fun", "jac", "grad"):
+        assert ours[name].dtype == np.float64, name
+    assert ours.active_mask.dtype.kind == "i"
+    assert type(ours.nfev) is int and isinstance(ours.cost, float | np.floating)
+
+
+# ----------------------------------------------------------------------------------
+# unbounded, every method; bounds; losses; scaling; args/kwargs; jac callables
+
+
+@pytest.mark.parametrize("method", ["trf", "dogbox", "lm"])
+def test_unbounded_matches_scipy(method):
+    ours = least_squares(res_jnp, X0, method=method, args=(T, Y), **TIGHT)
+    ref = so.least_squares(res_np, X0, jac_np, method=method, args=(T, Y), **TIGHT)
+    assert_matches(ours, ref)
+    assert ours.optimality == pytest.approx(ref.optimality, abs=1e-9)
+    if method == "lm":  # the same algorithm (MINPACK's lmder, factor 100, 'jac')
+        assert ours.status == ref.status
+        assert ours.njev is None and so.least_squares(
+            res_np, X0, method="lm", args=(T, Y)
+        ).njev is None  # fmt: skip
+    else:
+        assert type(ours.njev) is int
+
+
+BOXES = {
+    "upper-active": ((0, 0, 0), (2, 5, 1)),
+    "rate-pinned": ((0, 0.2, 0), (10, 1.2, 1)),
+    "offset-pinned-lower": ((0, 0, 0.6), (10, 10, 2)),
+    "one-sided": ((-np.inf, -np.inf, -np.inf), (np.inf, 1.2, np.inf)),
+    "inactive": ((-10, -10, -10), (10, 10, 10)),
+}
+
+
+@pytest.mark.parametrize("method", ["trf", "dogbox"])
+@pytest.mark.parametrize("case", sorted(BOXES))
+def test_bounds_match_scipy(case, method):
+    lb, ub = (np.asarray(b, float) for b in BOXES[case])
+    x0 = np.clip(X0, lb, ub)
+    ours = least_squares(res_jnp, x0, bounds=(lb, ub), method=method, args=(T, Y),
+                         **TIGHT)  # fmt: skip
+    ref = so.least_squares(res_np, x0, jac_np, bounds=(lb, ub), method=method,
+                           args=(T, Y), **TIGHT)  # fmt: skip
+    # scipy's trf stays strictly inside the box (x on a bound only to ~1e-10)
+    assert_matches(ours, ref, x_rtol=1e-7, jac_rtol=1e-6, grad_atol=1e-7)
+    assert np.all(ours.x >= lb) and np.all(ours.x <= ub)
+    active = ours.active_mask != 0
+    assert_array_equal(ours.x[active], np.where(ours.active_mask < 0, lb, ub)[active])
+    # first-order optimality, scipy's measure: ~0 at both solutions
+    assert ours.optimality < 1e-7 and ref.optimality < 1e-6
+
+
+def test_bounds_object_and_scalar_bounds():
+    ours = least_squares(res_jnp, X0, bounds=so.Bounds(0.0, [10, 1.2, 10]),
+                         args=(T, Y))  # fmt: skip
+    ref = so.least_squares(res_np, X0, jac_np, bounds=(0.0, [10, 1.2, 10]),
+                           args=(T, Y), **TIGHT)  # fmt: skip
+    assert_allclose(ours.x, ref.x, rtol=1e-6)
+    assert_array_equal(ours.active_mask, [0, 1, 0])
+
+
+@pytest.mark.parametrize("loss", ["soft_l1", "huber", "cauchy", "arctan"])
+def test_robust_losses_match_scipy(loss):
+    # (f_scale 0.1 would leave arctan's cost with several minima, found by one each)
+    kw = dict(loss=loss, f_scale=0.3, args=(T, Y_OUT), **TIGHT)
+    ours = least_squares(res_jnp, X0, **kw)
+    ref = so.least_squares(res_np, X0, jac_np, **kw)
+    # jac is scipy's loss-modified Jacobian; cost the robust cost; fun the raw residuals
+    assert_matches(ours, ref, x_rtol=1e-7, jac_rtol=1e-6, grad_atol=1e-7)
+    # far from the outlier-free fit: the loss did something
+    plain = least_squares(res_jnp, X0, args=(T, Y_OUT))
+    assert np.abs(plain.x - ours.x).max() > 1e-2
+
+
+def test_x_scale_matches_scipy():
+    scale = np.array([1.0, 10.0, 0.1])
+    ours = least_squares(res_jnp, X0, method="lm", x_scale=scale, args=(T, Y), **TIGHT)
+    ref = so.least_squares(res_np, X0, jac_np, method="lm", x_scale=scale,
+                           args=(T, Y), **TIGHT)  # fmt: skip
+    assert_matches(ours, ref)
+    assert ours.status == ref.status
+    for x_scale in (2.0, "jac"):
+        ours = least_squares(res_jnp, X0, x_scale=x_scale, args=(T, Y), **TIGHT)
+        assert_allclose(ours.x, ref.x, rtol=1e-9)
+
+
+def test_args_kwargs_and_jac_callables():
+    ref = so.least_squares(res_np, X0, jac_np, args=(T,), kwargs={"y": Y}, **TIGHT)
+    ours = least_squares(res_jnp, X0, jac_jnp, args=(T,), kwargs={"y": Y}, **TIGHT)
+    assert_matches(ours, ref)
+    assert type(ours.njev) is int and ours.njev >= 1
+    ours = least_squares(res_jnp, X0, "3-point", args=(T,), kwargs={"y": Y}, **TIGHT)
+    assert_matches(ours, ref)  # a string on the JAX path: the exact Jacobian
+
+
+def test_m_less_than_n_with_trf():
+    def short(p):  # 2 residuals, 3 parameters; a unique minimiser in the box
+        return jnp.stack([p[0] + p[1] - 1, p[1] - p[2] - 0.1])
+
+    x0, box = np.full(3, 0.1), (0.0, 0.3)
+    ours = least_squares(short, x0, bounds=box, **TIGHT)
+    ref = so.least_squares(lambda p: np.asarray(short(p)), x0, bounds=box, **TIGHT)
+    assert ours.fun.shape == (2,) and ours.jac.shape == (2, 3)
+    assert_matches(ours, ref, x_rtol=1e-7, jac_rtol=1e-9, grad_atol=1e-7)
+
+
+def test_max_nfev_status_and_message():
+    ours = least_squares(res_jnp, X0, max_nfev=2, args=(T, Y))
+    ref = so.least_squares(res_np, X0, max_nfev=2, args=(T, Y))
+    assert (ours.status, ours.message, ours.success) == (
+        ref.status,
+        ref.message,
+        ref.success,
+    )
+    assert ours.status == 0 and ours.nfev == 2
+
+
+def test_verbose_prints_scipys_report(capsys):
+    least_squares(res_jnp, X0, args=(T, Y), verbose=1)
+    ours = capsys.readouterr().out.splitlines()
+    so.least_squares(res_np, X0, args=(T, Y), verbose=1)
+    ref = capsys.readouterr().out.splitlines()
+    assert ours[0] in TERMINATION_MESSAGES.values()
+    pattern = (
+        r"Function evaluations \d+, initial cost (\S+), final cost \S+, "
+        r"first-order optimality \S+\."
+    )
+    ours_initial = re.fullmatch(pattern, ours[1]).group(1)
+    assert ours_initial == re.fullmatch(pattern, ref[-1]).group(1)
+    least_squares(res_jnp, X0, args=(T, Y), verbose=2)
+    out = capsys.readouterr().out.splitlines()
+    assert "per-iteration" in out[0] and re.fullmatch(pattern, out[2])
+
+
+# ----------------------------------------------------------------------------------
+# host path: numpy functions, scipy's finite differences
+
+
+def test_host_path_warns_once_and_matches_scipy():
+    def res_once(p, t, y):  # its own function: the warning is once per function
+        return p[0] * np.exp(-p[1] * t) + p[2] - y
+
+    with pytest.warns(HostFallbackWarning, match="res_once"):
+        ours = least_squares(res_once, X0, args=(T, Y), **TIGHT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HostFallbackWarning)
+        again = least_squares(res_once, X0, args=(T, Y), **TIGHT)
+    assert_array_equal(again.x, ours.x)
+    ref = so.least_squares(res_once, X0, args=(T, Y), **TIGHT)
+    assert_matches(ours, ref, x_rtol=1e-7, jac_rtol=1e-6, grad_atol=1e-7)
+
+
+@pytest.mark.parametrize("jac", ["2-point", "3-point", "cs"])
+def test_host_difference_schemes_match_scipy(jac):
+    box = ([0, 0, 0], [10, 1.2, 10])  # rate ends on its bound: one-sided differences
+    ours = _host(least_squares, res_np, X0, jac, box, args=(T, Y), **TIGHT)
+    ref = so.least_squares(res_np, X0, jac, box, args=(T, Y), **TIGHT)
+    assert_matches(ours, ref, x_rtol=1e-7, jac_rtol=1e-5, grad_atol=1e-7)
+    ours = _host(least_squares, res_np, X0, jac, diff_step=1e-3, args=(T, Y))
+    ref = so.least_squares(res_np, X0, jac, diff_step=1e-3, args=(T, Y))
+    assert_allclose(ours.x, ref.x, rtol=1e-6)
+    assert type(ours.njev) is int and ours.njev >= 1
+
+
+def test_host_callable_jac_and_mixed():
+    ref = so.least_squares(res_np, X0, jac_np, args=(T, Y), **TIGHT)
+    ours = _host(least_squares, res_np, X0, jac_np, args=(T, Y), **TIGHT)
+    assert_matches(ours, ref)
+    assert ours.njev >= 1
+
+    def jac_numpy_only(p, t, y):  # a traceable fun with a numpy-only jac
+        return jac_np(np.asarray(p), t, y)
+
+    with pytest.warns(HostFallbackWarning, match="jac_numpy_only"):
+        mixed = least_squares(res_jnp, X0, jac_numpy_only, args=(T, Y), **TIGHT)
+    assert_matches(mixed, ref)
+
+
+@pytest.mark.parametrize("method", ["2-point", "3-point", "cs"])
+@pytest.mark.parametrize("rel_step", [None, 1e-4])
+def test_approx_jacobian_is_scipys(method, rel_step):
+    x0 = np.array([1.0, 1.2 - 1e-9, 0.0, -2.0])  # next to an upper bound; x0 == 0
+    lb, ub = np.array([-np.inf, 0, -1, -2.0]), np.array([np.inf, 1.2, 1e-9, 5])
+    tt = T[:7]
+
+    def fun(p):
+        return p[0] * np.exp(-p[1] * tt) + p[2] * tt**2 + np.sin(p[3] * tt)
+
+    if method == "cs":
+        lb, ub = -np.inf, np.inf
+    lb, ub = np.broadcast_arrays(lb, ub, x0)[:2]
+    ours = approx_jacobian(fun, x0, fun(x0), method, rel_step, lb, ub, np.float64)
+    ref = approx_derivative(fun, x0, method=method, rel_step=rel_step,
+                            bounds=(lb, ub))  # fmt: skip
+    assert_allclose(ours, ref, rtol=1e-13, atol=1e-13)
+
+
+# ----------------------------------------------------------------------------------
+# validation: scipy's exception types and messages
+
+
+def _short_jnp(p, t, y):
+    return p[:2] - 1
+
+
+def _two_d_jnp(p, t, y):
+    return res_jnp(p, t, y).reshape(5, 6)
+
+
+def _jac_t_jnp(p, t, y):
+    return jac_jnp(p, t, y).T
+
+
+def _jac_t_np(p, t, y):
+    return jac_np(p, t, y).T
+
+
+Y_NAN = np.where(np.arange(T.size) == 3, np.nan, Y)
+
+ERROR_CASES = {
+    "method": dict(method="bogus"),
+    "jac": dict(jac="4-point"),
+    "tr_solver": dict(tr_solver="bogus"),
+    "loss": dict(loss="bogus"),
+    "lm-loss": dict(method="lm", loss="huber"),
+    "verbose": dict(verbose=3),
+    "max_nfev": dict(max_nfev=0),
+    "x0-complex": dict(x0=np.array([1 + 1j, 1, 0])),
+    "x0-2d": dict(x0=np.ones((3, 1))),
+    "bounds-len": dict(bounds=(0, 1, 2)),
+    "lm-bounds": dict(method="lm", bounds=(0, 10)),
+    "bounds-shape": dict(bounds=([0, 0], [1, 1])),
+    "lb>=ub": dict(bounds=([0, 1, 0], [1, 1, 1])),
+    "infeasible": dict(bounds=(2, 10)),
+    "x0-nan": dict(x0=np.array([np.nan, 1, 0])),
+    "x_scale-value": dict(x_scale=[1, -1, 1]),
+    "x_scale-shape": dict(x_scale=[1, 2]),
+    "x_scale-str": dict(x_scale="bogus"),
+    "tolerances": dict(ftol=None, xtol=None, gtol=None),
+    "lm-tolerance": dict(method="lm", xtol=None),
+    "lm-sparsity": dict(method="lm", jac_sparsity=np.ones((30, 3))),
+    "nonfinite-jax": dict(args=(T, Y_NAN)),
+    "nonfinite-host": dict(args=(T, Y_NAN), host=True),
+    "lm-m<n": dict(fun=(_short_jnp, _short_jnp), method="lm"),
+    # (scipy words it "`f0` passed has more than 1 dimension." with a string jac)
+    "fun-2d": dict(fun=(_two_d_jnp, _two_d_jnp), jac=("2-point", jac_np)),
+    "jac-shape-jax": dict(jac=(_jac_t_jnp, _jac_t_np)),
+    "jac-shape-host": dict(jac=(_jac_t_np, _jac_t_np), host=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_errors_are_scipys(case):
+    kw = dict(ERROR_CASES[case])
+    host = kw.pop("host", False)
+    ours_fun, ref_fun = kw.pop("fun", (res_np if host else res_jnp, res_np))
+    x0 = kw.pop("x0", X0)
+    kw.setdefault("args", (T, Y))
+    ours_kw, ref_kw = dict(kw), dict(kw)
+    if isinstance(kw.get("jac"), tuple):
+        ours_kw["jac"], ref_kw["jac"] = kw["jac"]
+    with pytest.raises(Exception) as ref_err:
+        so.least_squares(ref_fun, x0, **ref_kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HostFallbackWarning)
+        with pytest.raises(type(ref_err.value)) as our_err:
+            least_squares(ours_fun, x0, **ours_kw)
+    assert str(our_err.value) == str(ref_err.value)
+
+
+def test_tolerance_below_eps_warns_like_scipy():
+    with pytest.warns(UserWarning) as ref_w:
+        so.least_squares(res_np, X0, ftol=1e-20, args=(T, Y))
+    with pytest.warns(UserWarning) as our_w:
+        ours = least_squares(res_jnp, X0, ftol=1e-20, args=(T, Y))
+    assert [str(w.message) for w in our_w] == [str(w.message) for w in ref_w]
+    assert our_w[0].filename == __file__
+    assert ours.success
+
+
+def test_callback_with_lm_warns_like_scipy():
+    with pytest.warns(UserWarning) as ref_w:
+        so.least_squares(res_np, X0, method="lm", callback=print, args=(T, Y))
+    with pytest.warns(UserWarning) as our_w:
+        least_squares(res_jnp, X0, method="lm", callback=print, args=(T, Y))
+    assert [str(w.message) for w in our_w] == [str(w.message) for w in ref_w]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(jac_sparsity=np.ones((30, 3))),
+        dict(tr_solver="lsmr"),
+        dict(tr_options={"regularize": True}),
+        dict(loss=lambda z: np.stack([z, np.ones_like(z), np.zeros_like(z)])),
+        dict(callback=print),
+        dict(workers=2),
+    ],
+    ids=["jac_sparsity", "lsmr", "tr_options", "callable-loss", "callback", "workers"],
+)
+def test_not_implemented(kw):
+    with pytest.raises(NotImplementedError, match="jaxlsq.least_squares"):
+        least_squares(res_jnp, X0, args=(T, Y), **kw)
+
+
+def test_f_scale_must_be_positive():
+    with pytest.raises(ValueError, match="f_scale"):
+        least_squares(res_jnp, X0, loss="soft_l1", f_scale=0.0, args=(T, Y))
+
+
+# ----------------------------------------------------------------------------------
+# curve_fit with bounds (and least_squares' kwargs)
+
+
+CF_TIGHT = dict(ftol=1e-15, xtol=1e-15, gtol=1e-15)
+CF_BOUNDS = ([0, 0, 0], [2.2, 5, 1])  # amplitude ends on its upper bound
+
+
+@pytest.mark.parametrize("method", [None, "trf", "dogbox"])
+def test_curve_fit_bounds_match_scipy(method):
+    kw = dict(bounds=CF_BOUNDS, method=method, **CF_TIGHT)
+    popt, pcov = curve_fit(model_jnp, T, Y_OUT, **kw)
+    ref_popt, ref_pcov = so.curve_fit(model_np, T, Y_OUT, jac=_cf_jac, **kw)
+    assert_allclose(popt, ref_popt, rtol=1e-8)
+    assert_allclose(pcov, ref_pcov, rtol=1e-5)
+    assert popt[0] == 2.2  # on its bound, exactly
+    cost = np.sum((model_np(T, *popt) - Y_OUT) ** 2)
+    assert cost <= np.sum((model_np(T, *ref_popt) - Y_OUT) ** 2) * (1 + 1e-12)
+
+
+def _cf_jac(x, a, b, c):
+    return jac_np(np.array([a, b, c]), x, None)
+
+
+def test_curve_fit_bounds_default_p0_sigma_and_full_output():
+    kw = dict(bounds=(0, [3, 5, np.inf]), sigma=0.1 + 0.01 * T, absolute_sigma=True)
+    ours = curve_fit(model_jnp, T, Y, full_output=True, **kw, **CF_TIGHT)
+    ref = so.curve_fit(model_np, T, Y, jac=_cf_jac, full_output=True, **kw,
+                       **CF_TIGHT)  # fmt: skip
+    assert_allclose(ours[0], ref[0], rtol=1e-8)
+    assert_allclose(ours[1], ref[1], rtol=1e-5)
+    assert list(ours[2]) == list(ref[2]) == ["nfev", "fvec"]
+    assert_allclose(ours[2]["fvec"], ref[2]["fvec"], rtol=1e-6, atol=1e-9)
+    assert ours[3] == TERMINATION_MESSAGES[ours[4]] and ours[4] in (1, 2, 3, 4)
+
+
+def test_curve_fit_loss_and_f_scale_match_scipy():
+    kw = dict(bounds=(0, 10), loss="soft_l1", f_scale=0.1, **CF_TIGHT)
+    popt, pcov = curve_fit(model_jnp, T, Y_OUT, **kw)
+    ref_popt, ref_pcov = so.curve_fit(model_np, T, Y_OUT, jac=_cf_jac, **kw)
+    assert_allclose(popt, ref_popt, rtol=1e-7)
+    assert_allclose(pcov, ref_pcov, rtol=1e-5)  # from the loss-modified Jacobian
+
+
+def test_curve_fit_bounds_host_model_matches_scipy():
+    popt, pcov = _host(curve_fit, model_np, T, Y_OUT, bounds=CF_BOUNDS, **CF_TIGHT)
+    ref_popt, ref_pcov = so.curve_fit(model_np, T, Y_OUT, bounds=CF_BOUNDS,
+                                      **CF_TIGHT)  # fmt: skip
+    assert_allclose(popt, ref_popt, rtol=1e-7)
+    assert_allclose(pcov, ref_pcov, rtol=1e-4)
+
+
+def test_curve_fit_bounds_errors_like_scipy():
+    cases = [
+        dict(bounds=(0, 10), method="lm"),  # lm with bounds
+        dict(bounds=(0, 10), maxfev=2),  # not converged: RuntimeError
+        dict(bounds=(2, 10), p0=X0),  # p0 outside the box
+    ]
+    for kw in cases:
+        with pytest.raises(Exception) as ref_err:
+            so.curve_fit(model_np, T, Y, **kw)
+        with pytest.raises(type(ref_err.value)) as our_err:
+            curve_fit(model_jnp, T, Y, **kw)
+        assert str(our_err.value) == str(ref_err.value)
