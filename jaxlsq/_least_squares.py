@@ -61,6 +61,11 @@ _OWN_MESSAGE = (
 _METHODS = ("trf", "dogbox", "lm")
 _LOSSES = ("linear", "huber", "soft_l1", "cauchy", "arctan")  # scipy's order
 _JAC_SCHEMES = ("2-point", "3-point", "cs")
+_JAC_DESC = {
+    "2-point": "scipy's 2-point (forward) differences",
+    "3-point": "scipy's 3-point (central) differences",
+    "cs": "complex-step differences",
+}
 #: Initial trust-region radius: MINPACK's (and scipy 'lm''s) 100 for "lm";
 #: `jaxlsq.solve`'s default (10, more robust, see its docstring) for trf/dogbox.
 _FACTOR = {"lm": 100.0, "trf": 10.0, "dogbox": 10.0}
@@ -75,16 +80,27 @@ class _Bound:
 
     ``args`` and ``kwargs`` travel as data (traced on the JAX path, in the per-call
     context on the host path), so one compiled loop serves every call; instances
-    compare equal per ``(f, role)``. ``role`` "fun" enforces scipy's 1-D rule for the
-    residuals; "jac" densifies a sparse Jacobian on the host.
+    compare equal per ``(f, role, static)``. ``static`` holds the arguments that are
+    not data (strings, None, callables: `_split_static`) as ``(position or name,
+    value)`` pairs, put back in place of the ``None`` they left in ``args``/``kwargs``.
+    ``role`` "fun" enforces scipy's 1-D rule for the residuals; "jac" densifies a
+    sparse Jacobian on the host.
     """
 
-    def __init__(self, f, role: str):
+    def __init__(self, f, role: str, static: tuple = ()):
         self.f = f
         self.role = role
+        self.static = static
         self._jaxlsq_origin = getattr(f, "_jaxlsq_origin", f)
 
     def __call__(self, x, args, kwargs):
+        if self.static:
+            args, kwargs = list(args), dict(kwargs)
+            for key, value in self.static:
+                if isinstance(key, int):
+                    args[key] = value
+                else:
+                    kwargs[key] = value
         out = self.f(x, *args, **kwargs)
         if self.role == "fun":
             if np.ndim(out) > 1:
@@ -104,10 +120,37 @@ class _Bound:
         return out
 
     def __eq__(self, other):
-        return type(other) is _Bound and other.f == self.f and other.role == self.role
+        return (
+            type(other) is _Bound
+            and other.f == self.f
+            and (other.role, other.static) == (self.role, self.static)
+        )
 
     def __hash__(self):
-        return hash((_Bound, self.f, self.role))
+        return hash((_Bound, self.f, self.role, self.static))
+
+
+def _split_static(args: tuple, kwargs: dict):
+    """``(dynamic_args, dynamic_kwargs, static)``: strings, None and callables among
+    the arguments become static (part of the compiled function's identity; a string
+    option such as ``kwargs={"model": "exp"}`` would otherwise force the host path),
+    replaced by None in the data."""
+    static = []
+    dyn_args = list(args)
+    for i, value in enumerate(args):
+        if _is_static(value):
+            static.append((i, value))
+            dyn_args[i] = None
+    dyn_kwargs = dict(kwargs)
+    for name, value in kwargs.items():
+        if _is_static(value):
+            static.append((name, value))
+            dyn_kwargs[name] = None
+    return tuple(dyn_args), dyn_kwargs, tuple(static)
+
+
+def _is_static(value) -> bool:
+    return (isinstance(value, str) or callable(value)) and _hashable(value)
 
 
 class _Padded:
@@ -633,10 +676,12 @@ def _least_squares(
     if diff_step is not None:
         diff_step = np.asarray(diff_step, dtype=float)
 
-    call_args = (tuple(args), dict(kwargs or {}))
-    fun_w = _Bound(fun, "fun")
-    jac_w = _Bound(jac, "jac") if callable(jac) else None
-    jac_desc = "your jac" if callable(jac) else f"{jac} finite differences"
+    user_args = (tuple(args), dict(kwargs or {}))
+    *call_args, static = _split_static(*user_args)
+    call_args = tuple(call_args)
+    fun_w = _Bound(fun, "fun", static)
+    jac_w = _Bound(jac, "jac", static) if callable(jac) else None
+    jac_desc = "your jac" if callable(jac) else _JAC_DESC[jac]
 
     with jax.enable_x64(True):
         plan = _plan(
@@ -686,7 +731,7 @@ def _least_squares(
                 host_jac = jac_w if not pad else _Padded(jac_w, pad, n)
             else:
                 difference = _Difference(
-                    _UserCall(fun, *call_args), jac, diff_step, lb, ub,
+                    _UserCall(fun, *user_args), jac, diff_step, lb, ub,
                     plan.out_dtype, workers, m, pad,
                 )  # fmt: skip
             problem = _host.HostProblem.get(loop_fun, host_jac, False, m + pad, n)

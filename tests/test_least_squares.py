@@ -168,13 +168,29 @@ def test_x_scale_matches_scipy():
         assert_allclose(ours.x, ref.x, rtol=1e-9)
 
 
+def res_mode(p, t, y, mode="exp"):
+    decay = jnp.exp(-p[1] * t) if mode == "exp" else 1 / (1 + p[1] * t)
+    return p[0] * decay + p[2] - y
+
+
 def test_args_kwargs_and_jac_callables():
     ref = so.least_squares(res_np, X0, jac_np, args=(T,), kwargs={"y": Y}, **TIGHT)
-    ours = least_squares(res_jnp, X0, jac_jnp, args=(T,), kwargs={"y": Y}, **TIGHT)
+    ours = least_squares(res_jnp, X0, jac_jnp, args=(T, Y), **TIGHT)
     assert_matches(ours, ref)
     assert type(ours.njev) is int and ours.njev >= 1
-    ours = least_squares(res_jnp, X0, "3-point", args=(T,), kwargs={"y": Y}, **TIGHT)
-    assert_matches(ours, ref)  # a string on the JAX path: the exact Jacobian
+    # kwargs, a string among them (static: stays on the JAX path), a string jac
+    # (the exact Jacobian on the JAX path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HostFallbackWarning)
+        ours = least_squares(res_mode, X0, "3-point", args=(T,),
+                             kwargs={"y": Y, "mode": "exp"}, **TIGHT)  # fmt: skip
+    assert_matches(ours, ref)
+
+
+def test_nonfinite_jacobian_is_a_failure():
+    ours = least_squares(lambda p: jnp.sqrt(jnp.abs(p)), [1.0, 2.0], method="lm")
+    assert ours.status == -1 and not ours.success
+    assert "not finite" in ours.message
 
 
 def test_m_less_than_n_with_trf():
@@ -240,24 +256,21 @@ def test_host_difference_schemes_match_scipy(jac):
     ours = _host(least_squares, res_np, X0, jac, box, args=(T, Y), **TIGHT)
     ref = so.least_squares(res_np, X0, jac, box, args=(T, Y), **TIGHT)
     assert_matches(ours, ref, x_rtol=1e-7, jac_rtol=1e-5, grad_atol=1e-7)
-    ours = _host(least_squares, res_np, X0, jac, diff_step=1e-3, args=(T, Y))
-    ref = so.least_squares(res_np, X0, jac, diff_step=1e-3, args=(T, Y))
+    ours = _host(least_squares, res_np, X0, jac, box, diff_step=1e-3, args=(T, Y))
+    ref = so.least_squares(res_np, X0, jac, box, diff_step=1e-3, args=(T, Y))
     assert_allclose(ours.x, ref.x, rtol=1e-6)
     assert type(ours.njev) is int and ours.njev >= 1
 
 
-def test_host_callable_jac_and_mixed():
-    ref = so.least_squares(res_np, X0, jac_np, args=(T, Y), **TIGHT)
-    ours = _host(least_squares, res_np, X0, jac_np, args=(T, Y), **TIGHT)
-    assert_matches(ours, ref)
-    assert ours.njev >= 1
-
-    def jac_numpy_only(p, t, y):  # a traceable fun with a numpy-only jac
+def test_host_callable_jac():
+    def jac_numpy_only(p, t, y):  # with a traceable fun: the host path for both
         return jac_np(np.asarray(p), t, y)
 
+    ref = so.least_squares(res_np, X0, jac_np, args=(T, Y), **TIGHT)
     with pytest.warns(HostFallbackWarning, match="jac_numpy_only"):
-        mixed = least_squares(res_jnp, X0, jac_numpy_only, args=(T, Y), **TIGHT)
-    assert_matches(mixed, ref)
+        ours = least_squares(res_jnp, X0, jac_numpy_only, args=(T, Y), **TIGHT)
+    assert_matches(ours, ref)
+    assert type(ours.njev) is int and ours.njev >= 1
 
 
 @pytest.mark.parametrize("method", ["2-point", "3-point", "cs"])
