@@ -114,6 +114,9 @@ def _implicit_solution_jvp(residual_fn, primals, tangents):
     def grad_fn(x, a):
         return jax.grad(_cost, argnums=1)(residual_fn, x, a)
 
+    # Higher-order derivatives: H and b depend on args also through x_star; give
+    # x_star its own implicit tangent (a no-op at first order).
+    x_star = implicit_solution(residual_fn, lax.stop_gradient(x_star), args, frozen)
     h = jax.hessian(_cost, argnums=1)(residual_fn, x_star, args)
     # dg/dargs . args_dot: linear in args_dot (JAX transposes it for reverse mode)
     _, b = jax.jvp(lambda a: grad_fn(x_star, a), (args,), (args_dot,))
@@ -159,5 +162,11 @@ def _with_tangents_jvp(residual_fn, primals, tangents):
     def f_and_jac(x_, a_):
         return residual_fn(x_, a_), jax.jacfwd(residual_fn)(x_, a_)
 
-    _, (f_dot, jac_dot) = jax.jvp(f_and_jac, (x, args), (x_dot, args_dot))
+    (f_new, jac_new), (f_dot, jac_dot) = jax.jvp(
+        f_and_jac, (x, args), (x_dot, args_dot)
+    )
+    # Same values as the loop's (v - v == 0 exactly), but differentiable in (x, args)
+    # for higher-order derivatives; the loop's own f and jac carry no tangent.
+    f = f + (f_new - lax.stop_gradient(f_new)).astype(f.dtype)
+    jac = jac + (jac_new - lax.stop_gradient(jac_new)).astype(jac.dtype)
     return (f, jac), (f_dot.astype(f.dtype), jac_dot.astype(jac.dtype))

@@ -77,3 +77,35 @@ def test_float32_bounded_derivative_matches_float64():
     assert j32.dtype == jnp.float32
     np.testing.assert_array_equal(j32[2], 0.0)
     np.testing.assert_allclose(j32, j64, rtol=2e-3, atol=2e-4 * np.abs(j64).max())
+
+
+def test_second_derivatives_through_the_fit():
+    # The implicit rule must itself be differentiable (x_star, f and jac depend on s).
+    y = curves(1, seed=3)[0]
+    tight = dict(ftol=1e-15, xtol=1e-15)
+
+    # (1) analytic oracle: s only rescales the rate, so p(s) = (a, c / s, b) and
+    # d2p/ds2 = (0, 2 c / s^3, 0)
+    def scaled(p, x, y, s):
+        return p[0] * jnp.exp(-p[1] * x * s) + p[2] - y
+
+    def params(s):
+        return jaxlsq.solve(scaled, P0, (X, y, s), **tight).params
+
+    c = float(params(1.0)[1])
+    d2p = jax.jacfwd(jax.jacrev(params))(1.0)
+    np.testing.assert_allclose(d2p, [0.0, 2 * c, 0.0], atol=1e-7 * c)
+    np.testing.assert_allclose(jax.hessian(params)(1.0), d2p, rtol=1e-10, atol=1e-12)
+
+    # (2) Hessian of the fitted cost w.r.t. a data-side parameter vs differences of
+    # its gradient (the gradient is r . dr/ds by the envelope theorem)
+    def drifted(p, x, y, s):
+        return p[0] * jnp.exp(-p[1] * x) + p[2] + s * x**2 - y
+
+    def cost(s):
+        return jaxlsq.solve(drifted, P0, (X, y, s), **tight).cost
+
+    h = 1e-3
+    hess = jax.hessian(cost)(0.1)
+    hess_fd = (jax.grad(cost)(0.1 + h) - jax.grad(cost)(0.1 - h)) / (2 * h)
+    np.testing.assert_allclose(hess, hess_fd, rtol=1e-4)  # O(h^2) ~ 1e-5
