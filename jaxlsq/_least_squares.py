@@ -201,7 +201,7 @@ def _trace_jac(jac_w, x0, call_args):
         out = jax.eval_shape(jac_w, spec, *call_args)
         result = (tuple(out.shape), None)
     except Exception as err:  # numpy inside, sparse output, ...: host path
-        result = (None, err)
+        result = (None, err.with_traceback(None))  # cached: keep no frames alive
     if key is not None:
         _JAC_TRACES.put(key, result)
     return result
@@ -523,8 +523,10 @@ def least_squares(
         ``optimality`` (as scipy per method: ``||grad||_inf`` for "lm" and unbounded
         trf, ``||v * grad||_inf`` with Coleman-Li's ``v`` for bounded trf, the free
         gradient for dogbox), ``active_mask`` (n,) int (-1 lower, 1 upper, 0 free;
-        exact: bounds are reached exactly), ``nfev``, ``njev`` (None for "lm"
-        without a callable ``jac``, as scipy), ``status`` (-1 improper input or
+        exact: bounds are reached exactly), ``nfev`` (evaluations of ``fun`` by the
+        iterations), ``njev`` (Jacobian evaluations, None for "lm" without a
+        callable ``jac``, as scipy; may exceed scipy's by one, as the Jacobian at the
+        returned ``x`` is always evaluated), ``status`` (-1 improper input or
         non-finite residuals/Jacobian during the fit, 0 max_nfev, 1 gtol, 2 ftol,
         3 xtol, 4 ftol and xtol), ``message`` (scipy's), ``success`` (status > 0).
         A scipy ``OptimizeResult`` when scipy is installed, else a dict with
