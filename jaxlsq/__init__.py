@@ -5,7 +5,13 @@ from ._fit import FitResult, fit
 from ._masking import finite_lanes, masked_mean, where_lanes
 from ._solution import MESSAGES, Solution, Status
 from ._solve import solve
-from .scipy import HostFallbackWarning, OptimizeWarning, curve_fit, leastsq
+from .scipy import (
+    HostFallbackWarning,
+    OptimizeWarning,
+    curve_fit,
+    least_squares,
+    leastsq,
+)
 
 __all__ = [
     "MESSAGES",
@@ -17,6 +23,7 @@ __all__ = [
     "curve_fit",
     "finite_lanes",
     "fit",
+    "least_squares",
     "leastsq",
     "masked_mean",
     "solve",

@@ -671,11 +671,7 @@ def test_curve_fit_covariance_warning_and_failure():
         curve_fit(model_jnp, X, Y, maxfev=2)
 
 
-def test_curve_fit_input_errors():
-    with pytest.raises(NotImplementedError, match="bounds"):
-        curve_fit(model_jnp, X, Y, bounds=(0, 10))
-    with pytest.raises(NotImplementedError, match="bounds"):
-        curve_fit(model_jnp, X, Y, bounds=([0, 0, 0], np.inf), method="trf")
+def test_curve_fit_input_errors():  # bounded curve_fit: tests/test_least_squares.py
     with pytest.raises(ValueError, match="Method 'lm' only works"):
         curve_fit(model_jnp, X, Y, bounds=(0, 10), method="lm")
     with pytest.raises(ValueError, match="'args' is not a supported"):
