@@ -36,6 +36,7 @@ that of the same fit solved alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -103,18 +104,33 @@ def _code(status: Status) -> jax.Array:
     return jnp.asarray(int(status), jnp.int32)
 
 
-def run_lm(
-    flat_fun: Callable[[jax.Array], jax.Array],
-    jac_fun: Callable[[jax.Array], jax.Array],
-    x0: jax.Array,
-    options: LMOptions,
-    linear_solver: str,
-) -> LMState:
-    """Minimise ``0.5 * ||flat_fun(x)||^2`` from ``x0`` (n,); return the final state."""
-    dtype = x0.dtype
-    eps = jnp.finfo(dtype).eps
+def _running(st: LMState) -> jax.Array:
+    return st.status == int(Status.RUNNING)
+
+
+def _scalar_options(options: LMOptions, dtype):
+    """``(ftol, xtol, gtol, factor)`` in ``dtype`` and ``max_nfev`` as int32."""
     ftol, xtol, gtol, factor = (jnp.asarray(o, dtype) for o in options[:4])
-    max_nfev = jnp.asarray(options.max_nfev, jnp.int32)
+    return ftol, xtol, gtol, factor, jnp.asarray(options.max_nfev, jnp.int32)
+
+
+def _bounds(options: LMOptions, dtype):
+    """``(lower, upper)`` in ``dtype``, or ``(None, None)`` without bounds."""
+    if options.lower is None:
+        return None, None
+    return jnp.asarray(options.lower, dtype), jnp.asarray(options.upper, dtype)
+
+
+def lm_init(
+    flat_fun: Callable[[jax.Array], jax.Array], x0: jax.Array, options: LMOptions
+) -> LMState:
+    """The state at ``x0`` (n,): one residual evaluation and the input checks.
+
+    The status is ``RUNNING``, or already final: ``IMPROPER_INPUT`` (bad options,
+    bounds or non-finite ``x0``) or ``NONFINITE`` (residuals at ``x0``).
+    """
+    dtype = x0.dtype
+    ftol, xtol, gtol, factor, max_nfev = _scalar_options(options, dtype)
     user_diag = options.diag
 
     # --- initial point: one residual evaluation --------------------------------
@@ -124,13 +140,10 @@ def run_lm(
     options_ok = (ftol >= 0) & (xtol >= 0) & (gtol >= 0) & (factor > 0) & (max_nfev > 0)
     if user_diag is not None:
         options_ok &= jnp.all(user_diag > 0)
-    bounded = options.lower is not None
-    if bounded:
-        lower = jnp.asarray(options.lower, dtype)
-        upper = jnp.asarray(options.upper, dtype)
+    lower, upper = _bounds(options, dtype)
+    if lower is not None:
         # NaN bounds fail both comparisons, so they are improper input too.
         options_ok &= jnp.all(lower < upper) & jnp.all((x0 >= lower) & (x0 <= upper))
-    fixed = options.fixed
     input_ok = options_ok & jnp.all(jnp.isfinite(x0))
     status0 = jnp.where(
         input_ok,
@@ -140,7 +153,7 @@ def run_lm(
         _code(Status.IMPROPER_INPUT),
     )
     n = x0.shape[0]
-    state = LMState(
+    return LMState(
         x=x0,
         f=f0,
         fnorm=_norm(f0),
@@ -157,18 +170,39 @@ def run_lm(
         status=status0,
     )
 
-    def running(st: LMState) -> jax.Array:
-        return st.status == int(Status.RUNNING)
 
-    def with_jacobian(st: LMState) -> LMState:
-        """Evaluate J at ``st.x``; NaN/inf in it stops the fit."""
-        jac = jac_fun(st.x)
-        finite = jnp.all(jnp.isfinite(jac))
-        keep = finite | (st.status == int(Status.IMPROPER_INPUT))
-        status = jnp.where(keep, st.status, _code(Status.NONFINITE))
-        return st._replace(
-            jac=jac, jac_current=jnp.ones((), bool), njev=st.njev + 1, status=status
-        )
+def with_jacobian(jac_fun: Callable[[jax.Array], jax.Array], st: LMState) -> LMState:
+    """Evaluate J at ``st.x``; NaN/inf in it stops the fit."""
+    jac = jac_fun(st.x)
+    finite = jnp.all(jnp.isfinite(jac))
+    keep = finite | (st.status == int(Status.IMPROPER_INPUT))
+    status = jnp.where(keep, st.status, _code(Status.NONFINITE))
+    return st._replace(
+        jac=jac, jac_current=jnp.ones((), bool), njev=st.njev + 1, status=status
+    )
+
+
+def lm_iteration(
+    flat_fun: Callable[[jax.Array], jax.Array],
+    jac_fun: Callable[[jax.Array], jax.Array],
+    options: LMOptions,
+    linear_solver: str,
+    st: LMState,
+) -> LMState:
+    """One outer iteration of a running fit: one Jacobian, then damped trial steps
+    until one is accepted or a test stops the fit.
+
+    Only meaningful for ``st.status == RUNNING`` (`run_lm` calls it on those only).
+    ``st.jac`` is not read (it may be None); the returned state holds the Jacobian
+    evaluated at the iteration's starting point.
+    """
+    dtype = st.x.dtype
+    eps = jnp.finfo(dtype).eps
+    ftol, xtol, gtol, factor, max_nfev = _scalar_options(options, dtype)
+    user_diag = options.diag
+    lower, upper = _bounds(options, dtype)
+    bounded = lower is not None
+    fixed = options.fixed
 
     def frozen_columns(x: jax.Array, jtf: jax.Array) -> jax.Array | None:
         """(n,) bool: fixed parameters, and those on a bound that the gradient
@@ -179,137 +213,156 @@ def run_lm(
             frozen = pushed_out if frozen is None else frozen | pushed_out
         return frozen
 
-    def outer_body(st: LMState) -> LMState:
-        # One Jacobian per outer iteration, i.e. per accepted step (plus the first).
-        st = with_jacobian(st)
-        jac = st.jac
-        frozen = frozen_columns(st.x, jac.T @ st.f)
-        if frozen is not None:  # the loop sees a Jacobian without frozen columns
-            jac = jnp.where(frozen, jnp.zeros_like(jac), jac)
-        acnorm = jnp.linalg.norm(jac, axis=0)
-        first = st.njev == 1
-        if user_diag is None:  # MINPACK mode 1: column norms, zero columns scaled by 1
-            diag = jnp.where(first, _positive_or_one(acnorm), st.diag)
-            diag = jnp.maximum(diag, acnorm)
-        else:  # mode 2: the user's fixed scaling
-            diag = jnp.asarray(user_diag, dtype)
-        xnorm0 = jnp.linalg.norm(diag * st.x)
-        delta0 = jnp.where(xnorm0 > 0, factor * xnorm0, factor)
+    # One Jacobian per outer iteration, i.e. per accepted step (plus the first).
+    st = with_jacobian(jac_fun, st)
+    jac = st.jac
+    frozen = frozen_columns(st.x, jac.T @ st.f)
+    if frozen is not None:  # the loop sees a Jacobian without frozen columns
+        jac = jnp.where(frozen, jnp.zeros_like(jac), jac)
+    acnorm = jnp.linalg.norm(jac, axis=0)
+    first = st.njev == 1
+    if user_diag is None:  # MINPACK mode 1: column norms, zero columns scaled by 1
+        diag = jnp.where(first, _positive_or_one(acnorm), st.diag)
+        diag = jnp.maximum(diag, acnorm)
+    else:  # mode 2: the user's fixed scaling
+        diag = jnp.asarray(user_diag, dtype)
+    xnorm0 = jnp.linalg.norm(diag * st.x)
+    delta0 = jnp.where(xnorm0 > 0, factor * xnorm0, factor)
+    st = st._replace(
+        xnorm=jnp.where(first, xnorm0, st.xnorm),
+        delta=jnp.where(first, delta0, st.delta),
+    )
+    # gtol test: largest |cos| between f and a column of J (0 when f == 0).
+    fnorm_safe = _positive_or_one(st.fnorm)
+    jtf = jac.T @ st.f
+    cosines = jnp.abs(jtf) / (_positive_or_one(acnorm) * fnorm_safe)
+    cosines = jnp.where(acnorm > 0, cosines, 0)
+    gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
+    status = jnp.where(_running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
+    spec = factorize(jac, diag, jtf, linear_solver)
+    st = st._replace(diag=diag, gnorm=gnorm, status=status)
+
+    def trial_running(carry):
+        st, accepted = carry
+        return _running(st) & ~accepted
+
+    def trial_body(carry):
+        st, _ = carry
+        par, z = trust_region_par(spec, st.delta, st.par)
+        step = z / diag
+        x_trial = st.x + step
+        pnorm = jnp.linalg.norm(z)
+        # Predicted relative reduction and directional derivative, in lmpar's
+        # closed form (valid for the unprojected damped step).
+        fnorm = _positive_or_one(st.fnorm)
+        temp1 = scaled_jacobian_norm(spec, z) / fnorm  # ||J step|| / ||f||
+        temp2 = jnp.sqrt(par) * pnorm / fnorm
+        prered = temp1**2 + 2 * temp2**2
+        dirder = -(temp1**2 + temp2**2)
+        if bounded:  # project onto the box; recompute the model if that bit
+            projected = jnp.clip(x_trial, lower, upper)
+            clipped = jnp.any(projected != x_trial)
+            x_trial = projected
+            actual_step = x_trial - st.x
+            jp = jac @ actual_step
+            fjp = jnp.dot(st.f, jp) / fnorm**2
+            pnorm = jnp.where(clipped, jnp.linalg.norm(diag * actual_step), pnorm)
+            prered = jnp.where(clipped, -2 * fjp - jnp.dot(jp, jp) / fnorm**2, prered)
+            dirder = jnp.where(clipped, fjp, dirder)
+        # Before the first accepted step the radius never exceeds the step tried.
+        delta = jnp.where(st.n_iter == 0, jnp.minimum(st.delta, pnorm), st.delta)
+        f_trial = flat_fun(x_trial)
+        fnorm1 = _norm(f_trial)
+        nfev = st.nfev + 1
+
+        # Actual relative reduction; a step the model says cannot help (possible
+        # only after a projection) is rejected.
+        actred = jnp.where(0.1 * fnorm1 < st.fnorm, 1 - (fnorm1 / fnorm) ** 2, -1)
+        ratio = jnp.where(prered > 0, actred / jnp.where(prered > 0, prered, 1), 0)
+
+        # Radius update (lmder): shrink on a poor step, double on a good one.
+        shrink = ratio <= 0.25
+        denom = dirder + 0.5 * actred
+        temp = jnp.where(
+            actred >= 0, 0.5, 0.5 * dirder / jnp.where(denom != 0, denom, -1)
+        )
+        temp = jnp.where((0.1 * fnorm1 >= st.fnorm) | (temp < 0.1), 0.1, temp)
+        grow = ~shrink & ((par == 0) | (ratio >= 0.75))
+        delta = jnp.where(
+            shrink,
+            temp * jnp.minimum(delta, pnorm / 0.1),
+            jnp.where(grow, pnorm / 0.5, delta),
+        )
+        par = jnp.where(shrink, par / temp, jnp.where(grow, 0.5 * par, par))
+
+        accepted = ratio >= 1e-4
+        x = jnp.where(accepted, x_trial, st.x)
+        f = jnp.where(accepted, f_trial, st.f)
+        fnorm_new = jnp.where(accepted, fnorm1, st.fnorm)
+        xnorm = jnp.where(accepted, jnp.linalg.norm(diag * x_trial), st.xnorm)
+
+        # Convergence tests, then the "tolerance too small" tests; later ones win,
+        # exactly in lmder's order.
+        ftol_met = (jnp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1)
+        xtol_met = delta <= xtol * xnorm
+        status = st.status
+        status = jnp.where(ftol_met, _code(Status.FTOL), status)
+        status = jnp.where(xtol_met, _code(Status.XTOL), status)
+        status = jnp.where(ftol_met & xtol_met, _code(Status.FTOL_AND_XTOL), status)
+        stop = status != int(Status.RUNNING)
+        small = st.status
+        small = jnp.where(nfev >= max_nfev, _code(Status.MAX_NFEV), small)
+        eps_met = (jnp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1)
+        small = jnp.where(eps_met, _code(Status.FTOL_TOO_SMALL), small)
+        small = jnp.where(delta <= eps * xnorm, _code(Status.XTOL_TOO_SMALL), small)
+        small = jnp.where(st.gnorm <= eps, _code(Status.GTOL_TOO_SMALL), small)
+        status = jnp.where(stop, status, small)
+
         st = st._replace(
-            xnorm=jnp.where(first, xnorm0, st.xnorm),
-            delta=jnp.where(first, delta0, st.delta),
+            x=x,
+            f=f,
+            fnorm=fnorm_new,
+            delta=delta,
+            par=par,
+            xnorm=xnorm,
+            nfev=nfev,
+            n_iter=st.n_iter + accepted.astype(jnp.int32),
+            status=status,
+            jac_current=st.jac_current & ~accepted,
         )
-        # gtol test: largest |cos| between f and a column of J (0 when f == 0).
-        fnorm_safe = _positive_or_one(st.fnorm)
-        jtf = jac.T @ st.f
-        cosines = jnp.abs(jtf) / (_positive_or_one(acnorm) * fnorm_safe)
-        cosines = jnp.where(acnorm > 0, cosines, 0)
-        gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
-        status = jnp.where(running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
-        spec = factorize(jac, diag, jtf, linear_solver)
-        st = st._replace(diag=diag, gnorm=gnorm, status=status)
+        return st, accepted
 
-        def trial_running(carry):
-            st, accepted = carry
-            return running(st) & ~accepted
+    # J and diag stay fixed during the trials: keep them out of the inner carry,
+    # which a batched while_loop re-selects lane by lane on every iteration.
+    trial_state = st._replace(jac=None, diag=None)
+    trial_state, _ = lax.while_loop(
+        trial_running, trial_body, (trial_state, jnp.zeros((), bool))
+    )
+    return trial_state._replace(jac=st.jac, diag=st.diag)
 
-        def trial_body(carry):
-            st, _ = carry
-            par, z = trust_region_par(spec, st.delta, st.par)
-            step = z / diag
-            x_trial = st.x + step
-            pnorm = jnp.linalg.norm(z)
-            # Predicted relative reduction and directional derivative, in lmpar's
-            # closed form (valid for the unprojected damped step).
-            fnorm = _positive_or_one(st.fnorm)
-            temp1 = scaled_jacobian_norm(spec, z) / fnorm  # ||J step|| / ||f||
-            temp2 = jnp.sqrt(par) * pnorm / fnorm
-            prered = temp1**2 + 2 * temp2**2
-            dirder = -(temp1**2 + temp2**2)
-            if bounded:  # project onto the box; recompute the model if that bit
-                projected = jnp.clip(x_trial, lower, upper)
-                clipped = jnp.any(projected != x_trial)
-                x_trial = projected
-                actual_step = x_trial - st.x
-                jp = jac @ actual_step
-                fjp = jnp.dot(st.f, jp) / fnorm**2
-                pnorm = jnp.where(clipped, jnp.linalg.norm(diag * actual_step), pnorm)
-                prered = jnp.where(
-                    clipped, -2 * fjp - jnp.dot(jp, jp) / fnorm**2, prered
-                )
-                dirder = jnp.where(clipped, fjp, dirder)
-            # Before the first accepted step the radius never exceeds the step tried.
-            delta = jnp.where(st.n_iter == 0, jnp.minimum(st.delta, pnorm), st.delta)
-            f_trial = flat_fun(x_trial)
-            fnorm1 = _norm(f_trial)
-            nfev = st.nfev + 1
 
-            # Actual relative reduction; a step the model says cannot help (possible
-            # only after a projection) is rejected.
-            actred = jnp.where(0.1 * fnorm1 < st.fnorm, 1 - (fnorm1 / fnorm) ** 2, -1)
-            ratio = jnp.where(prered > 0, actred / jnp.where(prered > 0, prered, 1), 0)
+def lm_finalize(jac_fun: Callable[[jax.Array], jax.Array], st: LMState) -> LMState:
+    """The Jacobian at the returned point (for Solution.jac, grad and covariances):
+    recomputed only if the last outer iteration moved x."""
+    return lax.cond(st.jac_current, lambda st: st, partial(with_jacobian, jac_fun), st)
 
-            # Radius update (lmder): shrink on a poor step, double on a good one.
-            shrink = ratio <= 0.25
-            denom = dirder + 0.5 * actred
-            temp = jnp.where(
-                actred >= 0, 0.5, 0.5 * dirder / jnp.where(denom != 0, denom, -1)
-            )
-            temp = jnp.where((0.1 * fnorm1 >= st.fnorm) | (temp < 0.1), 0.1, temp)
-            grow = ~shrink & ((par == 0) | (ratio >= 0.75))
-            delta = jnp.where(
-                shrink,
-                temp * jnp.minimum(delta, pnorm / 0.1),
-                jnp.where(grow, pnorm / 0.5, delta),
-            )
-            par = jnp.where(shrink, par / temp, jnp.where(grow, 0.5 * par, par))
 
-            accepted = ratio >= 1e-4
-            x = jnp.where(accepted, x_trial, st.x)
-            f = jnp.where(accepted, f_trial, st.f)
-            fnorm_new = jnp.where(accepted, fnorm1, st.fnorm)
-            xnorm = jnp.where(accepted, jnp.linalg.norm(diag * x_trial), st.xnorm)
+def run_lm(
+    flat_fun: Callable[[jax.Array], jax.Array],
+    jac_fun: Callable[[jax.Array], jax.Array],
+    x0: jax.Array,
+    options: LMOptions,
+    linear_solver: str,
+) -> LMState:
+    """Minimise ``0.5 * ||flat_fun(x)||^2`` from ``x0`` (n,); return the final state.
 
-            # Convergence tests, then the "tolerance too small" tests; later ones win,
-            # exactly in lmder's order.
-            ftol_met = (jnp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1)
-            xtol_met = delta <= xtol * xnorm
-            status = st.status
-            status = jnp.where(ftol_met, _code(Status.FTOL), status)
-            status = jnp.where(xtol_met, _code(Status.XTOL), status)
-            status = jnp.where(ftol_met & xtol_met, _code(Status.FTOL_AND_XTOL), status)
-            stop = status != int(Status.RUNNING)
-            small = st.status
-            small = jnp.where(nfev >= max_nfev, _code(Status.MAX_NFEV), small)
-            eps_met = (jnp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1)
-            small = jnp.where(eps_met, _code(Status.FTOL_TOO_SMALL), small)
-            small = jnp.where(delta <= eps * xnorm, _code(Status.XTOL_TOO_SMALL), small)
-            small = jnp.where(st.gnorm <= eps, _code(Status.GTOL_TOO_SMALL), small)
-            status = jnp.where(stop, status, small)
+    `lm_init`, a ``while_loop`` of `lm_iteration` while the status is ``RUNNING``,
+    then `lm_finalize`.
+    """
+    state = lm_init(flat_fun, x0, options)
 
-            st = st._replace(
-                x=x,
-                f=f,
-                fnorm=fnorm_new,
-                delta=delta,
-                par=par,
-                xnorm=xnorm,
-                nfev=nfev,
-                n_iter=st.n_iter + accepted.astype(jnp.int32),
-                status=status,
-                jac_current=st.jac_current & ~accepted,
-            )
-            return st, accepted
+    def outer_body(st: LMState) -> LMState:
+        return lm_iteration(flat_fun, jac_fun, options, linear_solver, st)
 
-        # J and diag stay fixed during the trials: keep them out of the inner carry,
-        # which a batched while_loop re-selects lane by lane on every iteration.
-        trial_state = st._replace(jac=None, diag=None)
-        trial_state, _ = lax.while_loop(
-            trial_running, trial_body, (trial_state, jnp.zeros((), bool))
-        )
-        return trial_state._replace(jac=st.jac, diag=st.diag)
-
-    final = lax.while_loop(running, outer_body, state)
-    # The Jacobian at the returned point (for Solution.jac, grad and covariances):
-    # recomputed only if the last outer iteration moved x.
-    return lax.cond(final.jac_current, lambda st: st, with_jacobian, final)
+    final = lax.while_loop(_running, outer_body, state)
+    return lm_finalize(jac_fun, final)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,7 @@ from jax.flatten_util import ravel_pytree
 from ._implicit import ADJOINTS, implicit_solution, with_tangents
 from ._jacobian import JAC_MODES, make_jacobian
 from ._linalg import LINEAR_SOLVERS
-from ._lm import LMOptions, run_lm
+from ._lm import LMOptions, LMState, run_lm
 from ._loss import LOSSES, robust_residuals
 from ._solution import Solution, Status
 
@@ -160,6 +160,54 @@ def solve(
     ...     lambda p, x, y: p[0] * jnp.exp(-p[1] * x) - y, jnp.array([1.0, 1.0]),
     ...     args=(x, y)).params)(y)
     """
+    x0, args, options, f_scale = prepare(
+        fun,
+        x0,
+        args,
+        bounds=bounds,
+        fixed=fixed,
+        loss=loss,
+        f_scale=f_scale,
+        jac=jac,
+        ftol=ftol,
+        xtol=xtol,
+        gtol=gtol,
+        max_nfev=max_nfev,
+        factor=factor,
+        diag=diag,
+        linear_solver=linear_solver,
+        adjoint=adjoint,
+    )
+    return _solve_jit(
+        fun, jac, linear_solver, adjoint, loss, x0, args, options, f_scale
+    )
+
+
+def prepare(
+    fun: Callable[..., Any],
+    x0: Any,
+    args: tuple = (),
+    *,
+    bounds: tuple[Any, Any] | None = None,
+    fixed: Any = None,
+    loss: str = "linear",
+    f_scale: float = 1.0,
+    jac: str | Callable = "auto",
+    ftol: float | None = None,
+    xtol: float | None = None,
+    gtol: float = 0.0,
+    max_nfev: int | None = None,
+    factor: float = 10.0,
+    diag: Any = None,
+    linear_solver: str = "svd",
+    adjoint: str = "implicit",
+) -> tuple[Any, tuple, LMOptions, jax.Array]:
+    """`solve`'s checks and defaults: ``(x0, args, options, f_scale)`` for the loop.
+
+    ``x0`` comes back as a float pytree, ``args`` as a tuple, the options resolved
+    into `LMOptions` (flat bounds and fixed mask) and ``f_scale`` as an array.
+    Raises what `solve` documents.
+    """
     if not callable(fun):
         raise TypeError(f"fun must be callable, got {type(fun).__name__}")
     if not isinstance(args, tuple):
@@ -206,9 +254,7 @@ def solve(
         fixed=fixed_mask,
     )
     f_scale = jnp.asarray(f_scale, dtype)
-    return _solve_jit(
-        fun, jac, linear_solver, adjoint, loss, x0, args, options, f_scale
-    )
+    return x0, args, options, f_scale
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
@@ -216,6 +262,57 @@ def _solve_jit(
     fun, jac, linear_solver, adjoint, loss, x0, args, options: LMOptions, f_scale
 ) -> Solution:
     flat_x0, unravel = ravel_pytree(x0)
+    model = make_model(fun, jac, loss, flat_x0, unravel, args)
+    full_args = (args, f_scale)
+    if adjoint == "implicit":  # the loop carries no tangents; they are attached after
+        loop_x0, loop_args, options = lax.stop_gradient((flat_x0, full_args, options))
+    else:  # "unrolled": JAX differentiates through the iterations (forward mode)
+        loop_x0, loop_args = flat_x0, full_args
+    flat_fun, jac_fun = model.loop_functions(loop_args)
+    st = run_lm(flat_fun, jac_fun, loop_x0, options, linear_solver)
+    return assemble_solution(model, adjoint, st, full_args, options)
+
+
+class Model(NamedTuple):
+    """The residual functions of one problem, built from the user's ``fun``.
+
+    ``full_args`` below is ``(args, f_scale)``: ``f_scale`` travels with the data so
+    that implicit differentiation treats it like the data.
+
+    Attributes
+    ----------
+    unravel : callable
+        Flat parameters (n,) -> the pytree structure of ``x0``.
+    loss : str
+    raw_residual_fn : callable
+        ``(x, args) -> fun(unravel(x), *args)`` flattened to (m,), in the working
+        dtype.
+    raw_jacobian_fn : callable
+        ``args -> (x -> d raw_residual_fn / dx)``, (m, n).
+    residual_fn : callable
+        ``(x, full_args) ->`` the residuals the loop minimises (robust ones for a
+        robust loss).
+    loop_functions : callable
+        ``full_args -> (flat_fun, jac_fun)``: `residual_fn` and its Jacobian as
+        functions of ``x`` alone, what `run_lm` takes.
+    robust_with_slope : callable
+        ``(f, f_scale) ->`` robust residuals and their elementwise derivative.
+    """
+
+    unravel: Callable
+    loss: str
+    raw_residual_fn: Callable
+    raw_jacobian_fn: Callable
+    residual_fn: Callable
+    loop_functions: Callable
+    robust_with_slope: Callable
+
+
+def make_model(
+    fun, jac, loss: str, flat_x0: jax.Array, unravel: Callable, args: tuple
+) -> Model:
+    """`Model` of ``fun`` for parameters like ``flat_x0`` (n,) and arguments like
+    ``args`` (shapes and dtypes only)."""
     dtype, n = flat_x0.dtype, flat_x0.size
 
     def raw_residual_fn(x, a):
@@ -232,34 +329,51 @@ def _solve_jit(
         )
 
     # The loop minimises half the sum of squares of ``residual_fn``. A robust loss is
-    # an elementwise transformation of the residuals; f_scale travels with the args
-    # so that implicit differentiation treats it like the data.
+    # an elementwise transformation of the residuals.
     def residual_fn(x, a):
         user_args, scale = a
         return robust_residuals(raw_residual_fn(x, user_args), loss, scale)
 
-    full_args = (args, f_scale)
-    if adjoint == "implicit":  # the loop carries no tangents; they are attached after
-        loop_x0, loop_args, options = lax.stop_gradient((flat_x0, full_args, options))
-    else:  # "unrolled": JAX differentiates through the iterations (forward mode)
-        loop_x0, loop_args = flat_x0, full_args
+    m = jax.eval_shape(lambda x: raw_residual_fn(x, args), flat_x0).shape[0]
 
-    def flat_fun(x):
-        return residual_fn(x, loop_args)
+    def loop_functions(loop_args):
+        def flat_fun(x):
+            return residual_fn(x, loop_args)
 
-    m = jax.eval_shape(flat_fun, flat_x0).shape[0]
-    if loss == "linear":
-        jac_fun = raw_jacobian_fn(loop_args[0])
-    elif not callable(jac):
-        jac_fun = make_jacobian(flat_fun, jac, m, n, dtype)
-    else:  # chain rule through the transformation, for the user's Jacobian
+        if loss == "linear":
+            jac_fun = raw_jacobian_fn(loop_args[0])
+        elif not callable(jac):
+            jac_fun = make_jacobian(flat_fun, jac, m, n, dtype)
+        else:  # chain rule through the transformation, for the user's Jacobian
 
-        def jac_fun(x):
-            f = raw_residual_fn(x, loop_args[0])
-            _, slope = robust_with_slope(f, loop_args[1])
-            return slope[:, None] * raw_jacobian_fn(loop_args[0])(x)
+            def jac_fun(x):
+                f = raw_residual_fn(x, loop_args[0])
+                _, slope = robust_with_slope(f, loop_args[1])
+                return slope[:, None] * raw_jacobian_fn(loop_args[0])(x)
 
-    st = run_lm(flat_fun, jac_fun, loop_x0, options, linear_solver)
+        return flat_fun, jac_fun
+
+    return Model(
+        unravel,
+        loss,
+        raw_residual_fn,
+        raw_jacobian_fn,
+        residual_fn,
+        loop_functions,
+        robust_with_slope,
+    )
+
+
+def assemble_solution(
+    model: Model, adjoint: str, st: LMState, full_args, options: LMOptions
+) -> Solution:
+    """The `Solution` of the final loop state ``st`` (with the Jacobian at ``st.x``).
+
+    ``full_args = (args, f_scale)`` as given by the caller (with their tangents): the
+    implicit adjoint attaches the derivatives here. ``options`` are the loop's.
+    """
+    loss = model.loss
+    args, f_scale = full_args
     x, f, jac_ = st.x, st.f, st.jac
 
     if options.lower is None:
@@ -271,20 +385,20 @@ def _solve_jit(
         frozen = active_mask != 0
         if options.fixed is not None:
             frozen = frozen | options.fixed
-        x = implicit_solution(residual_fn, x, full_args, frozen)
+        x = implicit_solution(model.residual_fn, x, full_args, frozen)
         if loss == "linear":
-            f, jac_ = with_tangents(residual_fn, x, full_args, f, jac_)
+            f, jac_ = with_tangents(model.residual_fn, x, full_args, f, jac_)
     if loss == "linear":
         cost, grad = 0.5 * jnp.sum(f * f), jac_.T @ f
     else:  # report fun's own residuals and Jacobian, and the robust cost and gradient
-        f = raw_residual_fn(x, args)
-        jac_ = raw_jacobian_fn(args)(x)
-        robust_f, slope = robust_with_slope(f, f_scale)
+        f = model.raw_residual_fn(x, args)
+        jac_ = model.raw_jacobian_fn(args)(x)
+        robust_f, slope = model.robust_with_slope(f, f_scale)
         cost = 0.5 * jnp.sum(robust_f * robust_f)
         grad = jac_.T @ (slope * robust_f)
     status = st.status
     return Solution(
-        params=unravel(x),
+        params=model.unravel(x),
         residuals=f,
         cost=cost,
         jac=jac_,
