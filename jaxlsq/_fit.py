@@ -141,6 +141,15 @@ class FitResult:
             **dict(zip(cls._META, meta, strict=True)),
         )
 
+    def __getitem__(self, index) -> FitResult:
+        """One fit (or a sub-batch) of a batched result: ``fits[i]``, ``fits[:10]``.
+
+        Indexes the leading batch axes of every array field.
+        """
+        if not self.batch_shape:
+            raise IndexError("a single FitResult cannot be indexed (no batch axis)")
+        return jax.tree_util.tree_map(lambda v: v[index], self)
+
     @property
     def batch_shape(self) -> tuple[int, ...]:
         """Leading batch axes (``()`` for a single fit)."""

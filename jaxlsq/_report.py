@@ -80,6 +80,16 @@ def _statistics_rows(r) -> list[tuple[str, str]]:
     return rows
 
 
+def _percent(mask: np.ndarray) -> str:
+    """Share of True in ``mask``; never rounds a partial count to 0% or 100%."""
+    share = 100 * float(np.mean(mask))
+    if 99.95 <= share < 100:
+        return ">99.9%"
+    if 0 < share < 0.05:
+        return "<0.1%"
+    return f"{share:.1f}%"
+
+
 def _variable_rows(r) -> list[tuple[str, str, str, str, str]]:
     """(name, value, stderr, relative, flag) per flat parameter, as text."""
     values, errors = _flat(r.params), _flat(r.stderr)
@@ -92,9 +102,9 @@ def _variable_rows(r) -> list[tuple[str, str, str, str, str]]:
             rows.append((name, _g(value), "", "", flag))
             continue
         if not np.isfinite(err):
-            rows.append(
-                (name, _g(value), "inf", "", (flag + " (not estimable)").strip())
-            )
+            # dof = 0: the parameters are determined, only the error scale is not
+            why = "(dof = 0: no error estimate)" if r.dof <= 0 else "(not estimable)"
+            rows.append((name, _g(value), "inf", "", (flag + " " + why).strip()))
             continue
         rel = f"({abs(err / value) * 100:.2f}%)" if value != 0 else ""
         rows.append((name, _g(value), _g(err), rel, flag))
@@ -247,7 +257,7 @@ def _batch_content(result):
             )
     head = [
         ("# fits", f"{total} (batch shape {batch})"),
-        ("# succeeded", f"{int(success.sum())} ({100 * success.mean():.1f}%)"),
+        ("# succeeded", f"{int(success.sum())} ({_percent(success)})"),
         ("# data points", f"{r.ndata} per fit"),
         ("# variables", str(r.nfree)),
     ]

@@ -488,6 +488,26 @@ def test_vmap_over_y_equals_per_curve_fits_and_batch_summary():
     )
     assert "<table>" in batched._repr_html_()
 
+    # indexing a batch gives the lane's own FitResult (and its single-fit report)
+    lane = batched[2]
+    assert lane.batch_shape == () and lane.names == batched.names
+    np.testing.assert_array_equal(
+        flat(lane.params), [np.asarray(batched.params[k])[2] for k in ("a", "c", "k")]
+    )
+    assert "[[Variables]]" in lane.report()
+    assert batched[1:3].batch_shape == (2,)
+    with pytest.raises(IndexError, match="cannot be indexed"):
+        lane[0]
+
+
+def test_percent_never_rounds_a_partial_count_to_100():
+    from jaxlsq._report import _percent
+
+    assert _percent(np.r_[np.ones(4999, bool), False]) == ">99.9%"
+    assert _percent(np.r_[np.zeros(4999, bool), True]) == "<0.1%"
+    assert _percent(np.ones(10, bool)) == "100.0%"
+    assert _percent(np.r_[np.ones(3, bool), False]) == "75.0%"
+
 
 def test_grad_of_params_and_stderr_matches_finite_differences():
     x, y, sig = decay_data()
