@@ -316,12 +316,11 @@ def fit(
     Examples
     --------
     >>> import jax.numpy as jnp, jaxlsq
-    >>> from jaxlsq._fit import fit
     >>> x = jnp.linspace(0.0, 4.0, 40)
     >>> y = 3.0 * jnp.exp(-1.3 * x) + 0.5 + 0.01 * jnp.sin(37.0 * x)
     >>> def model(x, p):
     ...     return p["a"] * jnp.exp(-p["k"] * x) + p["c"]
-    >>> res = fit(model, x, y, {"a": 1.0, "k": 1.0, "c": 0.0})
+    >>> res = jaxlsq.fit(model, x, y, {"a": 1.0, "k": 1.0, "c": 0.0})
     >>> bool(res.success), round(float(res.params["k"]), 2), res.dof
     (True, 1.3, 37)
     >>> float(res.stderr["k"]) < 0.01
