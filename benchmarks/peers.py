@@ -92,10 +92,14 @@ def _jaxlsq_outputs(sol) -> dict:
 
 
 def _build_jaxlsq(
-    linear_solver: str, scipy_tols: bool = False, chunked: bool = False
+    linear_solver: str,
+    scipy_tols: bool = False,
+    chunked: bool = False,
+    schedule: str = "vmap",
 ) -> Callable:
     """``jit(vmap(jaxlsq.solve))``, or ``jaxlsq.solve_batch`` (chunks of 1024) when
-    ``chunked``.
+    ``chunked``, with its ``schedule`` (``"refill"``: a pool of 1024 slots refilled
+    from the queue of fits as each finishes).
 
     With jaxlsq's own defaults, or with ``scipy_tols``: scipy leastsq's defaults
     (``ftol = xtol = sqrt(eps)``, ``factor = 100``, ``max_nfev = 100 (n + 1)``), for
@@ -122,7 +126,9 @@ def _build_jaxlsq(
             return jax.jit(jax.vmap(fit))
 
         def fit_batch(p0, y):
-            sol = jaxlsq.solve_batch(fun, p0, (x, y), in_axes=(0, (None, 0)), **options)
+            sol = jaxlsq.solve_batch(
+                fun, p0, (x, y), in_axes=(0, (None, 0)), schedule=schedule, **options
+            )
             return _jaxlsq_outputs(sol)
 
         return jax.jit(fit_batch)
@@ -197,6 +203,12 @@ BATCHED_METHODS = (
         "jaxlsq-batch",
         "jaxlsq solve_batch",
         _build_jaxlsq("svd", chunked=True),
+        "njev",
+    ),
+    BatchedMethod(
+        "jaxlsq-batch-refill",
+        "jaxlsq solve_batch refill",
+        _build_jaxlsq("svd", chunked=True, schedule="refill"),
         "njev",
     ),
     BatchedMethod(

@@ -88,8 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--methods",
         default=None,
         help="comma-separated keys: jaxlsq, jaxlsq-eigh, jaxlsq-scipytols, "
-        "jaxlsq-batch, jaxlsq-batch-scipytols, optimistix, jaxopt, scipy-dfun, "
-        "scipy-fd (default: all)",
+        "jaxlsq-batch, jaxlsq-batch-refill, jaxlsq-batch-scipytols, optimistix, "
+        "jaxopt, scipy-dfun, scipy-fd (default: all)",
     )
     p.add_argument("--out", type=Path, default=None, help="markdown report path")
     p.add_argument("--seed", type=int, default=0)
@@ -552,8 +552,11 @@ NOTES = """\
   (`Compiled.memory_analysis()`), not process RSS.
 - Settings: "jaxlsq (svd)" and "(eigh)" use `jaxlsq.solve`'s own defaults;
   "(svd, scipy tols)" uses scipy leastsq's (ftol = xtol = sqrt(eps) of the dtype,
-  factor 100, max_nfev = 100 (n + 1)). optimistix `LevenbergMarquardt(rtol=tol,
-  atol=tol)`, `throw=False`, max_steps 256; jaxopt `LevenbergMarquardt(
+  factor 100, max_nfev = 100 (n + 1)). "solve_batch" runs chunks of 1024 fits in
+  lock-step (vmap), "solve_batch refill" a pool of 1024 slots refilled from the
+  queue as fits finish (`schedule="refill"`); same fits, other scheduling.
+  optimistix `LevenbergMarquardt(rtol=tol, atol=tol)`, `throw=False`, max_steps
+  256; jaxopt `LevenbergMarquardt(
   stop_criterion="madsen-nielsen", materialize_jac=True, solver="cholesky",
   tol=xtol=gtol=tol, maxiter=100 (n + 1))`; tol = 1e-8 (float64) or sqrt(eps)
   (float32). scipy leastsq with its defaults, in float64.

@@ -10,13 +10,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._pool import DEFAULT_REFILL, DEFAULT_SLOTS, solve_refill
 from ._solution import Solution
 from ._solve import solve
 
 #: Options of `solve` that select code (static); the others are traced values.
-_STATIC_OPTIONS = ("jac", "linear_solver")
-_DYNAMIC_OPTIONS = ("ftol", "xtol", "gtol", "max_nfev", "factor", "diag")
+_STATIC_OPTIONS = ("jac", "linear_solver", "loss")
+_DYNAMIC_OPTIONS = (
+    "ftol",
+    "xtol",
+    "gtol",
+    "max_nfev",
+    "factor",
+    "diag",
+    "bounds",
+    "fixed",
+    "f_scale",
+)
 _BATCH_AXIS = "batch"
+#: Values of solve_batch's ``schedule``.
+SCHEDULES = ("vmap", "refill")
 
 
 def solve_batch(
@@ -26,6 +39,8 @@ def solve_batch(
     *,
     in_axes: Any = 0,
     chunk_size: int | None = 1024,
+    schedule: str = "vmap",
+    slots: int | None = None,
     devices: Any = None,
     progress: bool = False,
     **solve_options: Any,
@@ -53,7 +68,17 @@ def solve_batch(
         leaf along axis 0; ``(None, (None, 0))`` shares ``x0`` and the first argument
         (say the abscissa) and batches the second (the curves).
     chunk_size : int or None, default 1024
-        Fits per chunk; ``None`` vmaps the whole batch at once.
+        Fits per chunk; ``None`` vmaps the whole batch at once. With
+        ``schedule="refill"``: fits per vmapped batch of the final assembly of the
+        solutions.
+    schedule : {"vmap", "refill"}, default "vmap"
+        ``"vmap"``: chunks of fits run in lock-step, each chunk until its slowest fit
+        stops. ``"refill"``: a fixed pool of ``slots`` fits in progress; as fits
+        finish, their slots take the next problems of the batch, so no lane waits
+        for the slowest fit of a chunk (see `jaxlsq._pool`). Same results per fit;
+        bounds, fixed parameters, losses and implicit differentiation work alike.
+    slots : int, optional
+        Size of the pool for ``schedule="refill"`` (default 1024, at most N).
     devices : None, int or list of jax.Device, default None
         Shard the batch over these devices (an int takes the first ``devices`` of
         ``jax.devices()``): a 1-D mesh over the batch axis and ``jax.shard_map``, each
@@ -65,7 +90,8 @@ def solve_batch(
         for the results instead of returning at once.
     **solve_options
         Any keyword of `solve` (``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
-        ``factor``, ``diag``, ``jac``, ``linear_solver``), shared by all fits.
+        ``factor``, ``diag``, ``jac``, ``linear_solver``, ``bounds``, ``fixed``,
+        ``loss``, ``f_scale``), shared by all fits.
 
     Returns
     -------
@@ -110,6 +136,19 @@ def solve_batch(
         raise ValueError(
             f"chunk_size must be a positive int or None, got {chunk_size!r}"
         )
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    pool = None
+    if schedule == "refill":
+        if slots is None:
+            slots = DEFAULT_SLOTS
+        if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+            raise ValueError(f"slots must be a positive int, got {slots!r}")
+        if devices is not None:
+            raise ValueError("schedule='refill' does not support devices yet")
+        if progress:
+            raise ValueError("schedule='refill' does not support progress yet")
+        pool = (slots, max(1, min(DEFAULT_REFILL, slots // 8)))
     axes = _broadcast_axes(in_axes, (x0, args))
     n_batch = _batch_size((x0, args), axes)
     static = tuple((k, solve_options[k]) for k in _STATIC_OPTIONS if k in solve_options)
@@ -119,16 +158,26 @@ def solve_batch(
     chunk = None if chunk_size is None or chunk_size >= n_batch else chunk_size
     mesh = _mesh(devices)
     run = functools.partial(
-        _solve_batch_jit, fun, static, treedef, axes_leaves, chunk, n_batch, mesh
+        _solve_batch_jit, fun, static, treedef, axes_leaves, chunk, n_batch, mesh, pool
     )
     if not progress:
         return run(False, (x0, args), dynamic)
     return _with_progress_bar(run, (x0, args), dynamic, n_batch, chunk, mesh)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7, 8))
 def _solve_batch_jit(
-    fun, static, treedef, axes_leaves, chunk, n_batch, mesh, progress, inputs, dynamic
+    fun,
+    static,
+    treedef,
+    axes_leaves,
+    chunk,
+    n_batch,
+    mesh,
+    pool,
+    progress,
+    inputs,
+    dynamic,
 ):
     leaves = treedef.flatten_up_to(inputs)
     # Batched leaves get their batch axis in front; shared leaves stay as they are.
@@ -140,11 +189,28 @@ def _solve_batch_jit(
     ]
     shared = [leaf for leaf, b in zip(leaves, batched, strict=True) if not b]
 
-    def one(shared, batched_leaves):
+    def combine(shared, batched_leaves):
         per, common = iter(batched_leaves), iter(shared)
         full = [next(per) if b else next(common) for b in batched]
-        x0, args = jax.tree_util.tree_unflatten(treedef, full)
+        return jax.tree_util.tree_unflatten(treedef, full)
+
+    def one(shared, batched_leaves):
+        x0, args = combine(shared, batched_leaves)
         return solve(fun, x0, args, **dict(static), **dynamic)
+
+    if pool is not None:
+        n_slots, refill_size = pool
+        options = {**dict(static), **dynamic}
+        return solve_refill(
+            fun,
+            shared,
+            per_fit,
+            combine,
+            n_slots,
+            refill_size,
+            chunk,
+            options,
+        )
 
     def one_chunk(shared, per_fit):
         sols = jax.vmap(one, in_axes=(None, 0))(shared, per_fit)

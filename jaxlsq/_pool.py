@@ -1,0 +1,241 @@
+"""Slot refill: many fits through a fixed pool of vmapped LM states, in one jit.
+
+Under ``jax.vmap`` a ``while_loop`` runs every lane until the slowest lane stops, so
+a chunk of fits costs its slowest fit times the chunk size: for exponential decays
+(median 8, max 12+ Jacobians) a third or more of the work is spent on lanes that
+have already finished. Here the loop is not vmapped; its state is:
+
+* ``P`` *slots*, a vmapped `jaxlsq._lm.LMState` (one fit in progress per slot), and
+  the per-fit inputs of the problem each slot holds;
+* a queue: the index of the next problem not yet started;
+* result buffers with one row per problem.
+
+Each step runs one vmapped `lm_iteration` (one Jacobian and its trial steps) on the
+slots that are still running. Then, while at least ``K`` slots have finished and the
+queue is not empty (a ``while_loop`` on scalars: the pool loop is not batched, so
+this branches for real), the first ``K`` finished slots write their state to their
+problems' rows and are re-initialised (`lm_init`, vmapped over ``K``) with the next
+``K`` problems of the queue. Refilling ``K`` at a time bounds the cost of a refill
+(a residual evaluation for ``K`` lanes, not ``P``) at the price of up to ``K - 1``
+finished slots idling for a step or two. Once the queue is empty the remaining fits
+run out and every slot is written.
+
+Each problem goes through exactly the iteration code of `solve` (`lm_init`,
+`lm_iteration`, and the Jacobian at the end), only the scheduling differs; the final
+Jacobian and the `Solution` (implicit-differentiation tangents, robust cost, active
+mask) are assembled for all problems afterwards in one vmapped pass, by the same
+`assemble_solution` as `solve`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from ._lm import LMState, lm_init, lm_iteration, with_jacobian
+from ._solution import Solution, Status
+from ._solve import assemble_solution, make_model, prepare
+
+#: Default number of slots, and of slots refilled at once.
+DEFAULT_SLOTS = 1024
+DEFAULT_REFILL = 64
+
+_RESULT_FIELDS = ("x", "f", "status", "nfev", "njev", "n_iter", "jac_current")
+
+
+def solve_refill(
+    fun: Callable[..., Any],
+    shared: Sequence[Any],
+    per_fit: Sequence[jax.Array],
+    combine: Callable[[Sequence[Any], Sequence[jax.Array]], tuple[Any, tuple]],
+    n_slots: int,
+    refill_size: int,
+    assemble_batch: int | None,
+    solve_options: dict,
+) -> Solution:
+    """Fit ``N`` problems (the leading axis of every ``per_fit`` leaf) through a pool.
+
+    Parameters
+    ----------
+    fun
+        The user's residual function, as for `jaxlsq.solve`.
+    shared, per_fit
+        The leaves of ``(x0, args)`` common to all problems, and those with a leading
+        batch axis of size ``N``.
+    combine
+        ``combine(shared, row) -> (x0, args)`` for one problem, ``row`` being the
+        ``per_fit`` leaves indexed at that problem.
+    n_slots, refill_size
+        ``P`` and ``K`` (clipped to ``N`` and ``P``).
+    assemble_batch
+        Problems per vmapped batch of the final assembly (``lax.map``), or None.
+    solve_options
+        Keywords of `jaxlsq.solve`, shared by all fits (``adjoint`` must be
+        ``"implicit"``).
+
+    Returns
+    -------
+    Solution
+        Every field with a leading axis of size ``N``.
+    """
+    n_problems = per_fit[0].shape[0]
+    if solve_options.get("adjoint", "implicit") != "implicit":
+        raise ValueError("the refill schedule supports adjoint='implicit' only")
+    jac = solve_options.get("jac", "auto")
+    linear_solver = solve_options.get("linear_solver", "svd")
+    loss = solve_options.get("loss", "linear")
+
+    # Checks, defaults and the model, from one problem (all share shapes and dtypes).
+    x0_t, args_t = combine(shared, [leaf[0] for leaf in per_fit])
+    x0_t, args_t, options, f_scale = prepare(fun, x0_t, args_t, **solve_options)
+    flat_x0_t, unravel = ravel_pytree(x0_t)
+    dtype = flat_x0_t.dtype
+    model = make_model(fun, jac, loss, flat_x0_t, unravel, args_t)
+
+    # The loop carries no tangents; implicit differentiation attaches them at the end.
+    loop_shared, loop_per_fit, loop_options, loop_f_scale = lax.stop_gradient(
+        (shared, per_fit, options, f_scale)
+    )
+
+    def problem(shared_, row, f_scale_):
+        """Flat x0 (n,), args and full_args of one problem."""
+        x0, args = combine(shared_, row)
+        if not isinstance(args, tuple):
+            args = (args,)
+        x0 = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), x0)
+        flat_x0 = ravel_pytree(x0)[0]
+        return flat_x0, args, (args, f_scale_)
+
+    def init_one(row):
+        flat_x0, _, full_args = problem(loop_shared, row, loop_f_scale)
+        flat_fun, _ = model.loop_functions(full_args)
+        return lm_init(flat_fun, flat_x0, loop_options)._replace(jac=None)
+
+    def step_one(state, row):
+        _, _, full_args = problem(loop_shared, row, loop_f_scale)
+        flat_fun, jac_fun = model.loop_functions(full_args)
+        state = lm_iteration(flat_fun, jac_fun, loop_options, linear_solver, state)
+        return state._replace(jac=None)
+
+    n_slots = max(1, min(n_slots, n_problems))
+    refill_size = max(1, min(refill_size, n_slots))
+    idle = jnp.asarray(int(Status.IMPROPER_INPUT), jnp.int32)
+
+    def take(rows):
+        return [leaf[rows] for leaf in loop_per_fit]
+
+    def start(rows):
+        """Slots holding problems ``rows`` (idle where ``rows >= N``)."""
+        valid = rows < n_problems
+        data = take(jnp.minimum(rows, n_problems - 1))
+        st = jax.vmap(init_one)(data)
+        st = st._replace(status=jnp.where(valid, st.status, idle))
+        return st, jnp.where(valid, rows, n_problems), data
+
+    def write(results, st, rows):
+        """Store the states ``st`` in their problems' rows (rows == N: dropped)."""
+        return {
+            k: results[k].at[rows].set(getattr(st, k), mode="drop")
+            for k in _RESULT_FIELDS
+        }
+
+    st0, rows0, data0 = start(jnp.arange(n_slots))
+    results0 = {
+        k: jnp.zeros((n_problems,) + v.shape[1:], v.dtype)
+        for k, v in st0._asdict().items()
+        if k in _RESULT_FIELDS
+    }
+
+    def refill(carry):
+        """Write the first K finished slots, restart them on the next K problems."""
+        st, rows, data, queue, results = carry
+        done = st.status != int(Status.RUNNING)
+        (sel,) = jnp.nonzero(done, size=refill_size)  # called with >= K done
+        results = write(results, _take_slots(st, sel), rows[sel])
+        new_st, new_rows, new_data = start(queue + jnp.arange(refill_size))
+        st = jax.tree_util.tree_map(lambda a, b: a.at[sel].set(b), st, new_st)
+        rows = rows.at[sel].set(new_rows)
+        data = [a.at[sel].set(b) for a, b in zip(data, new_data, strict=True)]
+        return st, rows, data, queue + refill_size, results
+
+    def can_refill(carry):
+        st, _, _, queue, _ = carry
+        n_done = jnp.sum(st.status != int(Status.RUNNING))
+        return (n_done >= refill_size) & (queue < n_problems)
+
+    def unfinished(carry):
+        st, _, _, queue, _ = carry
+        return jnp.any(st.status == int(Status.RUNNING)) | (queue < n_problems)
+
+    def body(carry):
+        st, rows, data, queue, results = carry
+        running = st.status == int(Status.RUNNING)
+        st = _select(running, jax.vmap(step_one)(st, data), st)  # one iteration
+        carry = st, rows, data, queue, results
+        # A while_loop, not a cond: its carry (the result buffers) stays in place.
+        return lax.while_loop(can_refill, refill, carry)
+
+    queue0 = jnp.asarray(n_slots, jnp.int32)
+    carry = lax.while_loop(can_refill, refill, (st0, rows0, data0, queue0, results0))
+    st, rows, _, _, results = lax.while_loop(unfinished, body, carry)
+    results = write(results, st, rows)
+
+    def finish(row_result, row):
+        """Jacobian at the final point, then the Solution, for one problem."""
+        flat_x0, args, full_args = problem(shared, row, f_scale)
+        _, jac_fun = model.loop_functions(lax.stop_gradient(full_args))
+        st = _result_state(row_result, flat_x0)
+        # What lm_finalize does: keep the loop's Jacobian when it belongs to x (it
+        # is recomputed here, same function at the same point, but not counted).
+        fresh = with_jacobian(jac_fun, st)
+        st = jax.tree_util.tree_map(
+            lambda keep, new: jnp.where(st.jac_current, keep, new),
+            fresh._replace(njev=st.njev, status=st.status),
+            fresh,
+        )
+        return assemble_solution(model, "implicit", st, full_args, loop_options)
+
+    if assemble_batch is None or assemble_batch >= n_problems:
+        return jax.vmap(finish)(results, list(per_fit))
+    return lax.map(
+        lambda a: finish(*a), (results, list(per_fit)), batch_size=assemble_batch
+    )
+
+
+def _select(mask: jax.Array, new: Any, old: Any) -> Any:
+    """Per slot (leading axis): ``new`` where ``mask`` (P,), else ``old``."""
+
+    def pick(a, b):
+        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree_util.tree_map(pick, new, old)
+
+
+def _take_slots(slots: LMState, sel: jax.Array) -> LMState:
+    return jax.tree_util.tree_map(lambda a: a[sel], slots)
+
+
+def _result_state(row: dict, flat_x0: jax.Array) -> LMState:
+    """An `LMState` from a result row; the fields the assembly does not read are 0."""
+    zero = jnp.zeros((), flat_x0.dtype)
+    return LMState(
+        x=row["x"],
+        f=row["f"],
+        fnorm=zero,
+        jac=None,
+        jac_current=row["jac_current"],
+        diag=jnp.ones_like(flat_x0),
+        delta=zero,
+        par=zero,
+        xnorm=zero,
+        gnorm=zero,
+        nfev=row["nfev"],
+        njev=row["njev"],
+        n_iter=row["n_iter"],
+        status=row["status"],
+    )

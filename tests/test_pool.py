@@ -1,0 +1,151 @@
+"""`solve_batch(schedule="refill")`: a pool of slots refilled from the queue gives
+every fit the answer of the lock-step vmap schedule, whatever the scheduling.
+
+The reference is the vmap schedule with ``chunk_size`` equal to the pool size: XLA
+may round a vmapped program differently at a different batch width (last bits, which
+can flip a 10*eps convergence test), so equal widths make the comparison exact in
+status and iteration counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlsq
+from jaxlsq import Status
+
+from .test_solve import P0, X50, expdecay, expdecay_data
+
+AXES = (0, (None, 0))
+
+
+def _starts_and_curves(n, seed):
+    """Curves with one NaN point (curve 4) and starts from near to far, so the fits
+    need very different numbers of iterations."""
+    ys = expdecay_data(seed, n_curves=n).at[4, 7].set(jnp.nan)
+    scale = np.geomspace(0.5, 20.0, n)[np.random.default_rng(seed).permutation(n)]
+    starts = jnp.asarray(np.asarray(P0) * scale[:, None])
+    return starts, ys
+
+
+def _both(fun, x0, args, slots, in_axes=AXES, **kw):
+    vm = jaxlsq.solve_batch(fun, x0, args, in_axes=in_axes, chunk_size=slots, **kw)
+    pool = jaxlsq.solve_batch(
+        fun, x0, args, in_axes=in_axes, schedule="refill", slots=slots, **kw
+    )
+    return vm, pool
+
+
+def _assert_same(pool, ref, rtol=1e-7):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(pool.params),
+        jax.tree_util.tree_leaves(ref.params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-12)
+    np.testing.assert_array_equal(pool.status, ref.status)
+    for field in ("success", "nfev", "njev", "n_iter", "active_mask"):
+        np.testing.assert_array_equal(getattr(pool, field), getattr(ref, field))
+    np.testing.assert_allclose(pool.cost, ref.cost, rtol=1e-9)
+    np.testing.assert_allclose(pool.jac, ref.jac, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(pool.grad, ref.grad, rtol=1e-5, atol=1e-9)
+
+
+def test_refill_matches_vmap_with_nan_curve_and_uneven_iterations():
+    starts, ys = _starts_and_curves(37, seed=0)  # 37 = 4 pools of 8 + 5
+    vm, pool = _both(expdecay, starts, (X50, ys), slots=8)
+    assert pool.params.shape == (37, 3) and pool.status.shape == (37,)
+    _assert_same(pool, vm)
+    assert int(pool.status[4]) == Status.NONFINITE  # isolated: the others succeed
+    assert int(np.sum(~np.asarray(pool.success))) == 1
+    njev = np.asarray(pool.njev)[np.asarray(pool.success)]
+    assert njev.max() - njev.min() >= 8  # really uneven work per fit
+
+
+def test_refill_matches_solo_fits():
+    starts, ys = _starts_and_curves(9, seed=1)
+    pool = jaxlsq.solve_batch(
+        expdecay, starts, (X50, ys), in_axes=AXES, schedule="refill", slots=4
+    )
+    for i in range(9):
+        solo = jaxlsq.solve(expdecay, starts[i], args=(X50, ys[i]))
+        np.testing.assert_allclose(pool.params[i], solo.params, rtol=1e-7)
+        assert bool(pool.success[i]) == bool(solo.success)
+
+
+def test_fewer_problems_than_slots():
+    starts, ys = _starts_and_curves(5, seed=2)
+    vm, pool = _both(expdecay, starts, (X50, ys), slots=5)
+    big = jaxlsq.solve_batch(
+        expdecay, starts, (X50, ys), in_axes=AXES, schedule="refill", slots=64
+    )
+    _assert_same(pool, vm)
+    _assert_same(big, vm)  # the pool shrinks to N slots
+
+
+def test_bounds_fixed_and_loss_pass_through():
+    starts, ys = _starts_and_curves(12, seed=3)
+    ys = ys.at[0, 10].add(3.0)  # an outlier for the robust loss
+    kw = dict(
+        bounds=(jnp.array([0.0, 1.45, -1.0]), jnp.array([100.0, 100.0, 100.0])),
+        fixed=jnp.array([False, False, True]),
+        loss="huber",
+        f_scale=0.1,
+    )
+    starts = starts.at[:, 1].set(jnp.maximum(starts[:, 1], 1.45))
+    vm, pool = _both(expdecay, starts, (X50, ys), slots=4, **kw)
+    _assert_same(pool, vm)
+    np.testing.assert_array_equal(pool.params[:, 2], starts[:, 2])  # fixed
+    assert np.any(np.asarray(pool.active_mask)[:, 1] == -1)  # some fits on the bound
+    for i in (0, 5):
+        solo = jaxlsq.solve(expdecay, starts[i], args=(X50, ys[i]), **kw)
+        np.testing.assert_allclose(pool.params[i], solo.params, rtol=1e-7)
+        np.testing.assert_allclose(pool.cost[i], solo.cost, rtol=1e-9)
+
+
+def pytree_model(p, x, y):
+    return p["amp"] * jnp.exp(-p["rate_offset"][0] * x) + p["rate_offset"][1] - y
+
+
+def test_pytree_params_with_shared_start():
+    _, ys = _starts_and_curves(10, seed=4)
+    x0 = {"amp": jnp.array(1.0), "rate_offset": jnp.array([1.0, 1.0])}
+    vm, pool = _both(pytree_model, x0, (X50, ys), slots=4, in_axes=(None, (None, 0)))
+    assert pool.params["rate_offset"].shape == (10, 2)
+    _assert_same(pool, vm)
+
+
+def test_grad_through_refill_matches_vmap():
+    starts, ys = _starts_and_curves(10, seed=5)
+    ys = ys.at[4, 7].set(1.0)  # no NaN here: its gradient would be NaN
+
+    def loss(ys, schedule):
+        sols = jaxlsq.solve_batch(
+            expdecay,
+            starts,
+            (X50, ys),
+            in_axes=AXES,
+            schedule=schedule,
+            slots=4,
+            chunk_size=4,
+        )
+        return jnp.sum(sols.params[:, 1] ** 2) + jnp.sum(sols.cost)
+
+    g_vmap = jax.grad(loss)(ys, "vmap")
+    g_pool = jax.jit(jax.grad(loss), static_argnums=1)(ys, "refill")
+    np.testing.assert_allclose(g_pool, g_vmap, rtol=1e-6, atol=1e-10)
+    assert np.all(np.isfinite(g_pool)) and np.any(np.asarray(g_pool) != 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(schedule="lockstep"), "schedule must be one of"),
+        (dict(schedule="refill", slots=0), "slots must be a positive int"),
+        (dict(schedule="refill", devices=1), "does not support devices"),
+    ],
+)
+def test_bad_schedule_options_raise(kwargs, match):
+    starts, ys = _starts_and_curves(5, seed=6)
+    with pytest.raises(ValueError, match=match):
+        jaxlsq.solve_batch(expdecay, starts, (X50, ys), in_axes=AXES, **kwargs)
