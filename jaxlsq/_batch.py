@@ -78,7 +78,8 @@ def solve_batch(
         for the slowest fit of a chunk (see `jaxlsq._pool`). Same results per fit;
         bounds, fixed parameters, losses and implicit differentiation work alike.
     slots : int, optional
-        Size of the pool for ``schedule="refill"`` (default 1024, at most N).
+        Size of the pool for ``schedule="refill"`` (default 1024, at most N; per
+        device with ``devices``).
     devices : None, int or list of jax.Device, default None
         Shard the batch over these devices (an int takes the first ``devices`` of
         ``jax.devices()``): a 1-D mesh over the batch axis and ``jax.shard_map``, each
@@ -144,8 +145,6 @@ def solve_batch(
             slots = DEFAULT_SLOTS
         if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
             raise ValueError(f"slots must be a positive int, got {slots!r}")
-        if devices is not None:
-            raise ValueError("schedule='refill' does not support devices yet")
         if progress:
             raise ValueError("schedule='refill' does not support progress yet")
         pool = (slots, max(1, min(DEFAULT_REFILL, slots // 8)))
@@ -198,18 +197,12 @@ def _solve_batch_jit(
         x0, args = combine(shared, batched_leaves)
         return solve(fun, x0, args, **dict(static), **dynamic)
 
-    if pool is not None:
+    def pooled(shared, per_fit):
+        """Fit the leading axis of ``per_fit`` through a pool of refilled slots."""
         n_slots, refill_size = pool
         options = {**dict(static), **dynamic}
         return solve_refill(
-            fun,
-            shared,
-            per_fit,
-            combine,
-            n_slots,
-            refill_size,
-            chunk,
-            options,
+            fun, shared, per_fit, combine, n_slots, refill_size, chunk, options
         )
 
     def one_chunk(shared, per_fit):
@@ -231,14 +224,16 @@ def _solve_batch_jit(
             lambda a: a.reshape((n_chunks * chunk,) + a.shape[2:])[:n], sols
         )
 
+    run = chunked if pool is None else pooled
     if mesh is None:
-        return chunked(shared, per_fit)
-    # One shard of the batch per device; each device fits its shard in chunks.
+        return run(shared, per_fit)
+    # One shard of the batch per device; each device fits its shard in chunks (or
+    # runs its own pool).
     n_padded = -(-n_batch // mesh.size) * mesh.size
     per_fit = [_pad(leaf, n_padded) for leaf in per_fit]
     spec = jax.sharding.PartitionSpec(_BATCH_AXIS)
     sols = jax.shard_map(
-        chunked,
+        run,
         mesh=mesh,
         in_specs=(jax.sharding.PartitionSpec(), spec),
         out_specs=spec,
