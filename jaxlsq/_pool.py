@@ -124,6 +124,7 @@ def solve_refill(
 
     n_slots = max(1, min(n_slots, n_problems))
     refill_size = max(1, min(refill_size, n_slots))
+    n_slots -= n_slots % refill_size  # the slots fill K at a time
     idle = jnp.asarray(int(Status.IMPROPER_INPUT), jnp.int32)
 
     def take(rows):
@@ -144,7 +145,15 @@ def solve_refill(
             for k in _RESULT_FIELDS
         }
 
-    st0, rows0, data0 = start(jnp.arange(n_slots))
+    # Every slot starts idle (rows == N); the refill loop below fills them K at a
+    # time, so lm_init is compiled once, at width K.
+    rows0 = jnp.full((n_slots,), n_problems)
+    data0 = take(jnp.zeros((n_slots,), jnp.int32))
+    st0 = jax.tree_util.tree_map(
+        lambda a: jnp.zeros(a.shape, a.dtype),
+        jax.eval_shape(jax.vmap(init_one), data0),
+    )
+    st0 = st0._replace(status=jnp.full((n_slots,), idle))
     results0 = {
         k: jnp.zeros((n_problems,) + v.shape[1:], v.dtype)
         for k, v in st0._asdict().items()
@@ -180,7 +189,7 @@ def solve_refill(
         # A while_loop, not a cond: its carry (the result buffers) stays in place.
         return lax.while_loop(can_refill, refill, carry)
 
-    queue0 = jnp.asarray(n_slots, jnp.int32)
+    queue0 = jnp.zeros((), jnp.int32)
     carry = lax.while_loop(can_refill, refill, (st0, rows0, data0, queue0, results0))
     st, rows, _, _, results = lax.while_loop(unfinished, body, carry)
     results = write(results, st, rows)
