@@ -88,7 +88,7 @@ def solve_batch(
         device.
     progress : bool, default False
         Show a tqdm progress bar over chunks (needs ``tqdm``). The call then waits
-        for the results instead of returning at once.
+        for the results instead of returning at once. ``schedule="vmap"`` only.
     **solve_options
         Any keyword of `solve` (``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
         ``factor``, ``diag``, ``jac``, ``linear_solver``, ``bounds``, ``fixed``,
