@@ -33,7 +33,7 @@ def solve(
     jac: str | Callable = "auto",
     ftol: float | None = None,
     xtol: float | None = None,
-    gtol: float = 0.0,
+    gtol: float | None = None,
     max_nfev: int | None = None,
     factor: float = 10.0,
     diag: Any = None,
@@ -96,9 +96,11 @@ def solve(
     xtol : float, default ``10 * eps`` of the working dtype
         Stop when the trust-region radius is at most ``xtol`` times the scaled norm of
         the parameters (status 2).
-    gtol : float, default 0.0
+    gtol : float, default ``eps`` of the working dtype
         Stop when the cosine between the residuals and every Jacobian column is at most
-        ``gtol`` (status 4).
+        ``gtol`` (status 4). MINPACK's default, 0, reports a point that is stationary
+        to machine precision (e.g. an exactly solved linear problem) as status 8,
+        "gtol is too small", a failure; with ``eps`` it is a success.
     max_nfev : int, default ``500 * (n + 1)``
         Maximum number of residual evaluations (status 5 when reached). Five times
         lmder's default: curved valleys such as NIST Bennett5 need ~760 evaluations.
@@ -195,7 +197,7 @@ def prepare(
     jac: str | Callable = "auto",
     ftol: float | None = None,
     xtol: float | None = None,
-    gtol: float = 0.0,
+    gtol: float | None = None,
     max_nfev: int | None = None,
     factor: float = 10.0,
     diag: Any = None,
@@ -245,7 +247,7 @@ def prepare(
     options = LMOptions(
         ftol=default_tol if ftol is None else ftol,
         xtol=default_tol if xtol is None else xtol,
-        gtol=gtol,
+        gtol=float(jnp.finfo(dtype).eps) if gtol is None else gtol,
         factor=factor,
         max_nfev=500 * (n + 1) if max_nfev is None else max_nfev,
         diag=diag,
