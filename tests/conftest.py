@@ -3,9 +3,19 @@ library never touches it), and deterministic property-based tests (hypothesis dr
 the same examples on every run, so CI cannot turn red by chance)."""
 
 import jax
+import pytest
 from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
 
 settings.register_profile("jaxlsq", derandomize=True, deadline=None)
 settings.load_profile("jaxlsq")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs_after_each_module():
+    """Drop JAX's compiled programs after each test module: they are not shared
+    between modules (each defines its own residual functions), and keeping all of
+    them made the suite's process grow by gigabytes."""
+    yield
+    jax.clear_caches()

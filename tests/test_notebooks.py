@@ -60,7 +60,14 @@ def execute(nb, cwd: pathlib.Path, kernels: pathlib.Path, *, small: bool):
         coalesce_streams=True,  # one stream output per cell, progress bars collapsed
         resources={"metadata": {"path": str(cwd)}},  # the kernel's working directory
     )
-    client.execute()  # raises CellExecutionError, with the traceback, on failure
+    try:
+        client.execute()  # raises CellExecutionError, with the traceback, on failure
+    finally:
+        # nbclient shuts down only kernels it created itself; this one is ours. Left
+        # running, each kernel keeps ~1 GB until pytest exits (and the suite then
+        # crashed inside XLA's compiler, out of memory, on a loaded machine).
+        if km.has_kernel:
+            nbclient.util.run_sync(km.shutdown_kernel)(now=True)
     # Keep the standard kernelspec in the saved file, not this private one.
     nb.metadata["kernelspec"] = {
         "name": "python3",
