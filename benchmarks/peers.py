@@ -98,8 +98,9 @@ def _build_jaxlsq(
     schedule: str = "vmap",
 ) -> Callable:
     """``jit(vmap(jaxlsq.solve))``, or ``jaxlsq.solve_batch`` (chunks of 1024) when
-    ``chunked``, with its ``schedule`` (``"refill"``: a pool of 1024 slots refilled
-    from the queue of fits as each finishes).
+    ``chunked``, with the given ``schedule`` (``"vmap"``: lock-step chunks;
+    ``"refill"``: a pool of 1024 slots refilled from the queue of fits as each
+    finishes).
 
     With jaxlsq's own defaults, or with ``scipy_tols``: scipy leastsq's defaults
     (``ftol = xtol = sqrt(eps)``, ``factor = 100``, ``max_nfev = 100 (n + 1)``), for

@@ -553,8 +553,9 @@ NOTES = """\
 - Settings: "jaxlsq (svd)" and "(eigh)" use `jaxlsq.solve`'s own defaults;
   "(svd, scipy tols)" uses scipy leastsq's (ftol = xtol = sqrt(eps) of the dtype,
   factor 100, max_nfev = 100 (n + 1)). "solve_batch" runs chunks of 1024 fits in
-  lock-step (vmap), "solve_batch refill" a pool of 1024 slots refilled from the
-  queue as fits finish (`schedule="refill"`); same fits, other scheduling.
+  lock-step (`schedule="vmap"`), "solve_batch refill" a pool of 1024 slots refilled
+  from the queue as fits finish (`schedule="refill"`, what the default "auto" picks
+  for N > 1024); same fits, other scheduling.
   optimistix `LevenbergMarquardt(rtol=tol, atol=tol)`, `throw=False`, max_steps
   256; jaxopt `LevenbergMarquardt(
   stop_criterion="madsen-nielsen", materialize_jac=True, solver="cholesky",

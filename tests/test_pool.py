@@ -29,7 +29,9 @@ def _starts_and_curves(n, seed):
 
 
 def _both(fun, x0, args, slots, in_axes=AXES, **kw):
-    vm = jaxlsq.solve_batch(fun, x0, args, in_axes=in_axes, chunk_size=slots, **kw)
+    vm = jaxlsq.solve_batch(
+        fun, x0, args, in_axes=in_axes, chunk_size=slots, schedule="vmap", **kw
+    )
     pool = jaxlsq.solve_batch(
         fun, x0, args, in_axes=in_axes, schedule="refill", slots=slots, **kw
     )
@@ -68,7 +70,7 @@ def test_refill_matches_vmap_with_nan_curve_and_uneven_iterations():
 
 def test_fewer_problems_than_slots():
     starts, ys = _starts_and_curves(5, seed=2)
-    vm = jaxlsq.solve_batch(expdecay, starts, (X50, ys), in_axes=AXES)
+    vm = jaxlsq.solve_batch(expdecay, starts, (X50, ys), in_axes=AXES, schedule="vmap")
     pool = jaxlsq.solve_batch(
         expdecay, starts, (X50, ys), in_axes=AXES, schedule="refill", slots=64
     )
@@ -127,6 +129,25 @@ def test_grad_through_refill_matches_vmap():
     g_pool = jax.jit(jax.grad(loss), static_argnums=1)(ys, "refill")
     np.testing.assert_allclose(g_pool, g_vmap, rtol=1e-6, atol=1e-10)
     assert np.all(np.isfinite(g_pool)) and np.any(np.asarray(g_pool) != 0)
+
+
+def test_auto_schedule_picks_refill_for_several_chunks(monkeypatch):
+    import jaxlsq._batch as batch
+
+    seen = []
+
+    def spy(*a):  # records the choice, fits nothing
+        seen.append(a[7])  # the pool option: None for the vmap schedule
+
+    monkeypatch.setattr(batch, "_solve_batch_jit", spy)
+    starts, ys = _starts_and_curves(6, seed=7)
+    for chunk_size, progress in ((4, False), (8, False), (None, False), (4, True)):
+        kw = dict(in_axes=AXES, chunk_size=chunk_size)
+        if progress:
+            pytest.importorskip("tqdm")
+            kw["progress"] = True
+        batch.solve_batch(expdecay, starts, (X50, ys), **kw)
+    assert seen == [(4, 1), None, None, None]
 
 
 @pytest.mark.parametrize(
