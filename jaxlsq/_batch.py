@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -271,10 +272,14 @@ def _tick(_):
 
 def _with_progress_bar(run, inputs, dynamic, n_batch, chunk, mesh):
     """Run with a tqdm bar over chunks; waits for the results (to close the bar)."""
-    try:
+    if importlib.util.find_spec("tqdm") is None:
+        raise ImportError("progress=True needs tqdm: pip install tqdm")
+    # tqdm.auto draws a widget in Jupyter but only warns ("IProgress not found")
+    # without ipywidgets; the plain text bar works everywhere.
+    if importlib.util.find_spec("ipywidgets") is not None:
         from tqdm.auto import tqdm
-    except ImportError as err:
-        raise ImportError("progress=True needs tqdm: pip install tqdm") from err
+    else:
+        from tqdm import tqdm
     n_dev = 1 if mesh is None else mesh.size
     per_device = -(-n_batch // n_dev)
     chunk = chunk if chunk is not None and chunk < per_device else per_device

@@ -500,6 +500,27 @@ def test_vmap_over_y_equals_per_curve_fits_and_batch_summary():
         lane[0]
 
 
+def test_chunked_batch_of_fits_with_lax_map_equals_vmap():
+    # the documented way to fit a big batch in chunks: lax.map(..., batch_size=)
+    x, _, _ = decay_data()
+    rng = np.random.default_rng(7)
+    ys = jnp.asarray(
+        decay_np(x[None, :], 2.0, 1.2, 0.3) + 0.01 * rng.standard_normal((5, 40))
+    )
+
+    def fit_one(y):
+        return fit(decay, x, y, P0)
+
+    chunked = jax.jit(lambda ys: jax.lax.map(fit_one, ys, batch_size=2))(ys)
+    vmapped = jax.jit(jax.vmap(fit_one))(ys)
+    assert chunked.batch_shape == (5,)
+    np.testing.assert_array_equal(chunked.status, vmapped.status)
+    for field in ("chisq", "covariance"):
+        np.testing.assert_allclose(
+            getattr(chunked, field), getattr(vmapped, field), rtol=1e-7
+        )
+
+
 def test_percent_never_rounds_a_partial_count_to_100():
     from jaxlsq._report import _percent
 
