@@ -36,7 +36,10 @@ from jax.tree_util import (
 
 from ._linalg import _right_svd_scaled as right_svd
 from ._solution import Status, status_message
-from ._solve import solve
+from ._solve import (
+    _flat_like,  # per-parameter option -> flat (n,), as solve()
+    solve,
+)
 
 #: Values accepted by ``loss=`` (scipy ``least_squares``' names).
 LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
@@ -854,40 +857,6 @@ def _weights(sigma, y, dtype):
     raise ValueError(
         f"sigma must be a scalar, an array of y's shape {tuple(y.shape)}, or an "
         f"({m}, {m}) covariance matrix; got shape {tuple(s.shape)}"
-    )
-
-
-def _flat_like(value, p0, n, dtype, name):
-    """A pytree like ``p0`` (leaves broadcast to the parameter shapes), a scalar, or
-    a flat array of shape (n,) -> flat array (n,)."""
-    p0_leaves = jax.tree_util.tree_leaves(p0)
-    try:
-        leaves = jax.tree_util.tree_structure(p0).flatten_up_to(value)
-    except (ValueError, TypeError):
-        leaves = None
-    if leaves is not None:
-        try:
-            parts = [
-                jnp.ravel(jnp.broadcast_to(jnp.asarray(leaf), ref.shape))
-                for leaf, ref in zip(leaves, p0_leaves, strict=True)
-            ]
-            return jnp.concatenate(parts).astype(dtype)
-        except (ValueError, TypeError):
-            pass
-    try:
-        arr = jnp.asarray(value)
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            f"{name} must be a scalar, a pytree like p0, or a flat array of shape "
-            f"({n},): {err}"
-        ) from err
-    if arr.ndim == 0:
-        return jnp.full((n,), arr, dtype)
-    if arr.shape == (n,):
-        return arr.astype(dtype)
-    raise ValueError(
-        f"{name} must be a scalar, a pytree like p0, or a flat array of shape "
-        f"({n},); got shape {tuple(arr.shape)}"
     )
 
 
