@@ -215,7 +215,7 @@ BATCHED_METHODS = (
     BatchedMethod(
         "jaxlsq-batch-scipytols",
         "jaxlsq solve_batch (scipy tols)",
-        _build_jaxlsq("svd", True, chunked=True),
+        _build_jaxlsq("svd", True, chunked=True, schedule="auto"),
         "njev",
     ),
     BatchedMethod(

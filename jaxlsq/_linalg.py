@@ -67,29 +67,63 @@ class Spectral(NamedTuple):
     g: jax.Array
 
 
-def factorize(jac: jax.Array, diag: jax.Array, jtf: jax.Array, method: str) -> Spectral:
-    """Factorise the scaled Jacobian ``Js = jac / diag``.
+def normal_equations(
+    jac_t: jax.Array, f: jax.Array
+) -> tuple[jax.Array | None, jax.Array, jax.Array]:
+    """``(J^T J, J^T f, column norms of J)`` from ``jac_t = J^T`` (n, m), f (m,).
+
+    For n <= SMALL_N the Gram matrix is formed (one pass over J: its diagonal gives
+    the column norms) because the batched factorisation starts from it; for larger
+    n it is None and the norms come from J itself.
+    """
+    jtf = jnp.sum(jac_t * f, axis=1)
+    if jac_t.shape[0] > SMALL_N:
+        return None, jtf, jnp.sqrt(jnp.sum(jac_t * jac_t, axis=1))
+    gram = _gram(jac_t)
+    return gram, jtf, jnp.sqrt(jnp.diagonal(gram))
+
+
+def factorize(
+    jac_t: jax.Array,
+    diag: jax.Array,
+    jtf: jax.Array,
+    method: str,
+    gram: jax.Array | None = None,
+    active: jax.Array | bool = True,
+) -> Spectral:
+    """Factorise the scaled Jacobian ``Js = jac_t.T / diag``.
 
     Parameters
     ----------
-    jac : Array, shape (m, n)
-        Jacobian at the current point.
+    jac_t : Array, shape (n, m)
+        Transposed Jacobian at the current point (row ``j`` is ``dr/dx_j``; the
+        loop keeps this layout so reductions over residuals run along the minor
+        axis).
     diag : Array, shape (n,)
         Positive variable scaling ``d``.
     jtf : Array, shape (n,)
         ``jac.T @ f`` (the caller needs it for the gtol test too).
     method : {"svd", "eigh"}
+    gram : Array, shape (n, n), optional
+        ``J^T J`` if the caller has it (`normal_equations`); formed here otherwise.
+    active : bool Array, shape ()
+        False for a fit that has stopped (its lane of a batch is computed but
+        discarded): its conditioning does not decide the batch's path.
     """
-    m, n = jac.shape
-    eps = jnp.finfo(jac.dtype).eps
+    n, m = jac_t.shape
+    eps = jnp.finfo(jac_t.dtype).eps
     gs = jtf / diag  # Js^T f without forming Js
     if method == "svd":
-        v, s = _right_svd_scaled(jac, diag)
+        if gram is None and n <= SMALL_N:
+            gram = _gram(jac_t)
+        v, s = _right_svd_scaled(jac_t, diag, gram, jnp.asarray(active))
         # Same cutoff as numpy's lstsq/pinv default: eps * max(m, n) * s_max.
         keep = s > eps * max(m, n) * jnp.max(s)
         return Spectral(v, jnp.where(keep, s * s, 0), jnp.where(keep, v.T @ gs, 0))
     if method == "eigh":
-        w, v = jnp.linalg.eigh((jac.T @ jac) / jnp.outer(diag, diag))
+        if gram is None:
+            gram = _gram(jac_t)
+        w, v = jnp.linalg.eigh(gram / jnp.outer(diag, diag))
         # Eigenvalues of the Gram matrix carry absolute error ~ eps * w_max.
         keep = w > eps * max(m, n) * w[-1]
         return Spectral(v, jnp.where(keep, w, 0), jnp.where(keep, v.T @ gs, 0))
@@ -105,52 +139,185 @@ def scaled_jacobian_norm(spec: Spectral, z: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(spec.w * (spec.v.T @ z) ** 2))
 
 
-def _right_svd_unbatched(jac, diag):
-    """LAPACK SVD of ``jac / diag``: (V, s)."""
-    _, s, vt = jnp.linalg.svd(jac / diag, full_matrices=False)
+def _gram(jac_t: jax.Array) -> jax.Array:
+    """``J^T J`` (n, n) from ``jac_t = J^T`` (n, m).
+
+    For small n, one minor-axis dot product per entry (fused across a batch);
+    otherwise a matrix product.
+    """
+    n = jac_t.shape[0]
+    if n > SMALL_N:
+        return jac_t @ jac_t.T
+    entries = {}
+    for i in range(n):
+        for j in range(i, n):
+            entries[i, j] = entries[j, i] = jnp.sum(jac_t[i] * jac_t[j])
+    return jnp.stack([jnp.stack([entries[i, j] for j in range(n)]) for i in range(n)])
+
+
+def right_svd(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Right singular vectors V (n, n) and singular values s (n,) of ``jac / diag``.
+
+    ``jac`` is (m, n) and ``diag`` (n,) positive. LAPACK for one matrix; under
+    ``vmap`` the vectorised paths of `_right_svd_scaled`.
+    """
+    jac_t = jac.T
+    gram = _gram(jac_t) if jac_t.shape[0] <= SMALL_N else None
+    return _right_svd_scaled(jac_t, diag, gram, jnp.ones((), bool))
+
+
+def _right_svd_unbatched(jac_t, diag):
+    """LAPACK SVD of ``jac_t.T / diag``: (V, s)."""
+    _, s, vt = jnp.linalg.svd(jac_t.T / diag, full_matrices=False)
     return vt.T, s
 
 
 @jax.custom_batching.custom_vmap
-def _right_svd_scaled(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Right singular vectors V (n, n) and singular values s (n,) of ``jac / diag``.
+def _right_svd_scaled(
+    jac_t: jax.Array, diag: jax.Array, gram: jax.Array | None, active: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Right singular vectors V (n, n) and singular values s (n,) of ``jac_t.T / diag``.
 
     One matrix: LAPACK (fast to compile, fast to run). Under ``vmap`` with n <=
-    SMALL_N: an unrolled Householder QR of ``jac`` whose R has its columns scaled by
-    ``1/diag`` (Householder QR is column-wise backward stable, so scaling R equals
-    factorising the scaled matrix), then a one-sided Jacobi SVD of that n x n R. XLA
-    vectorises both across the batch, whereas batched LAPACK runs one tiny matrix at
-    a time (3.4 us per 50 x 3 SVD here, most of a batched fit's time).
-    ``custom_vmap`` picks the implementation by whether the call is batched, which
-    tracing alone cannot see.
+    SMALL_N, code that XLA vectorises across the batch (batched LAPACK runs one
+    tiny matrix at a time, 3.4 us per 50 x 3 SVD here); ``custom_vmap`` picks the
+    implementation by whether the call is batched, which tracing alone cannot see.
+    The batched path, `_small_svd_batch`:
+
+    * usually: a Jacobi eigen-decomposition of the scaled Gram matrix ``gram /
+      (d d^T)`` (n x n, already formed in one pass over J). Its eigenvalues carry
+      an absolute error of about ``eps * w_max``, so this is used only when every
+      lane is well conditioned: every non-zero eigenvalue at least ``sqrt(eps) *
+      w_max`` (the smallest is then accurate to ``sqrt(eps)`` relative, and so is
+      the damped step). Lanes whose fit has stopped (``active`` False) do not
+      count. Exactly-zero eigenvalues come from exactly-zero columns
+      (frozen parameters), which the Gram matrix separates exactly.
+    * otherwise, for the whole batch (a real branch: the test is one scalar for the
+      batch): an unrolled Householder QR of J whose R has its columns scaled by
+      ``1/diag`` (column-wise backward stable, so this equals factorising the
+      scaled matrix), then a one-sided Jacobi SVD of R, which keeps MINPACK's
+      accuracy (condition number not squared).
     """
-    return _right_svd_unbatched(jac, diag)
+    return _right_svd_unbatched(jac_t, diag)
 
 
 @_right_svd_scaled.def_vmap
-def _right_svd_scaled_batched(axis_size, in_batched, jac, diag):
-    jac_batched, diag_batched = in_batched
+def _right_svd_scaled_batched(axis_size, in_batched, jac_t, diag, gram, active):
+    jac_batched, diag_batched, gram_batched, _ = in_batched
     if not (jac_batched or diag_batched):
-        return _right_svd_unbatched(jac, diag), (False, False)
-    jac_axis = 0 if jac_batched else None
-    diag_axis = 0 if diag_batched else None
-    if jac.shape[-1] > SMALL_N:
-        one = jax.vmap(_right_svd_unbatched, in_axes=(jac_axis, diag_axis))
-        return one(jac, diag), (True, True)
-    return jax.vmap(_small_svd, in_axes=(jac_axis, diag_axis))(jac, diag), (True, True)
+        return _right_svd_unbatched(jac_t, diag), (False, False)
+    axes = [0 if b else None for b in (jac_batched, diag_batched)]
+    if jac_t.shape[-2] > SMALL_N:
+        one = jax.vmap(_right_svd_unbatched, in_axes=tuple(axes))
+        return one(jac_t, diag), (True, True)
+    if gram is None:
+        gram = jax.vmap(_gram, in_axes=axes[0])(jac_t)
+        gram_batched = jac_batched
+    gram_axis = 0 if gram_batched else None
+
+    def eig_path(_):
+        return jax.vmap(_gram_spectrum, in_axes=(gram_axis, axes[1]))(gram, diag)
+
+    def qr_path(_):
+        return jax.vmap(_small_svd, in_axes=tuple(axes))(jac_t, diag)
+
+    v, s, well_conditioned = eig_path(None)
+    if not (gram_batched or diag_batched):  # one Gram matrix for every lane
+        v = jnp.broadcast_to(v, (axis_size, *v.shape))
+        s = jnp.broadcast_to(s, (axis_size, *s.shape))
+        well_conditioned = jnp.broadcast_to(well_conditioned, (axis_size,))
+    v, s = lax.cond(
+        jnp.all(well_conditioned | ~active), lambda _: (v, s), qr_path, operand=None
+    )
+    return (v, s), (True, True)
 
 
-def _small_svd(jac, diag):
-    r = _householder_r(jac)
+def _gram_spectrum(gram: jax.Array, diag: jax.Array):
+    """``(V, s, well_conditioned)`` of ``Js = J / diag`` from ``gram = J^T J``.
+
+    ``s = sqrt(w)`` for the eigenvalues ``w`` of ``gram / (d d^T)``;
+    ``well_conditioned`` says whether they are accurate enough (see
+    `_right_svd_scaled`).
+    """
+    n = gram.shape[0]
+    scaled = [[gram[i, j] / (diag[i] * diag[j]) for j in range(n)] for i in range(n)]
+    v, w, converged = _jacobi_eigh(scaled)
+    w_max = jnp.max(w)
+    eps = jnp.finfo(gram.dtype).eps
+    resolved = (w == 0) | (w >= jnp.sqrt(eps) * w_max)
+    well_conditioned = converged & jnp.all(resolved) & jnp.all(jnp.isfinite(w))
+    return v, jnp.sqrt(jnp.maximum(w, 0)), well_conditioned
+
+
+def _jacobi_eigh(a: list[list[jax.Array]]):
+    """Eigenvectors (n, n), eigenvalues (n,) and convergence flag () of a symmetric
+    matrix given as nested lists of scalars.
+
+    Cyclic two-sided Jacobi: rotate each off-diagonal pair to zero, sweep after
+    sweep, until every ``|a_pq| <= eps * sqrt(a_pp a_qq)`` (quadratic convergence;
+    at most 12 sweeps). Unrolled on scalars so XLA vectorises it across a vmapped
+    batch; one ``while_loop`` over sweeps keeps the program small.
+    """
+    n = len(a)
+    a = [row[:] for row in a]
+    one, zero = jnp.ones_like(a[0][0]), jnp.zeros_like(a[0][0])
+    v = [[one if i == j else zero for i in range(n)] for j in range(n)]  # columns
+    eps2 = jnp.finfo(a[0][0].dtype).eps ** 2
+
+    def sweep(carry):
+        a, v, _, count = carry
+        a = [row[:] for row in a]
+        v = [col[:] for col in v]
+        rotated = jnp.zeros((), bool)
+        for p in range(n):
+            for q in range(p + 1, n):
+                apq, app, aqq = a[p][q], a[p][p], a[q][q]
+                rotate = apq * apq > eps2 * jnp.abs(app * aqq)
+                rotated = rotated | rotate
+                theta = (aqq - app) / (2 * jnp.where(rotate, apq, 1))
+                t = 1 / (jnp.abs(theta) + jnp.sqrt(1 + theta * theta))
+                t = jnp.where(rotate, jnp.where(theta < 0, -t, t), 0)
+                c = lax.rsqrt(1 + t * t)
+                s = t * c
+                for r in range(n):
+                    if r not in (p, q):
+                        arp, arq = a[r][p], a[r][q]
+                        a[r][p] = a[p][r] = c * arp - s * arq
+                        a[r][q] = a[q][r] = s * arp + c * arq
+                a[p][p] = app - t * apq
+                a[q][q] = aqq + t * apq
+                a[p][q] = a[q][p] = jnp.where(rotate, zero, apq)
+                vp, vq = v[p], v[q]
+                v[p] = [c * x - s * y for x, y in zip(vp, vq, strict=True)]
+                v[q] = [s * x + c * y for x, y in zip(vp, vq, strict=True)]
+                # Without this barrier XLA fuses across rotations and recomputes
+                # shared terms in every consumer: 1.4x slower for n = 5, and
+                # unrolled sweeps blow up entirely.
+                a, v = lax.optimization_barrier((a, v))
+        return a, v, ~rotated, count + 1
+
+    def unfinished(carry):
+        _, _, converged, count = carry
+        return ~converged & (count < _JACOBI_SWEEPS)
+
+    init = (a, v, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+    a, v, converged, _ = lax.while_loop(unfinished, sweep, init)
+    vmat = jnp.stack([jnp.stack(col) for col in v], axis=1)
+    return vmat, jnp.stack([a[i][i] for i in range(n)]), converged
+
+
+def _small_svd(jac_t, diag):
+    r = _householder_r(jac_t)
     n = len(r)
     scaled = [[r[i][j] / diag[j] for j in range(n)] for i in range(n)]
     return _jacobi_svd(scaled)
 
 
-def _householder_r(a: jax.Array) -> list[list[jax.Array]]:
-    """R factor of the QR factorisation of ``a`` (m, n), m >= n, by Householder.
+def _householder_r(a_t: jax.Array) -> list[list[jax.Array]]:
+    """R factor of the QR factorisation of ``a = a_t.T`` (m, n), m >= n, by Householder.
 
-    Written on a Python list of columns and unrolled over the n steps, so that under
+    Takes the transpose (n, m) so each column of ``a`` is a contiguous row. Written
+    on a Python list of columns and unrolled over the n steps, so that under
     ``vmap`` every operation is elementwise or a length-m reduction across the batch
     (XLA fuses them; indexed updates of a stacked (batch, m, n) array do not fuse).
     Rows of R may differ in sign from LAPACK's.
@@ -160,10 +327,10 @@ def _householder_r(a: jax.Array) -> list[list[jax.Array]]:
     list of lists of scalars
         ``r[i][j]`` for ``i <= j``, zero below the diagonal.
     """
-    m, n = a.shape
-    cols = [a[:, j] for j in range(n)]
+    n, m = a_t.shape
+    cols = [a_t[j] for j in range(n)]
     rows = jnp.arange(m)
-    zero = jnp.zeros((), a.dtype)
+    zero = jnp.zeros((), a_t.dtype)
     r = [[zero] * n for _ in range(n)]
     for k in range(n):
         below = rows >= k

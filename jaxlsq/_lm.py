@@ -43,7 +43,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._linalg import factorize, scaled_jacobian_norm, trust_region_par
+from ._linalg import (
+    factorize,
+    normal_equations,
+    scaled_jacobian_norm,
+    trust_region_par,
+)
 from ._solution import Status
 
 
@@ -215,11 +220,20 @@ def lm_iteration(
 
     # One Jacobian per outer iteration, i.e. per accepted step (plus the first).
     st = with_jacobian(jac_fun, st)
-    jac = st.jac
-    frozen = frozen_columns(st.x, jac.T @ st.f)
+    # The loop works on J^T (n, m): every reduction over the m residuals is then
+    # over the minor axis, which XLA's CPU backend vectorises across a batch;
+    # reductions over the middle axis of a batched (B, m, n) array run several
+    # times slower. XLA cancels this transpose against jacfwd's own.
+    jac_t = st.jac.T
+    gram, jtf, acnorm = normal_equations(jac_t, st.f)
+    frozen = frozen_columns(st.x, jtf)
     if frozen is not None:  # the loop sees a Jacobian without frozen columns
-        jac = jnp.where(frozen, jnp.zeros_like(jac), jac)
-    acnorm = jnp.linalg.norm(jac, axis=0)
+        jac_t = jnp.where(frozen[:, None], jnp.zeros_like(jac_t), jac_t)
+        jtf = jnp.where(frozen, jnp.zeros_like(jtf), jtf)
+        acnorm = jnp.where(frozen, jnp.zeros_like(acnorm), acnorm)
+        if gram is not None:
+            pair = frozen[:, None] | frozen[None, :]
+            gram = jnp.where(pair, jnp.zeros_like(gram), gram)
     first = st.njev == 1
     if user_diag is None:  # MINPACK mode 1: column norms, zero columns scaled by 1
         diag = jnp.where(first, _positive_or_one(acnorm), st.diag)
@@ -234,12 +248,11 @@ def lm_iteration(
     )
     # gtol test: largest |cos| between f and a column of J (0 when f == 0).
     fnorm_safe = _positive_or_one(st.fnorm)
-    jtf = jac.T @ st.f
     cosines = jnp.abs(jtf) / (_positive_or_one(acnorm) * fnorm_safe)
     cosines = jnp.where(acnorm > 0, cosines, 0)
     gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
     status = jnp.where(_running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
-    spec = factorize(jac, diag, jtf, linear_solver)
+    spec = factorize(jac_t, diag, jtf, linear_solver, gram, _running(st))
     st = st._replace(diag=diag, gnorm=gnorm, status=status)
 
     def trial_running(carry):
@@ -264,7 +277,7 @@ def lm_iteration(
             clipped = jnp.any(projected != x_trial)
             x_trial = projected
             actual_step = x_trial - st.x
-            jp = jac @ actual_step
+            jp = sum(jac_t[i] * actual_step[i] for i in range(len(actual_step)))
             fjp = jnp.dot(st.f, jp) / fnorm**2
             pnorm = jnp.where(clipped, jnp.linalg.norm(diag * actual_step), pnorm)
             prered = jnp.where(clipped, -2 * fjp - jnp.dot(jp, jp) / fnorm**2, prered)

@@ -98,7 +98,12 @@ def test_bounded_fits_under_vmap_match_solo_fits():
         # equal to the fit's own accuracy (summation order differs under vmap)
         np.testing.assert_allclose(batch.params[i], solo.params, rtol=1e-7)
         np.testing.assert_array_equal(batch.active_mask[i], solo.active_mask)
-        assert int(batch.status[i]) == int(solo.status)
+        assert bool(batch.success[i]) and bool(solo.success)
+        # With the default ftol = 10 eps, which of ftol/xtol fires first can hinge on
+        # the last bit (here FTOL_AND_XTOL batched vs XTOL solo, same point): any
+        # other difference in status is a real one.
+        statuses = {int(batch.status[i]), int(solo.status)}
+        assert len(statuses) == 1 or statuses <= {1, 2, 3}
 
 
 def test_float32_bounded_fit_keeps_dtype():

@@ -386,7 +386,7 @@ def test_small_svd_matches_lapack(n, condition):
 
     rng = np.random.default_rng(n)
     a = rng.standard_normal((40, n)) @ np.diag(np.logspace(0, -np.log10(condition), n))
-    r_lists = _householder_r(jnp.asarray(a))
+    r_lists = _householder_r(jnp.asarray(a).T)
     r = np.array([[float(e) for e in row] for row in r_lists])
     v, s = (np.asarray(t) for t in _jacobi_svd(r_lists))
     np.testing.assert_allclose(r.T @ r, a.T @ a, atol=1e-14 * np.abs(a.T @ a).max())
@@ -407,6 +407,7 @@ def test_batched_factorisation_gives_the_same_steps_as_lapack():
     diag = rng.uniform(0.5, 2.0, (6, 4))
     f = rng.standard_normal((6, 30))
     jtf = np.einsum("bmn,bm->bn", jac, f)
+    jac = np.swapaxes(jac, 1, 2)  # factorize takes J^T, (n, m)
 
     def steps(spec):
         return jnp.stack([damped_step(spec, par) for par in (0.0, 1e-4, 1.0, 1e3)])
@@ -415,3 +416,99 @@ def test_batched_factorisation_gives_the_same_steps_as_lapack():
     for i in range(6):
         single = steps(factorize(jac[i], diag[i], jtf[i], "svd"))
         np.testing.assert_allclose(batched[i], single, rtol=1e-9, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------
+# the batched Gram path: Jacobi eigen-decomposition of J^T J when well conditioned
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_jacobi_eigh_matches_lapack(n):
+    from jaxlsq._linalg import _jacobi_eigh
+
+    rng = np.random.default_rng(10 + n)
+    a = rng.standard_normal((40, n))
+    gram = a.T @ a
+    entries = [[jnp.asarray(e) for e in row] for row in gram]
+    v, w, converged = (np.asarray(t) for t in _jacobi_eigh(entries))
+    assert converged
+    np.testing.assert_allclose(np.sort(w), np.linalg.eigvalsh(gram), rtol=1e-13)
+    np.testing.assert_allclose(v.T @ v, np.eye(n), atol=1e-14)
+    np.testing.assert_allclose(v @ np.diag(w) @ v.T, gram, atol=1e-13 * w.max())
+
+
+def _batched_and_single_steps(jac, diag, f, active=None):
+    """Damped steps (B, 4, n) from the vmapped factorisation and, per lane, from the
+    single-matrix (LAPACK) one."""
+    from jaxlsq._linalg import damped_step, factorize
+
+    jtf = np.einsum("bmn,bm->bn", jac, f)
+    jac_t = np.swapaxes(jac, 1, 2)
+    pars = (0.0, 1e-4, 1.0, 1e3)
+    if active is None:
+        active = np.ones(len(jac), bool)
+
+    def steps(spec):
+        return jnp.stack([damped_step(spec, par) for par in pars])
+
+    batched = jax.vmap(lambda j, d, g, a: steps(factorize(j, d, g, "svd", None, a)))(
+        jac_t, diag, jtf, active
+    )
+    single = [
+        steps(factorize(jac_t[i], diag[i], jtf[i], "svd")) for i in range(len(jac))
+    ]
+    return np.asarray(batched), np.asarray(single)
+
+
+def test_gram_path_flags_conditioning():
+    """The Gram path is trusted only when every non-zero eigenvalue of the scaled Gram
+    matrix is >= sqrt(eps) * the largest; exact zeros (frozen columns) are fine."""
+    from jaxlsq._linalg import _gram_spectrum
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((30, 3))
+    ones = np.ones(3)
+    assert bool(_gram_spectrum(jnp.asarray(a.T @ a), ones)[2])
+    ill = a @ np.diag([1.0, 1.0, 1e-5])  # condition 1e5: squared 1e10 > 1/sqrt(eps)
+    assert not bool(_gram_spectrum(jnp.asarray(ill.T @ ill), ones)[2])
+    frozen = a.copy()
+    frozen[:, 1] = 0.0
+    assert bool(_gram_spectrum(jnp.asarray(frozen.T @ frozen), ones)[2])
+    nan = a.T @ a
+    nan[0, 0] = np.nan
+    assert not bool(_gram_spectrum(jnp.asarray(nan), ones)[2])
+
+
+def test_gram_path_gives_the_same_steps_as_lapack():
+    """A well-conditioned batch (Gram path), one with a frozen (zero) column, and one
+    with an ill-conditioned lane (the whole batch takes the QR path) all give
+    LAPACK's damped steps."""
+    rng = np.random.default_rng(2)
+    jac = rng.standard_normal((6, 30, 5))
+    diag = rng.uniform(0.5, 2.0, (6, 5))
+    f = rng.standard_normal((6, 30))
+    batched, single = _batched_and_single_steps(jac, diag, f)
+    np.testing.assert_allclose(batched, single, rtol=1e-10, atol=1e-13)
+
+    jac[2, :, 3] = 0.0  # a frozen parameter
+    batched, single = _batched_and_single_steps(jac, diag, f)
+    np.testing.assert_allclose(batched, single, rtol=1e-10, atol=1e-13)
+    assert np.all(batched[2, :, 3] == 0)
+
+    jac[4] = jac[4] @ np.diag([1.0, 1e-3, 1e3, 1.0, 1e-6])
+    batched, single = _batched_and_single_steps(jac, diag, f)
+    np.testing.assert_allclose(batched, single, rtol=1e-9, atol=1e-12)
+
+
+def test_stopped_lanes_do_not_decide_the_batched_path():
+    """A stopped fit's lane (here NaN) is ignored by the conditioning test, so the
+    running lanes still get correct steps from the Gram path."""
+    rng = np.random.default_rng(3)
+    jac = rng.standard_normal((4, 20, 3))
+    diag = np.ones((4, 3))
+    f = rng.standard_normal((4, 20))
+    jac[1] = np.nan
+    active = np.array([True, False, True, True])
+    batched, single = _batched_and_single_steps(jac, diag, f, active)
+    keep = [0, 2, 3]
+    np.testing.assert_allclose(batched[keep], single[keep], rtol=1e-10, atol=1e-13)
