@@ -249,6 +249,22 @@ def _gram_spectrum(gram: jax.Array, diag: jax.Array):
     return v, jnp.sqrt(jnp.maximum(w, 0)), well_conditioned
 
 
+def _sweep_until_converged(sweep, a, v):
+    """Run Jacobi ``sweep((a, v, converged, count)) -> same`` until it reports
+    convergence or `_JACOBI_SWEEPS` sweeps; returns ``(a, v, converged)``.
+
+    A loop over sweeps (not unrolled) keeps the compiled program small.
+    """
+
+    def unfinished(carry):
+        _, _, converged, count = carry
+        return ~converged & (count < _JACOBI_SWEEPS)
+
+    init = (a, v, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+    a, v, converged, _ = lax.while_loop(unfinished, sweep, init)
+    return a, v, converged
+
+
 def _jacobi_eigh(a: list[list[jax.Array]]):
     """Eigenvectors (n, n), eigenvalues (n,) and convergence flag () of a symmetric
     matrix given as nested lists of scalars.
@@ -296,12 +312,7 @@ def _jacobi_eigh(a: list[list[jax.Array]]):
                 a, v = lax.optimization_barrier((a, v))
         return a, v, ~rotated, count + 1
 
-    def unfinished(carry):
-        _, _, converged, count = carry
-        return ~converged & (count < _JACOBI_SWEEPS)
-
-    init = (a, v, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
-    a, v, converged, _ = lax.while_loop(unfinished, sweep, init)
+    a, v, converged = _sweep_until_converged(sweep, a, v)
     vmat = jnp.stack([jnp.stack(col) for col in v], axis=1)
     return vmat, jnp.stack([a[i][i] for i in range(n)]), converged
 
@@ -390,14 +401,8 @@ def _jacobi_svd(r: list[list[jax.Array]]):
                     mat[j] = [s * p + c * q for p, q in zip(ci, cj, strict=True)]
         return a, v, worst <= eps, count + 1
 
-    def unfinished(carry):
-        _, _, converged, count = carry
-        return ~converged & (count < _JACOBI_SWEEPS)
-
-    # A loop over sweeps (not unrolled) keeps the compiled program small; it stops
-    # after the first sweep that found every pair of columns orthogonal.
-    init = (a, v, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
-    a, v, _, _ = lax.while_loop(unfinished, sweep, init)
+    # Stops after the first sweep that found every pair of columns orthogonal.
+    a, v, _ = _sweep_until_converged(sweep, a, v)
     vmat = jnp.stack([jnp.stack(col) for col in v], axis=1)
     svals = jnp.stack([jnp.sqrt(dot(col, col)) for col in a])
     return vmat, svals
