@@ -6,22 +6,28 @@ The LM step for damping ``par`` solves, in the least-squares sense,
     [ sqrt(par) D  ] p = - [ 0 ]
 
 with ``D = diag(d)`` the variable scaling. Writing ``z = D p`` and the scaled Jacobian
-``Js = J D^-1``, a spectral factorisation ``Js^T Js = V diag(w) V^T`` gives every
-damped step in O(n) once the factorisation is known:
+``Js = J D^-1``, the step solves ``(Js^T Js + par I) z = -Js^T f``. Every factorisation
+here is brought to one form, a `StepSystem` ``(V, M, g)`` with V orthonormal:
 
-    z(par) = -V (g / (w + par)),      g = V^T Js^T f.
+    z(par) = -V c(par),      (M + par I) c = g,
 
-So one factorisation per Jacobian serves all trial steps and all the Newton iterations
-on ``par`` that MINPACK's ``lmpar`` performs; a rejected step never refactors.
+computed once per Jacobian; every trial step and every Newton iteration on ``par`` of
+MINPACK's ``lmpar`` then costs O(n^2) to O(n^3) for tiny n, never a pass over J.
 
-Two ways to get ``(V, w, g)``:
-
-* ``"svd"`` (default): SVD of the m x n matrix ``Js``. It never forms ``Js^T Js``, so it
-  keeps the accuracy of MINPACK's QR (condition number not squared) and handles rank
-  deficiency by truncating tiny singular values (a pseudo-inverse step).
+* ``"svd"`` (default): the SVD of the m x n matrix ``Js = U S V^T`` gives ``M =
+  diag(s^2)``, ``g = V^T Js^T f``. It never forms ``Js^T Js``, so it keeps the accuracy
+  of MINPACK's QR (condition number not squared) and handles rank deficiency by
+  truncating tiny singular values (a pseudo-inverse step). Under ``vmap`` with n <=
+  SMALL_N, a batch whose every fit is well conditioned instead uses ``V = I``, ``M =
+  Js^T Js``, ``g = Js^T f`` directly (see `_small_system`).
 * ``"eigh"``: eigen-decomposition of the n x n matrix ``Js^T Js`` (normal equations).
   Cheaper for m >> n, but squares the condition number: singular values below about
   ``sqrt(eps) * s_max`` are lost. For well-conditioned small fits in large batches.
+
+``M`` is stored as its diagonal, shape (n,), when it is diagonal by construction (n >
+SMALL_N, or ``"eigh"``), and as an (n, n) matrix otherwise; the damped solve is then an
+unrolled LDL^T factorisation, exact for a diagonal matrix (so both storages give the
+same steps) and vectorised by XLA across a batch.
 
 All shapes below are for one problem: ``m`` residuals, ``n`` parameters.
 """
@@ -37,8 +43,16 @@ from jax import lax
 #: Names accepted by ``solve(..., linear_solver=...)``.
 LINEAR_SOLVERS = ("svd", "eigh")
 
-#: Up to this many parameters the SVD is computed by unrolled Householder QR + Jacobi.
+#: Up to this many parameters a batch uses the normal equations when they are well
+#: conditioned (unrolled on scalars, see `_small_system`).
 SMALL_N = 8
+
+# Up to this many parameters a batch's SVD is the unrolled Householder QR + Jacobi
+# SVD (`_small_svd`); above, LAPACK one matrix at a time. Measured on 1024 matrices
+# 25 x n, float64, 2-core CPU: unrolled 0.54 / 1.0 / 2.5 / 5.3 ms for n = 3 / 4 / 5
+# / 6, LAPACK 1.5 / 2.2 / 3.1 / 4.1 ms; the unrolled code also takes 0.6 s (n = 3)
+# to 1.6 s (n = 6) longer to compile, in every program that holds it.
+_UNROLLED_SVD_N = 4
 
 # One-sided Jacobi sweeps for n <= SMALL_N: convergence is quadratic, so 12 sweeps
 # are a generous cap; the loop stops once a sweep finds nothing to rotate.
@@ -48,22 +62,24 @@ _JACOBI_SWEEPS = 12
 _MAX_PAR_ITERATIONS = 10
 
 
-class Spectral(NamedTuple):
-    """``Js^T Js = V diag(w) V^T`` and the projected scaled gradient ``g = V^T Js^T f``.
+class StepSystem(NamedTuple):
+    """The damped steps ``z(par) = -V c(par)`` with ``(M + par I) c = g``.
 
     Attributes
     ----------
     v : Array, shape (n, n)
-        Orthonormal eigenvectors (right singular vectors of ``Js``).
-    w : Array, shape (n,)
-        Eigenvalues (squared singular values), ``>= 0``; those below the rank cutoff
-        are set to exactly 0 together with the matching entries of ``g``.
+        Orthonormal basis (right singular vectors of ``Js``, or the identity).
+    m : Array, shape (n,) or (n, n)
+        ``V^T Js^T Js V``: its diagonal (eigenvalues ``>= 0``) when it is diagonal,
+        else the symmetric matrix. Zero rows/columns stand for directions the step
+        does not move (truncated singular values, frozen or all-zero columns); the
+        matching entries of ``g`` are exactly 0.
     g : Array, shape (n,)
         ``V^T Js^T f``.
     """
 
     v: jax.Array
-    w: jax.Array
+    m: jax.Array
     g: jax.Array
 
 
@@ -90,8 +106,8 @@ def factorize(
     method: str,
     gram: jax.Array | None = None,
     active: jax.Array | bool = True,
-) -> Spectral:
-    """Factorise the scaled Jacobian ``Js = jac_t.T / diag``.
+) -> StepSystem:
+    """The `StepSystem` of the scaled Jacobian ``Js = jac_t.T / diag``.
 
     Parameters
     ----------
@@ -114,29 +130,173 @@ def factorize(
     eps = jnp.finfo(jac_t.dtype).eps
     gs = jtf / diag  # Js^T f without forming Js
     if method == "svd":
-        if gram is None and n <= SMALL_N:
-            gram = _gram(jac_t)
-        v, s = _right_svd_scaled(jac_t, diag, gram, jnp.asarray(active))
-        # Same cutoff as numpy's lstsq/pinv default: eps * max(m, n) * s_max.
-        keep = s > eps * max(m, n) * jnp.max(s)
-        return Spectral(v, jnp.where(keep, s * s, 0), jnp.where(keep, v.T @ gs, 0))
+        if n <= SMALL_N:
+            if gram is None:
+                gram = _gram(jac_t)
+            return _small_system(jac_t, diag, gram, gs, jnp.asarray(active))
+        # n > SMALL_N: LAPACK (under vmap, one matrix at a time).
+        v, s = _right_svd_unbatched(jac_t, diag)
+        return _truncated_spectrum(v, s, gs, max(m, n))
     if method == "eigh":
         if gram is None:
             gram = _gram(jac_t)
         w, v = jnp.linalg.eigh(gram / jnp.outer(diag, diag))
         # Eigenvalues of the Gram matrix carry absolute error ~ eps * w_max.
         keep = w > eps * max(m, n) * w[-1]
-        return Spectral(v, jnp.where(keep, w, 0), jnp.where(keep, v.T @ gs, 0))
+        return StepSystem(v, jnp.where(keep, w, 0), jnp.where(keep, v.T @ gs, 0))
     raise ValueError(f"linear_solver must be one of {LINEAR_SOLVERS}, got {method!r}")
 
 
-def scaled_jacobian_norm(spec: Spectral, z: jax.Array) -> jax.Array:
+def _truncated_spectrum(v, s, gs, size) -> StepSystem:
+    """`StepSystem` (diagonal M) from right singular vectors and values of ``Js``,
+    with singular values below numpy's lstsq/pinv cutoff ``eps * max(m, n) * s_max``
+    dropped (M and g set to 0 there)."""
+    eps = jnp.finfo(s.dtype).eps
+    keep = s > eps * size * jnp.max(s)
+    return StepSystem(v, jnp.where(keep, s * s, 0), jnp.where(keep, v.T @ gs, 0))
+
+
+def _damped_coefficients(system: StepSystem, par: jax.Array):
+    """``(c, q)`` for damping ``par >= 0``: ``c`` (n,) solves ``(M + par I) c = g``
+    and ``q = c^T (M + par I)^+ c`` (the derivative term of lmpar's Newton step).
+
+    A zero pivot (a zero row of ``M`` with ``par == 0``) gives ``c = 0`` there: the
+    pseudo-inverse solution, since ``g`` is 0 there too.
+    """
+    par = jnp.asarray(par, system.g.dtype)
+    if system.m.ndim == system.g.ndim:
+        return _diagonal_coefficients(system.m, system.g, par)
+    return _dense_coefficients(system.m, system.g, par)
+
+
+def _diagonal_coefficients(w, g, par):
+    """`_damped_coefficients` for ``M = diag(w)``. The where-guards keep every
+    division off zero instead of blending an inf away afterwards (0 * inf is NaN)."""
+    denom = w + par
+    ok = denom > 0
+    safe = jnp.where(ok, denom, 1)
+    c = jnp.where(ok, g / safe, 0)
+    return c, jnp.sum(jnp.where(ok, c * c / safe, 0))
+
+
+@jax.custom_batching.custom_vmap
+def _dense_coefficients(m, g, par):
+    """`_damped_coefficients` for an (n, n) ``M``.
+
+    An (n, n) M that is not batched is diagonal: `_small_system` returns a general
+    one only for a batch (its Gram path). So a single fit takes the diagonal formula
+    (a much smaller program to compile), and a batch the unrolled LDL^T solve,
+    `_ldl_coefficients`; ``custom_vmap`` tells the two apart.
+    """
+    return _diagonal_coefficients(jnp.diagonal(m), g, par)
+
+
+@_dense_coefficients.def_vmap
+def _dense_coefficients_batched(axis_size, in_batched, m, g, par):
+    if not any(in_batched):  # (happens under jvp) one diagonal M: see above
+        return _diagonal_coefficients(jnp.diagonal(m), g, par), (False, False)
+    axes = tuple(0 if b else None for b in in_batched)
+    if in_batched[0]:
+        solve = jax.vmap(_ldl_coefficients, in_axes=axes, axis_size=axis_size)
+        return solve(m, g, par), (True, True)
+    # M shared by every lane: unbatched, hence diagonal (see above).
+    solve = jax.vmap(_diagonal_coefficients, in_axes=axes, axis_size=axis_size)
+    return solve(jnp.diagonal(m), g, par), (True, True)
+
+
+def _ldl_coefficients(m, g, par):
+    """`_damped_coefficients` for a general symmetric (n, n) ``M`` >= 0, by an
+    unrolled LDL^T factorisation of ``M + par I`` (elementwise across a batch)."""
+    n = g.shape[-1]
+    a = [[m[i, j] for j in range(n)] for i in range(n)]
+    for j in range(n):
+        a[j][j] = a[j][j] + par
+    lower, pivots = _ldl(a)
+    ok = [d > 0 for d in pivots]
+    safe = [jnp.where(o, d, 1) for o, d in zip(ok, pivots, strict=True)]
+    # c = L^-T D^-1 L^-1 g, then q = || D^-1/2 L^-1 c ||^2.
+    y = _unit_lower_solve(lower, [g[i] for i in range(n)])
+    y = [jnp.where(o, yi / d, 0) for o, yi, d in zip(ok, y, safe, strict=True)]
+    c = _unit_upper_solve(lower, y)
+    u = _unit_lower_solve(lower, c)
+    q = sum(jnp.where(o, ui * ui / d, 0) for o, ui, d in zip(ok, u, safe, strict=True))
+    return jnp.stack(c), q
+
+
+def _ldl(a: list[list[jax.Array]]):
+    """``A = L diag(d) L^T`` of a symmetric matrix given as nested lists of scalars.
+
+    Returns the strictly lower part of the unit lower-triangular L (``lower[i][j]``
+    for ``i > j``) and the pivots ``d`` (n,). A pivot ``<= 0`` (a zero row, or a
+    matrix that is not positive definite) leaves its column of L zero. Unrolled so
+    that under ``vmap`` every operation is elementwise across the batch.
+    """
+    n = len(a)
+    lower = [[None] * n for _ in range(n)]
+    pivots = []
+    for j in range(n):
+        d = a[j][j]
+        for k in range(j):
+            d = d - lower[j][k] * lower[j][k] * pivots[k]
+        pivots.append(d)
+        ok = d > 0
+        safe = jnp.where(ok, d, 1)
+        for i in range(j + 1, n):
+            s = a[i][j]
+            for k in range(j):
+                s = s - lower[i][k] * lower[j][k] * pivots[k]
+            lower[i][j] = jnp.where(ok, s / safe, 0)
+    return lower, pivots
+
+
+def _unit_lower_solve(lower, b):
+    """``L^-1 b`` for unit lower-triangular L (strict part ``lower``); lists."""
+    x = []
+    for i in range(len(b)):
+        s = b[i]
+        for k in range(i):
+            s = s - lower[i][k] * x[k]
+        x.append(s)
+    return x
+
+
+def _unit_lower_inverse(lower, one):
+    """``L^-1`` (nested lists, ``inverse[i][k]`` for ``k <= i``) of the unit
+    lower-triangular L with strict part ``lower``; ``one`` is 1 as a scalar array."""
+    n = len(lower)
+    inverse = [[None] * n for _ in range(n)]
+    for i in range(n):
+        inverse[i][i] = one
+        for k in range(i):
+            s = -lower[i][k]
+            for j in range(k + 1, i):
+                s = s - lower[i][j] * inverse[j][k]
+            inverse[i][k] = s
+    return inverse
+
+
+def _unit_upper_solve(lower, b):
+    """``L^-T b`` for unit lower-triangular L (strict part ``lower``); lists."""
+    n = len(b)
+    x = [None] * n
+    for i in reversed(range(n)):
+        s = b[i]
+        for k in range(i + 1, n):
+            s = s - lower[k][i] * x[k]
+        x[i] = s
+    return x
+
+
+def scaled_jacobian_norm(system: StepSystem, z: jax.Array) -> jax.Array:
     """``||Js z||`` for a scaled step ``z`` (n,), in O(n^2) from the factorisation.
 
     The predicted reduction needs ``||J p|| = ||Js z||``; this avoids another pass
     over the m x n Jacobian for every trial step.
     """
-    return jnp.sqrt(jnp.sum(spec.w * (spec.v.T @ z) ** 2))
+    y = system.v.T @ z
+    if system.m.ndim == y.ndim:
+        return jnp.sqrt(jnp.sum(system.m * y * y))
+    return jnp.sqrt(jnp.maximum(y @ (system.m @ y), 0))
 
 
 def _gram(jac_t: jax.Array) -> jax.Array:
@@ -159,11 +319,9 @@ def right_svd(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Right singular vectors V (n, n) and singular values s (n,) of ``jac / diag``.
 
     ``jac`` is (m, n) and ``diag`` (n,) positive. LAPACK for one matrix; under
-    ``vmap`` the vectorised paths of `_right_svd_scaled`.
+    ``vmap``, `_batched_svd`.
     """
-    jac_t = jac.T
-    gram = _gram(jac_t) if jac_t.shape[0] <= SMALL_N else None
-    return _right_svd_scaled(jac_t, diag, gram, jnp.ones((), bool))
+    return _right_svd(jac.T, diag)
 
 
 def _right_svd_unbatched(jac_t, diag):
@@ -173,80 +331,137 @@ def _right_svd_unbatched(jac_t, diag):
 
 
 @jax.custom_batching.custom_vmap
-def _right_svd_scaled(
-    jac_t: jax.Array, diag: jax.Array, gram: jax.Array | None, active: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Right singular vectors V (n, n) and singular values s (n,) of ``jac_t.T / diag``.
-
-    One matrix: LAPACK (fast to compile, fast to run). Under ``vmap`` with n <=
-    SMALL_N, code that XLA vectorises across the batch (batched LAPACK runs one
-    tiny matrix at a time, 3.4 us per 50 x 3 SVD here); ``custom_vmap`` picks the
-    implementation by whether the call is batched, which tracing alone cannot see.
-    The batched path, `_small_svd_batch`:
-
-    * usually: a Jacobi eigen-decomposition of the scaled Gram matrix ``gram /
-      (d d^T)`` (n x n, already formed in one pass over J). Its eigenvalues carry
-      an absolute error of about ``eps * w_max``, so this is used only when every
-      lane is well conditioned: every non-zero eigenvalue at least ``sqrt(eps) *
-      w_max`` (the smallest is then accurate to ``sqrt(eps)`` relative, and so is
-      the damped step). Lanes whose fit has stopped (``active`` False) do not
-      count. Exactly-zero eigenvalues come from exactly-zero columns
-      (frozen parameters), which the Gram matrix separates exactly.
-    * otherwise, for the whole batch (a real branch: the test is one scalar for the
-      batch): an unrolled Householder QR of J whose R has its columns scaled by
-      ``1/diag`` (column-wise backward stable, so this equals factorising the
-      scaled matrix), then a one-sided Jacobi SVD of R, which keeps MINPACK's
-      accuracy (condition number not squared).
-    """
+def _right_svd(jac_t: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(V, s) of ``jac_t.T / diag``: LAPACK for one matrix, `_batched_svd` under
+    ``vmap``."""
     return _right_svd_unbatched(jac_t, diag)
 
 
-@_right_svd_scaled.def_vmap
-def _right_svd_scaled_batched(axis_size, in_batched, jac_t, diag, gram, active):
-    jac_batched, diag_batched, gram_batched, _ = in_batched
-    if not (jac_batched or diag_batched):
+@_right_svd.def_vmap
+def _right_svd_batched(axis_size, in_batched, jac_t, diag):
+    if not any(in_batched):  # (happens under jvp)
         return _right_svd_unbatched(jac_t, diag), (False, False)
-    axes = [0 if b else None for b in (jac_batched, diag_batched)]
-    if jac_t.shape[-2] > SMALL_N:
-        one = jax.vmap(_right_svd_unbatched, in_axes=tuple(axes))
-        return one(jac_t, diag), (True, True)
-    if gram is None:
-        gram = jax.vmap(_gram, in_axes=axes[0])(jac_t)
-        gram_batched = jac_batched
-    gram_axis = 0 if gram_batched else None
-
-    def eig_path(_):
-        return jax.vmap(_gram_spectrum, in_axes=(gram_axis, axes[1]))(gram, diag)
-
-    def qr_path(_):
-        return jax.vmap(_small_svd, in_axes=tuple(axes))(jac_t, diag)
-
-    v, s, well_conditioned = eig_path(None)
-    if not (gram_batched or diag_batched):  # one Gram matrix for every lane
-        v = jnp.broadcast_to(v, (axis_size, *v.shape))
-        s = jnp.broadcast_to(s, (axis_size, *s.shape))
-        well_conditioned = jnp.broadcast_to(well_conditioned, (axis_size,))
-    v, s = lax.cond(
-        jnp.all(well_conditioned | ~active), lambda _: (v, s), qr_path, operand=None
+    jac_t, diag = (
+        _with_batch_axis(x, b, axis_size)
+        for x, b in zip((jac_t, diag), in_batched, strict=True)
     )
-    return (v, s), (True, True)
+    return _batched_svd(jac_t, diag), (True, True)
 
 
-def _gram_spectrum(gram: jax.Array, diag: jax.Array):
-    """``(V, s, well_conditioned)`` of ``Js = J / diag`` from ``gram = J^T J``.
+def _with_batch_axis(x: jax.Array, batched: bool, axis_size: int) -> jax.Array:
+    """``x`` with a leading batch axis: as it is if ``batched``, else broadcast."""
+    return x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
 
-    ``s = sqrt(w)`` for the eigenvalues ``w`` of ``gram / (d d^T)``;
-    ``well_conditioned`` says whether they are accurate enough (see
-    `_right_svd_scaled`).
+
+def _batched_svd(jac_t: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(V, s) of every ``jac_t[b].T / diag[b]`` of a batch, (B, n, m) and (B, n).
+
+    For n <= _UNROLLED_SVD_N, `_small_svd`, which XLA vectorises across the batch
+    (batched LAPACK runs one tiny matrix at a time); for larger n LAPACK, which is
+    then as fast and far quicker to compile.
     """
+    one = _small_svd if jac_t.shape[-2] <= _UNROLLED_SVD_N else _right_svd_unbatched
+    return jax.vmap(one)(jac_t, diag)
+
+
+@jax.custom_batching.custom_vmap
+def _small_system(
+    jac_t: jax.Array,
+    diag: jax.Array,
+    gram: jax.Array,
+    gs: jax.Array,
+    active: jax.Array,
+) -> StepSystem:
+    """`StepSystem` (M stored (n, n)) of ``Js = jac_t.T / diag`` for n <= SMALL_N.
+
+    One matrix: LAPACK's SVD (fast to compile, fast to run). Under ``vmap``, code
+    that XLA vectorises across the batch; ``custom_vmap`` picks the implementation
+    by whether the call is batched, which tracing alone cannot see:
+
+    * usually, the normal equations themselves: ``V = I``, ``M = gram / (d d^T)``,
+      ``g = gs`` (the damped solves are then unrolled LDL^T factorisations, no
+      eigen-decomposition at all). The Gram matrix squares the condition number, so
+      this is used only when every lane is well conditioned: ``kappa(M) <=
+      1/sqrt(eps)`` on its non-zero rows, by the bound ``||M||_F ||M^-1||_F``, so
+      the steps are accurate to ``sqrt(eps)`` relative. Lanes whose fit has stopped
+      (``active`` False) do not count. Exactly-zero rows come from exactly-zero
+      columns of J (frozen parameters), which the Gram matrix separates exactly.
+    * otherwise, for the whole batch (a real branch: the test is one scalar for the
+      batch): the SVD of ``Js`` (`_batched_svd`), which keeps MINPACK's accuracy
+      (condition number not squared).
+    """
+    return _small_system_unbatched(jac_t, diag, gs)
+
+
+def _small_system_unbatched(jac_t, diag, gs) -> StepSystem:
+    """`_small_system` of one matrix: LAPACK's SVD, M stored (n, n)."""
+    v, s = _right_svd_unbatched(jac_t, diag)
+    return _as_matrix(_truncated_spectrum(v, s, gs, max(jac_t.shape)))
+
+
+def _as_matrix(system: StepSystem) -> StepSystem:
+    """The same system with its diagonal M stored as an (n, n) matrix."""
+    n = system.g.shape[-1]
+    return system._replace(m=system.m[..., :, None] * jnp.eye(n, dtype=system.m.dtype))
+
+
+@_small_system.def_vmap
+def _small_system_batched(axis_size, in_batched, jac_t, diag, gram, gs, active):
+    if not any(in_batched[:4]):  # one matrix for every lane
+        return _small_system_unbatched(jac_t, diag, gs), StepSystem(False, False, False)
+
+    jac_t, diag, gram, gs, active = (
+        _with_batch_axis(x, b, axis_size)
+        for x, b in zip((jac_t, diag, gram, gs, active), in_batched, strict=True)
+    )
+    size = max(jac_t.shape[-2:])
+    scaled, well_conditioned = jax.vmap(_scaled_gram)(gram, diag)
+    n = gs.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=gs.dtype), (axis_size, n, n))
+
+    def svd_path(_):
+        v, s = _batched_svd(jac_t, diag)
+        spectrum = jax.vmap(_truncated_spectrum, in_axes=(0, 0, 0, None))
+        return _as_matrix(spectrum(v, s, gs, size))
+
+    out = lax.cond(
+        jnp.all(well_conditioned | ~active),
+        lambda _: StepSystem(eye, scaled, gs),
+        svd_path,
+        operand=None,
+    )
+    return out, StepSystem(True, True, True)
+
+
+def _scaled_gram(gram: jax.Array, diag: jax.Array):
+    """``(M, well_conditioned)``: ``M = gram / (d d^T)`` (n, n) and whether the
+    normal equations are accurate enough to use (see `_small_system`)."""
     n = gram.shape[0]
-    scaled = [[gram[i, j] / (diag[i] * diag[j]) for j in range(n)] for i in range(n)]
-    v, w, converged = _jacobi_eigh(scaled)
-    w_max = jnp.max(w)
+    a = [[gram[i, j] / (diag[i] * diag[j]) for j in range(n)] for i in range(n)]
+    lower, pivots = _ldl(a)
+    nonzero = [a[j][j] != 0 for j in range(n)]
+    positive = [~nz | (d > 0) for nz, d in zip(nonzero, pivots, strict=True)]
+    inv_pivots = [
+        jnp.where(nz, 1 / jnp.where(d > 0, d, 1), 0)
+        for nz, d in zip(nonzero, pivots, strict=True)
+    ]
+    # trace(M^+) = sum_i ||row i of L^-1||^2 / d_i, with L^-1 unrolled (a zero row
+    # of M has zero row and column in L, and 1/d_i = 0 leaves it out).
+    inverse = _unit_lower_inverse(lower, jnp.ones_like(a[0][0]))
+    trace_inv = sum(
+        inv_pivots[i] * sum(inverse[i][k] * inverse[i][k] for k in range(i + 1))
+        for i in range(n)
+    )
+    norm2 = sum(a[i][j] * a[i][j] for i in range(n) for j in range(n))
+    # kappa(M) <= ||M||_F ||M^+||_F <= ||M||_F trace(M^+) (M^+ >= 0), at most
+    # n^1.5 kappa; compare squares with kappa^2 <= 1 / eps.
+    bound2 = norm2 * trace_inv * trace_inv
     eps = jnp.finfo(gram.dtype).eps
-    resolved = (w == 0) | (w >= jnp.sqrt(eps) * w_max)
-    well_conditioned = converged & jnp.all(resolved) & jnp.all(jnp.isfinite(w))
-    return v, jnp.sqrt(jnp.maximum(w, 0)), well_conditioned
+    well_conditioned = (
+        jnp.all(jnp.stack(positive)) & (bound2 * eps <= 1) & jnp.isfinite(bound2)
+    )
+    matrix = jnp.stack([jnp.stack(row) for row in a])
+    return matrix, well_conditioned
 
 
 def _sweep_until_converged(sweep, a, v):
@@ -263,58 +478,6 @@ def _sweep_until_converged(sweep, a, v):
     init = (a, v, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
     a, v, converged, _ = lax.while_loop(unfinished, sweep, init)
     return a, v, converged
-
-
-def _jacobi_eigh(a: list[list[jax.Array]]):
-    """Eigenvectors (n, n), eigenvalues (n,) and convergence flag () of a symmetric
-    matrix given as nested lists of scalars.
-
-    Cyclic two-sided Jacobi: rotate each off-diagonal pair to zero, sweep after
-    sweep, until every ``|a_pq| <= eps * sqrt(a_pp a_qq)`` (quadratic convergence;
-    at most 12 sweeps). Unrolled on scalars so XLA vectorises it across a vmapped
-    batch; one ``while_loop`` over sweeps keeps the program small.
-    """
-    n = len(a)
-    a = [row[:] for row in a]
-    one, zero = jnp.ones_like(a[0][0]), jnp.zeros_like(a[0][0])
-    v = [[one if i == j else zero for i in range(n)] for j in range(n)]  # columns
-    eps2 = jnp.finfo(a[0][0].dtype).eps ** 2
-
-    def sweep(carry):
-        a, v, _, count = carry
-        a = [row[:] for row in a]
-        v = [col[:] for col in v]
-        rotated = jnp.zeros((), bool)
-        for p in range(n):
-            for q in range(p + 1, n):
-                apq, app, aqq = a[p][q], a[p][p], a[q][q]
-                rotate = apq * apq > eps2 * jnp.abs(app * aqq)
-                rotated = rotated | rotate
-                theta = (aqq - app) / (2 * jnp.where(rotate, apq, 1))
-                t = 1 / (jnp.abs(theta) + jnp.sqrt(1 + theta * theta))
-                t = jnp.where(rotate, jnp.where(theta < 0, -t, t), 0)
-                c = lax.rsqrt(1 + t * t)
-                s = t * c
-                for r in range(n):
-                    if r not in (p, q):
-                        arp, arq = a[r][p], a[r][q]
-                        a[r][p] = a[p][r] = c * arp - s * arq
-                        a[r][q] = a[q][r] = s * arp + c * arq
-                a[p][p] = app - t * apq
-                a[q][q] = aqq + t * apq
-                a[p][q] = a[q][p] = jnp.where(rotate, zero, apq)
-                vp, vq = v[p], v[q]
-                v[p] = [c * x - s * y for x, y in zip(vp, vq, strict=True)]
-                v[q] = [s * x + c * y for x, y in zip(vp, vq, strict=True)]
-                # Without this barrier XLA fuses across rotations and recomputes
-                # shared terms in every consumer: 1.4x slower for n = 5, and
-                # unrolled sweeps blow up entirely.
-                a, v = lax.optimization_barrier((a, v))
-        return a, v, ~rotated, count + 1
-
-    a, v, converged = _sweep_until_converged(sweep, a, v)
-    vmat = jnp.stack([jnp.stack(col) for col in v], axis=1)
-    return vmat, jnp.stack([a[i][i] for i in range(n)]), converged
 
 
 def _small_svd(jac_t, diag):
@@ -408,23 +571,12 @@ def _jacobi_svd(r: list[list[jax.Array]]):
     return vmat, svals
 
 
-def _scaled_coefficients(spec: Spectral, par: jax.Array) -> jax.Array:
-    """``V^T z(par)`` up to sign: ``g / (w + par)``, with 0 where ``w + par == 0``.
-
-    The where-guards keep the division off zero denominators instead of blending an
-    inf away afterwards (0 * inf would be NaN).
-    """
-    denom = spec.w + par
-    ok = denom > 0
-    return jnp.where(ok, spec.g / jnp.where(ok, denom, 1), 0)
-
-
-def damped_step(spec: Spectral, par: jax.Array) -> jax.Array:
+def damped_step(system: StepSystem, par: jax.Array) -> jax.Array:
     """The scaled LM step ``z = D p`` (n,) for damping ``par >= 0``."""
-    return -(spec.v @ _scaled_coefficients(spec, par))
+    return -(system.v @ _damped_coefficients(system, par)[0])
 
 
-def trust_region_par(spec: Spectral, delta: jax.Array, par0: jax.Array):
+def trust_region_par(system: StepSystem, delta: jax.Array, par0: jax.Array):
     """Find ``par`` so that the scaled step length ``||z(par)||`` matches ``delta``.
 
     Moré's algorithm (MINPACK ``lmpar``): return ``par = 0`` when the Gauss-Newton step
@@ -434,7 +586,7 @@ def trust_region_par(spec: Spectral, delta: jax.Array, par0: jax.Array):
 
     Parameters
     ----------
-    spec : Spectral
+    system : StepSystem
         Factorisation of the scaled Jacobian at the current point.
     delta : Array, shape ()
         Trust-region radius (> 0) in the scaled norm.
@@ -448,22 +600,21 @@ def trust_region_par(spec: Spectral, delta: jax.Array, par0: jax.Array):
     z : Array, shape (n,)
         The scaled step ``D p`` for that ``par``.
     """
-    dtype = spec.w.dtype
+    dtype = system.g.dtype
     dwarf = jnp.finfo(dtype).tiny
     zero = jnp.zeros((), dtype)
 
-    coef0 = _scaled_coefficients(spec, zero)
+    coef0, q0 = _damped_coefficients(system, zero)
     dxnorm0 = jnp.linalg.norm(coef0)
     fp0 = dxnorm0 - delta
     gauss_newton_ok = fp0 <= 0.1 * delta
 
     # Lower bound: the Newton step from par = 0, defined when Js has full rank.
-    full_rank = jnp.all(spec.w > 0)
-    safe_w = jnp.where(full_rank, spec.w, 1)
-    q0 = jnp.sum(coef0 * coef0 / safe_w)
+    m_diag = system.m if system.m.ndim == system.g.ndim else jnp.diagonal(system.m)
+    full_rank = jnp.all(m_diag > 0)
     parl0 = jnp.where(full_rank & (q0 > 0), (fp0 / delta) * dxnorm0**2 / q0, zero)
     # Upper bound: ||Js^T f|| / delta.
-    gnorm = jnp.linalg.norm(spec.g)
+    gnorm = jnp.linalg.norm(system.g)
     paru0 = gnorm / delta
     paru0 = jnp.where(paru0 == 0, dwarf / jnp.minimum(delta, 0.1), paru0)
 
@@ -471,13 +622,12 @@ def trust_region_par(spec: Spectral, delta: jax.Array, par0: jax.Array):
     par = jnp.where(par == 0, gnorm / jnp.where(dxnorm0 > 0, dxnorm0, 1), par)
 
     def cond(state):
-        _, _, _, _, done, _ = state
-        return ~done
+        return ~state[4]
 
     def body(state):
-        par, parl, paru, fp_old, _, it = state
+        par, parl, paru, fp_old, _, it, _ = state
         par = jnp.where(par == 0, jnp.maximum(dwarf, 0.001 * paru), par)
-        coef = _scaled_coefficients(spec, par)
+        coef, q = _damped_coefficients(system, par)
         dxnorm = jnp.linalg.norm(coef)
         fp = dxnorm - delta
         done = (
@@ -486,15 +636,16 @@ def trust_region_par(spec: Spectral, delta: jax.Array, par0: jax.Array):
             | (it + 1 >= _MAX_PAR_ITERATIONS)
         )
         # Newton correction for the secular equation (Moré 1978, eq. 5.5).
-        denom = spec.w + par
-        q = jnp.sum(coef * coef / jnp.where(denom > 0, denom, 1))
         parc = jnp.where(q > 0, (fp / delta) * dxnorm**2 / jnp.where(q > 0, q, 1), 0)
         parl = jnp.where(fp > 0, jnp.maximum(parl, par), parl)
         paru = jnp.where(fp < 0, jnp.minimum(paru, par), paru)
         new_par = jnp.where(done, par, jnp.maximum(parl, par + parc))
-        return new_par, parl, paru, fp, done, it + 1
+        # Once done, par is left alone, so coef belongs to the returned par.
+        return new_par, parl, paru, fp, done, it + 1, coef
 
-    init = (par, parl0, paru0, fp0, gauss_newton_ok, jnp.zeros((), jnp.int32))
-    par, *_ = lax.while_loop(cond, body, init)
+    # The carried coef starts as the Gauss-Newton one (par = 0), which is what is
+    # returned when that step is short enough (the loop does not run then).
+    start = (par, parl0, paru0, fp0, gauss_newton_ok, jnp.zeros((), jnp.int32), coef0)
+    par, *_, coef = lax.while_loop(cond, body, start)
     par = jnp.where(gauss_newton_ok, zero, par)
-    return par, damped_step(spec, par)
+    return par, -(system.v @ coef)

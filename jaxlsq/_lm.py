@@ -252,7 +252,7 @@ def lm_iteration(
     cosines = jnp.where(acnorm > 0, cosines, 0)
     gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
     status = jnp.where(_running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
-    spec = factorize(jac_t, diag, jtf, linear_solver, gram, _running(st))
+    system = factorize(jac_t, diag, jtf, linear_solver, gram, _running(st))
     st = st._replace(diag=diag, gnorm=gnorm, status=status)
 
     def trial_running(carry):
@@ -261,14 +261,14 @@ def lm_iteration(
 
     def trial_body(carry):
         st, _ = carry
-        par, z = trust_region_par(spec, st.delta, st.par)
+        par, z = trust_region_par(system, st.delta, st.par)
         step = z / diag
         x_trial = st.x + step
         pnorm = jnp.linalg.norm(z)
         # Predicted relative reduction and directional derivative, in lmpar's
         # closed form (valid for the unprojected damped step).
         fnorm = _positive_or_one(st.fnorm)
-        temp1 = scaled_jacobian_norm(spec, z) / fnorm  # ||J step|| / ||f||
+        temp1 = scaled_jacobian_norm(system, z) / fnorm  # ||J step|| / ||f||
         temp2 = jnp.sqrt(par) * pnorm / fnorm
         prered = temp1**2 + 2 * temp2**2
         dirder = -(temp1**2 + temp2**2)

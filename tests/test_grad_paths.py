@@ -38,7 +38,10 @@ def test_grad_through_solve_batch_equals_per_curve_grads():
 
     g_batch = jax.grad(batch_loss)(ys)
     g_each = jnp.stack([jax.grad(curve_loss)(y) for y in ys])
-    np.testing.assert_allclose(g_batch, g_each, rtol=1e-8, atol=1e-12)
+    # Batched and solo fits factorise differently (jaxlsq._linalg) and may stop a
+    # step apart, at points that agree to ~1e-8 (the fit's accuracy): derivatives
+    # taken there agree to ~1e-7, not to the last bit.
+    np.testing.assert_allclose(g_batch, g_each, rtol=1e-6, atol=1e-9)
 
 
 def test_grad_through_solve_batch_chunked_and_jitted():
@@ -109,3 +112,18 @@ def test_second_derivatives_through_the_fit():
     hess = jax.hessian(cost)(0.1)
     hess_fd = (jax.grad(cost)(0.1 + h) - jax.grad(cost)(0.1 - h)) / (2 * h)
     np.testing.assert_allclose(hess, hess_fd, rtol=1e-4)  # O(h^2) ~ 1e-5
+
+
+def test_forward_mode_through_the_unrolled_loop():
+    """jacfwd differentiates the loop itself (``adjoint="unrolled"``): a jvp of the
+    batched-or-not factorisations, which must pass through their custom_vmap rules;
+    at convergence it equals the implicit derivative."""
+    y = curves(1, seed=3)[0]
+
+    def params(y, adjoint):
+        return jaxlsq.solve(decay, P0, (X, y), adjoint=adjoint).params
+
+    unrolled = jax.jacfwd(lambda y: params(y, "unrolled"))(y)
+    implicit = jax.jacfwd(lambda y: params(y, "implicit"))(y)
+    # The unrolled derivative converges with the iterates: equal to ~1e-8 here.
+    np.testing.assert_allclose(unrolled, implicit, rtol=1e-6, atol=1e-7)
