@@ -2,6 +2,7 @@
 
 from ._batch import solve_batch
 from ._fit import FitResult, fit
+from ._fit_batch import fit_batch
 from ._masking import finite_lanes, masked_mean, where_lanes
 from ._solution import MESSAGES, Solution, Status
 from ._solve import solve
@@ -23,6 +24,7 @@ __all__ = [
     "curve_fit",
     "finite_lanes",
     "fit",
+    "fit_batch",
     "least_squares",
     "leastsq",
     "masked_mean",

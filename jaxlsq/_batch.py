@@ -153,8 +153,8 @@ def solve_batch(
         raise ValueError(f"slots must be a positive int, got {slots!r}")
     if schedule == "refill" and progress:
         raise ValueError("schedule='refill' does not support progress yet")
-    axes = _broadcast_axes(in_axes, (x0, args))
-    n_batch = _batch_size((x0, args), axes)
+    axes = broadcast_axes(in_axes, (x0, args))
+    n_batch = batch_size((x0, args), axes)
     mesh = _mesh(devices)
     if schedule == "auto":
         per_device = -(-n_batch // (1 if mesh is None else mesh.size))
@@ -169,7 +169,7 @@ def solve_batch(
     static = tuple((k, solve_options[k]) for k in _STATIC_OPTIONS if k in solve_options)
     dynamic = {k: solve_options[k] for k in _DYNAMIC_OPTIONS if k in solve_options}
     treedef = jax.tree_util.tree_structure((x0, args))
-    axes_leaves = tuple(jax.tree_util.tree_leaves(axes, is_leaf=lambda a: a is None))
+    axes_leaves = tuple(axes_per_leaf(treedef, axes))
     chunk = None if chunk_size is None or chunk_size >= n_batch else chunk_size
     run = functools.partial(
         _solve_batch_jit, fun, static, treedef, axes_leaves, chunk, n_batch, mesh, pool
@@ -322,8 +322,9 @@ def _mesh(devices) -> jax.sharding.Mesh | None:
     return jax.sharding.Mesh(np.array(devices), (_BATCH_AXIS,))
 
 
-def _broadcast_axes(in_axes: Any, tree: Any) -> Any:
-    """``in_axes`` expanded to one entry (int or None) per leaf of ``tree``."""
+def broadcast_axes(in_axes: Any, tree: Any, names: str = "(x0, args)") -> Any:
+    """``in_axes`` expanded to one entry (int or None) per leaf of ``tree`` (whose
+    parts ``names`` names, for the error message)."""
     if in_axes is None or isinstance(in_axes, int):
         return jax.tree_util.tree_map(lambda _: in_axes, tree)
     try:
@@ -335,14 +336,22 @@ def _broadcast_axes(in_axes: Any, tree: Any) -> Any:
         )
     except ValueError as err:
         raise ValueError(
-            f"in_axes {in_axes!r} does not match the structure of (x0, args): {err}"
+            f"in_axes {in_axes!r} does not match the structure of {names}: {err}"
         ) from err
 
 
-def _batch_size(tree: Any, axes: Any) -> int:
+def axes_per_leaf(treedef, axes: Any) -> list:
+    """One axis (int or None) per leaf of the tree ``treedef`` from the expanded
+    ``axes`` (`broadcast_axes`); a None *input* (no leaves) takes no entry."""
+    return treedef.flatten_up_to(axes)
+
+
+def batch_size(tree: Any, axes: Any) -> int:
+    """The common size of the batched axes of ``tree``'s leaves (``axes``: one int
+    or None per leaf, as from `broadcast_axes`)."""
     sizes = set()
-    leaves = jax.tree_util.tree_leaves(tree)
-    axis_leaves = jax.tree_util.tree_leaves(axes, is_leaf=lambda a: a is None)
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    axis_leaves = axes_per_leaf(treedef, axes)
     for leaf, axis in zip(leaves, axis_leaves, strict=True):
         if axis is not None:
             shape = jnp.shape(leaf)
@@ -352,7 +361,7 @@ def _batch_size(tree: Any, axes: Any) -> int:
                 )
             sizes.add(shape[axis])
     if not sizes:
-        raise ValueError("solve_batch needs at least one batched leaf (in_axes)")
+        raise ValueError("in_axes must batch at least one input (all are None)")
     if len(sizes) > 1:
         raise ValueError(f"batched leaves disagree on the batch size: {sorted(sizes)}")
     return sizes.pop()

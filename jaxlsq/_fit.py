@@ -334,31 +334,14 @@ def fit(
     [[Variables]]
         a: ...
     """
-    if not callable(model):
-        raise TypeError(f"model must be callable, got {type(model).__name__}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    _check_concrete(f_scale, "f_scale", lambda v: np.all(v > 0), "must be > 0")
-    if callable(solve_options.get("jac")):
-        raise TypeError(
-            "fit does not take a callable jac (it would be the Jacobian of the "
-            "weighted residuals); use jac='fwd' or jac='rev', or jaxlsq.solve."
-        )
-
+    check_fit_call(model, loss, f_scale, solve_options)
     p0, dtype = _float_params(p0, y)
     leaves, treedef = jax.tree_util.tree_flatten(p0)
     shapes = tuple(np.shape(leaf) for leaf in leaves)
     n = sum(int(np.prod(s)) for s in shapes)
     names = _param_names(p0)
 
-    y = jnp.asarray(y)
-    if not jnp.issubdtype(y.dtype, jnp.number) or jnp.issubdtype(
-        y.dtype, jnp.complexfloating
-    ):
-        raise TypeError(f"y must be real numbers, got dtype {y.dtype}")
-    y = y.astype(dtype)
-    if y.size == 0:
-        raise ValueError("y must not be empty")
+    y = as_data(y, dtype)
     _check_concrete(
         y, "y", lambda v: np.all(np.isfinite(v)), "must be finite (NaN/inf)"
     )
@@ -373,26 +356,18 @@ def fit(
     fixed_mask = _flat_fixed(fixed, p0, n)
     bound_arrays = None
     if bounds is not None:
-        lower, upper = _flat_bounds(bounds, p0, n, dtype)
+        bound_arrays = _flat_bounds(bounds, p0, n, dtype)
         flat_p0 = jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
-        _check_box(lower, upper, flat_p0, "p0")
-        bound_arrays = (lower, upper)
+        _check_box(*bound_arrays, flat_p0, "p0")
     flat_starts = None
     if starts is not None:
         flat_starts = _flat_starts(starts, p0, n, dtype)
         if bound_arrays is not None:
             _check_box(*bound_arrays, flat_starts, "starts")
 
-    options = dict(solve_options)
-    if bound_arrays is not None:
-        options["bounds"] = tuple(_unflatten(b, treedef, shapes) for b in bound_arrays)
-    if fixed_mask.any():
-        options["fixed"] = tuple(
-            bool(b) for b in fixed_mask
-        )  # static; see _solve_kwargs
-    if loss != "linear":
-        options["loss"] = loss
-        options["f_scale"] = f_scale
+    options = fit_solve_options(
+        solve_options, bound_arrays, fixed_mask, loss, f_scale, treedef, shapes
+    )
 
     residual_fn = _Residuals(model, kind)
     args = (x, y, transform)
@@ -431,6 +406,49 @@ def fit(
         names=names,
         n_starts=n_starts,
     )
+
+
+def check_fit_call(model, loss, f_scale, solve_options) -> None:
+    """The checks of `fit`'s arguments that do not depend on the data."""
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    _check_concrete(f_scale, "f_scale", lambda v: np.all(v > 0), "must be > 0")
+    if callable(solve_options.get("jac")):
+        raise TypeError(
+            "fit does not take a callable jac (it would be the Jacobian of the "
+            "weighted residuals); use jac='fwd' or jac='rev', or jaxlsq.solve."
+        )
+
+
+def as_data(y, dtype) -> jax.Array:
+    """``y`` as a non-empty array of real numbers in ``dtype``."""
+    y = jnp.asarray(y)
+    if not jnp.issubdtype(y.dtype, jnp.number) or jnp.issubdtype(
+        y.dtype, jnp.complexfloating
+    ):
+        raise TypeError(f"y must be real numbers, got dtype {y.dtype}")
+    if y.size == 0:
+        raise ValueError("y must not be empty")
+    return y.astype(dtype)
+
+
+def fit_solve_options(
+    solve_options, bound_arrays, fixed_mask, loss, f_scale, treedef, shapes
+) -> dict:
+    """`solve`'s options for a fit: the user's, plus bounds (flat (lower, upper) ->
+    pytrees like ``p0``), the fixed mask (a static tuple; see `_solve_kwargs`) and
+    the loss."""
+    options = dict(solve_options)
+    if bound_arrays is not None:
+        options["bounds"] = tuple(_unflatten(b, treedef, shapes) for b in bound_arrays)
+    if fixed_mask.any():
+        options["fixed"] = tuple(bool(b) for b in fixed_mask)
+    if loss != "linear":
+        options["loss"] = loss
+        options["f_scale"] = f_scale
+    return options
 
 
 class _Residuals:
@@ -825,39 +843,51 @@ def _check_model_shape(model, x, p0, y) -> None:
         )
 
 
-def _weights(sigma, y, dtype):
-    """``(kind, transform)``: None, ``("1d", sigma)`` or ``("2d", cholesky(sigma))``."""
+def sigma_kind(sigma, y) -> str | None:
+    """How ``sigma`` weights ``y``: None (no sigma), ``"1d"`` (standard deviations:
+    a scalar or ``y``'s shape) or ``"2d"`` (an (m, m) covariance matrix). Looks at
+    dtypes and shapes only."""
     if sigma is None:
-        return None, None
-    s = jnp.asarray(sigma)
+        return None
+    s = jnp.asarray(sigma) if not hasattr(sigma, "shape") else sigma
     if not jnp.issubdtype(s.dtype, jnp.number) or jnp.issubdtype(
         s.dtype, jnp.complexfloating
     ):
         raise TypeError(f"sigma must be real numbers, got dtype {s.dtype}")
-    s = s.astype(dtype)
-    m = y.size
-    if s.ndim == 0 or s.shape == y.shape:
+    m = int(np.prod(y.shape))
+    if s.ndim == 0 or tuple(s.shape) == tuple(y.shape):
+        return "1d"
+    if tuple(s.shape) == (m, m):
+        return "2d"
+    raise ValueError(
+        f"sigma must be a scalar, an array of y's shape {tuple(y.shape)}, or an "
+        f"({m}, {m}) covariance matrix; got shape {tuple(s.shape)}"
+    )
+
+
+def _weights(sigma, y, dtype):
+    """``(kind, transform)``: None, ``("1d", sigma)`` or ``("2d", cholesky(sigma))``."""
+    kind = sigma_kind(sigma, y)
+    if kind is None:
+        return None, None
+    s = jnp.asarray(sigma).astype(dtype)
+    if kind == "1d":
         _check_concrete(
             s, "sigma", lambda v: np.all(np.isfinite(v)), "must be finite (NaN/inf)"
         )
         _check_concrete(s, "sigma", lambda v: np.all(v > 0), "must be > 0")
         return "1d", jnp.broadcast_to(s, y.shape)
-    if s.shape == (m, m):
-        _check_concrete(
-            s, "sigma", lambda v: np.all(np.isfinite(v)), "must be finite (NaN/inf)"
-        )
-        chol = jnp.linalg.cholesky(s)
-        _check_concrete(
-            chol,
-            "sigma (a covariance matrix)",
-            lambda v: np.all(np.isfinite(v)),
-            "must be symmetric positive definite (its Cholesky factorisation failed)",
-        )
-        return "2d", chol
-    raise ValueError(
-        f"sigma must be a scalar, an array of y's shape {tuple(y.shape)}, or an "
-        f"({m}, {m}) covariance matrix; got shape {tuple(s.shape)}"
+    _check_concrete(
+        s, "sigma", lambda v: np.all(np.isfinite(v)), "must be finite (NaN/inf)"
     )
+    chol = jnp.linalg.cholesky(s)
+    _check_concrete(
+        chol,
+        "sigma (a covariance matrix)",
+        lambda v: np.all(np.isfinite(v)),
+        "must be symmetric positive definite (its Cholesky factorisation failed)",
+    )
+    return "2d", chol
 
 
 def _flat_fixed(fixed, p0, n) -> np.ndarray:

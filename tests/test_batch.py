@@ -88,7 +88,7 @@ def test_float32_batch():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(in_axes=None), "at least one batched leaf"),
+        (dict(in_axes=None), "at least one input"),
         (dict(chunk_size=0), "chunk_size must be a positive int"),
         (dict(chunk_size=2.5), "chunk_size must be a positive int"),
         (dict(tol=1e-3), "unknown solve option"),
@@ -131,6 +131,16 @@ np.testing.assert_allclose(sharded.params, single.params, rtol=1e-8)
 np.testing.assert_array_equal(sharded.success, single.success)
 assert int(sharded.status[3]) == int(jaxlsq.Status.NONFINITE)
 print("DEVICES", len(sharded.params.sharding.device_set))
+
+def model(x, p):
+    return p[0] * jnp.exp(-p[1] * x) + p[2]
+
+fits = jaxlsq.fit_batch(model, x, ys, jnp.ones(3), chunk_size=4)
+fits4 = jaxlsq.fit_batch(model, x, ys, jnp.ones(3), chunk_size=4, devices=4)
+np.testing.assert_allclose(fits4.params, fits.params, rtol=1e-8)
+np.testing.assert_allclose(fits4.stderr, fits.stderr, rtol=1e-6)
+assert int(fits4.status[3]) == int(jaxlsq.Status.NONFINITE)
+print("FIT DEVICES", len(fits4.params.sharding.device_set))
 """
 
 
@@ -147,7 +157,8 @@ def test_sharding_over_four_simulated_devices(n_curves):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     if n_curves == 32:  # not padded: the results stay spread over the 4 devices
-        assert "DEVICES 4" in out.stdout, out.stdout
+        lines = out.stdout.splitlines()
+        assert "DEVICES 4" in lines and "FIT DEVICES 4" in lines, out.stdout
 
 
 def test_bad_devices_raise():
