@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import scipy
 from problems import Problem
@@ -137,6 +138,35 @@ def _build_jaxlsq(
     return build
 
 
+def _build_jaxlsq_fit_batch(problem: Problem, x, tol):
+    """``jaxlsq.fit_batch`` with scipy leastsq's tolerances (as the "scipy tols"
+    rows): the solves of ``solve_batch`` plus every fit's covariance, standard errors
+    and statistics."""
+    import jaxlsq
+
+    sqrt_eps = float(np.sqrt(np.finfo(x.dtype).eps))
+    options = dict(
+        ftol=sqrt_eps,
+        xtol=sqrt_eps,
+        factor=100.0,
+        max_nfev=100 * (problem.n_params + 1),
+    )
+
+    def model(x, p):
+        return problem.model(p, x, jnp)
+
+    def fit(p0, y):
+        res = jaxlsq.fit_batch(model, x, y, p0, in_axes=(None, 0, 0, None), **options)
+        return {
+            "params": res.params,
+            "iters": res.njev,
+            "success": res.success,
+            "status": res.status,
+        }
+
+    return jax.jit(fit)
+
+
 def _build_optimistix(problem: Problem, x, tol):
     """``optimistix.least_squares`` with ``LevenbergMarquardt(rtol=tol, atol=tol)``."""
     solver = optx.LevenbergMarquardt(rtol=tol, atol=tol)
@@ -216,6 +246,12 @@ BATCHED_METHODS = (
         "jaxlsq-batch-scipytols",
         "jaxlsq solve_batch (scipy tols)",
         _build_jaxlsq("svd", True, chunked=True, schedule="auto"),
+        "njev",
+    ),
+    BatchedMethod(
+        "jaxlsq-fit-batch",
+        "jaxlsq fit_batch (scipy tols)",
+        _build_jaxlsq_fit_batch,
         "njev",
     ),
     BatchedMethod(
