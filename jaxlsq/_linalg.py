@@ -25,9 +25,10 @@ MINPACK's ``lmpar`` then costs O(n^2) to O(n^3) for tiny n, never a pass over J.
   ``sqrt(eps) * s_max`` are lost. For well-conditioned small fits in large batches.
 
 ``M`` is stored as its diagonal, shape (n,), when it is diagonal by construction (n >
-SMALL_N, or ``"eigh"``), and as an (n, n) matrix otherwise; the damped solve is then an
-unrolled LDL^T factorisation, exact for a diagonal matrix (so both storages give the
-same steps) and vectorised by XLA across a batch.
+SMALL_N, or ``"eigh"``), and as an (n, n) matrix otherwise. A batch then solves by an
+unrolled LDL^T factorisation, vectorised by XLA across the lanes and exact for a
+diagonal matrix (so both storages give the same steps); a single fit's (n, n) M is
+always diagonal and takes the diagonal formula (`_dense_coefficients`).
 
 All shapes below are for one problem: ``m`` residuals, ``n`` parameters.
 """
