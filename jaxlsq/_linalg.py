@@ -465,22 +465,6 @@ def _scaled_gram(gram: jax.Array, diag: jax.Array):
     return matrix, well_conditioned
 
 
-def _sweep_until_converged(sweep, a, v):
-    """Run Jacobi ``sweep((a, v, converged, count)) -> same`` until it reports
-    convergence or `_JACOBI_SWEEPS` sweeps; returns ``(a, v, converged)``.
-
-    A loop over sweeps (not unrolled) keeps the compiled program small.
-    """
-
-    def unfinished(carry):
-        _, _, converged, count = carry
-        return ~converged & (count < _JACOBI_SWEEPS)
-
-    init = (a, v, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
-    a, v, converged, _ = lax.while_loop(unfinished, sweep, init)
-    return a, v, converged
-
-
 def _small_svd(jac_t, diag):
     r = _householder_r(jac_t)
     n = len(r)
@@ -565,8 +549,14 @@ def _jacobi_svd(r: list[list[jax.Array]]):
                     mat[j] = [s * p + c * q for p, q in zip(ci, cj, strict=True)]
         return a, v, worst <= eps, count + 1
 
-    # Stops after the first sweep that found every pair of columns orthogonal.
-    a, v, _ = _sweep_until_converged(sweep, a, v)
+    def unfinished(carry):
+        _, _, converged, count = carry
+        return ~converged & (count < _JACOBI_SWEEPS)
+
+    # Stops after the first sweep that found every pair of columns orthogonal; a
+    # loop over sweeps (not unrolled) keeps the compiled program small.
+    init = (a, v, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
+    a, v, _, _ = lax.while_loop(unfinished, sweep, init)
     vmat = jnp.stack([jnp.stack(col) for col in v], axis=1)
     svals = jnp.stack([jnp.sqrt(dot(col, col)) for col in a])
     return vmat, svals
