@@ -1,11 +1,17 @@
-"""jaxlsq: a JAX-native, MINPACK-grade Levenberg-Marquardt least-squares solver."""
+"""jaxlsq: a JAX-native, MINPACK-grade Levenberg-Marquardt least-squares solver.
 
-from ._batch import solve_batch
-from ._fit import FitResult, fit
-from ._fit_batch import fit_batch
-from ._masking import finite_lanes, masked_mean, where_lanes
-from ._solution import MESSAGES, Solution, Status
-from ._solve import solve
+The package is layered; imports point down only (see README, "How it is built"):
+``scipy`` (scipy's contract) -> ``fitting`` (curve fitting) -> ``batch`` (many
+fits) -> ``core`` (options, the LM loop, steps, losses, implicit differentiation).
+This module only re-exports the public API.
+"""
+
+from .batch.lanes import finite_lanes, masked_mean, where_lanes
+from .batch.solve_batch import solve_batch
+from .core.solve import solve
+from .core.status import MESSAGES, Solution, Status
+from .fitting.fit import FitResult, fit
+from .fitting.fit_batch import fit_batch
 from .scipy import (
     HostFallbackWarning,
     OptimizeWarning,

@@ -52,7 +52,7 @@ def test_matches_solo_fits_with_batched_starts():
 
 
 def test_one_compile_for_repeated_calls_and_new_data():
-    from jaxlsq._batch import _solve_batch_jit
+    from jaxlsq.batch.solve_batch import _solve_batch_jit
 
     kw = dict(in_axes=(None, (None, 0)), chunk_size=16)
     jaxlsq.solve_batch(expdecay, P0, (X50, _batch(seed=2)), **kw)

@@ -18,7 +18,7 @@ import pytest
 from scipy.optimize import curve_fit, least_squares
 
 from jaxlsq import Status
-from jaxlsq._fit import FitResult, fit
+from jaxlsq.fitting.fit import FitResult, fit
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
 from tutorial_fits import sinusoid, tutorial_problems  # noqa: E402
@@ -245,7 +245,7 @@ def test_loss_rescaled_jacobian_matches_scipy(loss):
     from scipy.optimize._lsq.common import scale_for_robust_loss_function
     from scipy.optimize._lsq.least_squares import construct_loss_function
 
-    from jaxlsq._fit import _robust_jacobian
+    from jaxlsq.fitting.fit import _robust_jacobian
 
     rng = np.random.default_rng(3)
     f = rng.standard_normal(50) * np.r_[np.full(45, 0.1), np.full(5, 3.0)]
@@ -257,7 +257,7 @@ def test_loss_rescaled_jacobian_matches_scipy(loss):
 
 
 def test_covariance_rules_against_numpy():
-    from jaxlsq._fit import covariance
+    from jaxlsq.fitting.fit import covariance
 
     rng = np.random.default_rng(4)
     jac = rng.standard_normal((20, 4))
@@ -304,7 +304,7 @@ def test_covariance_rules_against_numpy():
 def test_covariance_derivative_matches_finite_differences():
     # (J^T J)^+ along a path J + t dJ of constant rank: full rank, repeated singular
     # values (where differentiating through an SVD gives NaN), and rank-deficient
-    from jaxlsq._fit import _gram_pinv
+    from jaxlsq.fitting.fit import _gram_pinv
 
     rng = np.random.default_rng(5)
     q, _ = np.linalg.qr(rng.standard_normal((20, 3)))
@@ -394,7 +394,7 @@ def test_report_contents_and_html():
 
 
 def test_param_names_from_pytree_paths():
-    from jaxlsq._fit import _param_names
+    from jaxlsq.fitting.fit import _param_names
 
     assert _param_names({"w": jnp.zeros(2), "b": 0.0}) == ("b", "w[0]", "w[1]")
     assert _param_names(jnp.zeros(3)) == ("p[0]", "p[1]", "p[2]")
@@ -522,7 +522,7 @@ def test_chunked_batch_of_fits_with_lax_map_equals_vmap():
 
 
 def test_percent_never_rounds_a_partial_count_to_100():
-    from jaxlsq._report import _percent
+    from jaxlsq.fitting.report import _percent
 
     assert _percent(np.r_[np.ones(4999, bool), False]) == ">99.9%"
     assert _percent(np.r_[np.zeros(4999, bool), True]) == "<0.1%"

@@ -38,7 +38,7 @@ def test_grad_through_solve_batch_equals_per_curve_grads():
 
     g_batch = jax.grad(batch_loss)(ys)
     g_each = jnp.stack([jax.grad(curve_loss)(y) for y in ys])
-    # Batched and solo fits factorise differently (jaxlsq._linalg) and may stop a
+    # Batched and solo fits factorise differently (jaxlsq.core.steps) and may stop a
     # step apart, at points that agree to ~1e-8 (the fit's accuracy): derivatives
     # taken there agree to ~1e-7, not to the last bit.
     np.testing.assert_allclose(g_batch, g_each, rtol=1e-6, atol=1e-9)

@@ -93,7 +93,7 @@ def test_jit_vmap_grad_matches_solo():
         return jnp.sum(p**2)
 
     batched = jax.jit(jax.vmap(jax.grad(loss)))(ys)
-    # Batched and solo fits factorise differently (jaxlsq._linalg) and may stop one
+    # Batched and solo fits factorise differently (jaxlsq.core.steps) and may stop one
     # step apart, so they agree to the fit's accuracy, not to the last bit.
     for i in range(ys.shape[0]):
         np.testing.assert_allclose(

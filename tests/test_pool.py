@@ -132,7 +132,7 @@ def test_grad_through_refill_matches_vmap():
 
 
 def test_auto_schedule_picks_refill_for_several_chunks(monkeypatch):
-    import jaxlsq._batch as batch
+    import jaxlsq.batch.solve_batch as batch
 
     seen = []
 

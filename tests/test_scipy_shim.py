@@ -18,8 +18,6 @@ import pytest
 import scipy.optimize as so
 
 import jaxlsq
-from jaxlsq._host import forward_difference
-from jaxlsq._leastsq import _messages
 from jaxlsq.scipy import (
     NONFINITE_IER,
     HostFallbackWarning,
@@ -27,6 +25,8 @@ from jaxlsq.scipy import (
     curve_fit,
     leastsq,
 )
+from jaxlsq.scipy._leastsq import _messages
+from jaxlsq.scipy.host import forward_difference
 
 pytestmark = pytest.mark.filterwarnings("ignore::jaxlsq.scipy.HostFallbackWarning")
 
@@ -254,7 +254,7 @@ def test_failure_warns_without_full_output():
 
 @pytest.mark.parametrize("with_dfun", [False, True])
 def test_maxfev_default_depends_on_dfun(with_dfun, monkeypatch):
-    import jaxlsq._leastsq as shim
+    import jaxlsq.scipy._leastsq as shim
 
     seen = []
 
@@ -704,7 +704,7 @@ def test_curve_fit_trf_without_bounds_follows_least_squares_contract():
 
 def _route_through_eager_solve(monkeypatch):
     """Replace the shim's `solve` by a wrapper: the shim then calls it eagerly."""
-    import jaxlsq._leastsq as shim
+    import jaxlsq.scipy._leastsq as shim
 
     monkeypatch.setattr(shim, "solve", lambda *a, **k: jaxlsq.solve(*a, **k))
 
@@ -792,7 +792,7 @@ def _qrfac_reference(a):
 
 
 def test_minpack_qr_is_bit_for_bit_the_numpy_scalar_algorithm():
-    from jaxlsq._host import covariance_from_r, minpack_qr, qrfac
+    from jaxlsq.scipy.host import covariance_from_r, minpack_qr, qrfac
 
     rng = np.random.default_rng(3)
     mats = []
@@ -846,7 +846,7 @@ def test_host_callbacks_carry_float64_as_bits():
     # JAX converts callback operands and results to the default dtypes of the thread
     # that runs the callback (float32 there when it does not see enable_x64): the
     # host path passes float64 as uint32 pairs, which no conversion touches
-    from jaxlsq._host import _from_bits, _to_bits
+    from jaxlsq.scipy.host import _from_bits, _to_bits
 
     v = np.array([0.1, -0.0, 5e-324, np.inf, -np.nan, 1e308, np.pi])
     bits = _to_bits(v)

@@ -255,7 +255,7 @@ def test_float32_keeps_dtype_and_converges():
 
 
 def test_loop_state_keeps_shape_and_dtype():
-    from jaxlsq._lm import LMOptions, run_lm
+    from jaxlsq.core.loop import LMOptions, run_lm
 
     for dtype in (jnp.float32, jnp.float64):
         x = X50.astype(dtype)
@@ -382,7 +382,7 @@ def test_non_callable_fun_raises():
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("condition", [1.0, 1e6, 1e12])
 def test_small_svd_matches_lapack(n, condition):
-    from jaxlsq._linalg import _householder_r, _jacobi_svd
+    from jaxlsq.core.steps import _householder_r, _jacobi_svd
 
     rng = np.random.default_rng(n)
     a = rng.standard_normal((40, n)) @ np.diag(np.logspace(0, -np.log10(condition), n))
@@ -400,7 +400,7 @@ def test_small_svd_matches_lapack(n, condition):
 def test_batched_factorisation_gives_the_same_steps_as_lapack():
     """The vmapped (Householder + Jacobi) and single (LAPACK) SVD paths agree on
     every damped step, whatever their ordering and signs of singular vectors."""
-    from jaxlsq._linalg import damped_step, factorize
+    from jaxlsq.core.steps import damped_step, factorize
 
     rng = np.random.default_rng(0)
     jac = rng.standard_normal((6, 30, 4)) @ np.diag([1.0, 1e-3, 1e3, 1e-6])
@@ -436,7 +436,7 @@ def test_batched_factorisation_gives_the_same_steps_as_lapack():
 def test_unrolled_damped_solve_matches_numpy(n):
     """The unrolled LDL^T solve of (M + par I) c = g, and lmpar's q = c^T (M + par
     I)^-1 c, against numpy; a zero row of M (frozen column) gives c = 0 there."""
-    from jaxlsq._linalg import StepSystem, _damped_coefficients
+    from jaxlsq.core.steps import StepSystem, _damped_coefficients
 
     rng = np.random.default_rng(10 + n)
     a = rng.standard_normal((40, n))
@@ -481,7 +481,7 @@ def test_unrolled_damped_solve_matches_numpy(n):
 def _batched_and_single_steps(jac, diag, f, active=None):
     """Damped steps (B, 4, n) from the vmapped factorisation and, per lane, from the
     single-matrix (LAPACK) one."""
-    from jaxlsq._linalg import damped_step, factorize
+    from jaxlsq.core.steps import damped_step, factorize
 
     jtf = np.einsum("bmn,bm->bn", jac, f)
     jac_t = np.swapaxes(jac, 1, 2)
@@ -504,7 +504,7 @@ def _batched_and_single_steps(jac, diag, f, active=None):
 def test_gram_path_flags_conditioning():
     """The Gram path is trusted only when the scaled Gram matrix has condition number
     <= 1/sqrt(eps) on its non-zero rows; exact zero rows (frozen columns) are fine."""
-    from jaxlsq._linalg import _scaled_gram
+    from jaxlsq.core.steps import _scaled_gram
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal((30, 3))

@@ -13,7 +13,7 @@ import numpy as np
 
 from ._least_squares import _least_squares
 from ._leastsq import _LEASTSQ_SUCCESS, _leastsq
-from ._shim_warnings import OptimizeWarning
+from .errors import OptimizeWarning
 
 # ----------------------------------------------------------------------------------
 # curve_fit

@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _host
-from ._shim_plan import _plan
-from ._shim_warnings import HostFallbackWarning, OptimizeWarning  # noqa: F401
-from ._solution import MESSAGES, Status
-from ._solve import solve
+from ..core.solve import solve
+from ..core.status import MESSAGES, Status
+from . import host as _host
+from .errors import HostFallbackWarning, OptimizeWarning  # noqa: F401
+from .plan import _plan
 
 _SOLVE = solve  # `_fit` calls it eagerly if this module's `solve` is replaced
 

@@ -45,13 +45,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._linalg import (
+from .status import Status
+from .steps import (
     factorize,
     normal_equations,
     scaled_jacobian_norm,
     trust_region_par,
 )
-from ._solution import Status
 
 
 class LMOptions(NamedTuple):

@@ -27,7 +27,7 @@ needed (it is the tests' oracle).
 from ._curve_fit import curve_fit
 from ._least_squares import least_squares
 from ._leastsq import NONFINITE_IER, leastsq
-from ._shim_warnings import HostFallbackWarning, OptimizeWarning
+from .errors import HostFallbackWarning, OptimizeWarning
 
 __all__ = [
     "NONFINITE_IER",

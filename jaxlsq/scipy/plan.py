@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _host
-from ._shim_warnings import HostFallbackWarning
+from . import host as _host
+from .errors import HostFallbackWarning
 
 # ----------------------------------------------------------------------------------
 # choosing the path, once per (func, Dfun, col_deriv, n, argument shapes)

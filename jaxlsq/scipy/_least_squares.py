@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _host
-from ._shim_plan import _LRU, _args_signature, _hashable, _plan, _warn_host
-from ._solution import MESSAGES, Status
-from ._solve import solve
+from ..core.solve import solve
+from ..core.status import MESSAGES, Status
+from . import host as _host
+from .plan import _LRU, _args_signature, _hashable, _plan, _warn_host
 
 EPS = float(np.finfo(float).eps)
 
@@ -485,7 +485,7 @@ def least_squares(
         Jacobian's column norms). ``None`` is "jac" for every method (scipy: "jac"
         for "lm", 1 for trf/dogbox; MINPACK's loop is designed around its scaling).
     loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"}, default "linear"
-        Robust loss, scipy's definitions (see `jaxlsq._loss`); callables are not
+        Robust loss, scipy's definitions (see `jaxlsq.core.losses`); callables are not
         supported. Not with "lm" (as scipy).
     f_scale : float, default 1.0
         Soft margin between inlier and outlier residuals; must be > 0 for a robust

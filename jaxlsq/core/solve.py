@@ -13,12 +13,12 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from ._implicit import ADJOINTS, implicit_solution, with_tangents
-from ._jacobian import JAC_MODES, make_jacobian
-from ._linalg import LINEAR_SOLVERS
-from ._lm import LMOptions, LMState, run_lm
-from ._loss import LOSSES, robust_residuals
-from ._solution import Solution, Status
+from .implicit import ADJOINTS, implicit_solution, with_tangents
+from .jacobian import JAC_MODES, make_jacobian
+from .loop import LMOptions, LMState, run_lm
+from .losses import LOSSES, robust_residuals
+from .status import Solution, Status
+from .steps import LINEAR_SOLVERS
 
 
 def solve(
@@ -64,7 +64,7 @@ def solve(
         Requires ``lower < upper`` everywhere and ``x0`` inside the box (on a bound
         is fine): violations raise ``ValueError`` (like scipy ``least_squares``),
         or give ``Status.IMPROPER_INPUT`` when the values are traced. Method: an
-        active-set projected LM (see `jaxlsq._lm`); solutions on the boundary are
+        active-set projected LM (see `jaxlsq.core.loop`); solutions on the boundary are
         reached exactly and reported in ``Solution.active_mask``. Default: no bounds
         (the unbounded loop is compiled and nothing of this costs anything).
     fixed : pytree of bool, optional
@@ -74,8 +74,8 @@ def solve(
         nothing fixed.
     loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"}, default "linear"
         Robust loss with scipy ``least_squares``' definition: the fit minimises
-        ``0.5 * f_scale**2 * sum(rho((r / f_scale)**2))`` (see `jaxlsq._loss`), and
-        ``Solution.cost`` is that value.
+        ``0.5 * f_scale**2 * sum(rho((r / f_scale)**2))`` (see
+        `jaxlsq.core.losses`), and ``Solution.cost`` is that value.
     f_scale : float, default 1.0
         Residual scale (units of the residuals) at which a robust loss starts to
         down-weight a point. Must be > 0. Ignored for ``"linear"``.
@@ -113,17 +113,18 @@ def solve(
         Fixed positive variable scaling. Default: MINPACK's automatic scaling (running
         maximum of the Jacobian's column norms).
     linear_solver : {"svd", "eigh"}, default "svd"
-        How damped steps are solved; see `jaxlsq._linalg`. ``"svd"`` is robust to
+        How damped steps are solved; see `jaxlsq.core.steps`. ``"svd"`` is robust to
         ill-conditioning; ``"eigh"`` (normal equations) is cheaper but loses accuracy
         when the Jacobian's condition number exceeds about ``1/sqrt(eps)``.
     adjoint : {"implicit", "unrolled"}, default "implicit"
         How JAX differentiates the result with respect to ``args``. ``"implicit"``:
         the implicit-function theorem at the solution, ``dp/dargs =
         -H^+ d(J^T r)/dargs`` with ``H`` the exact Hessian of the cost (see
-        `jaxlsq._implicit`); forward and reverse mode, ``jit`` and ``vmap`` all work,
-        memory does not depend on the number of iterations, and the derivative with
-        respect to ``x0`` is zero. It assumes the returned point is stationary: for a
-        fit that did not succeed it is still evaluated there, and may be meaningless.
+        `jaxlsq.core.implicit`); forward and reverse mode, ``jit`` and ``vmap`` all
+        work, memory does not depend on the number of iterations, and the derivative
+        with respect to ``x0`` is zero. It assumes the returned point is stationary:
+        for a fit that did not succeed it is still evaluated there, and may be
+        meaningless.
         ``"unrolled"``: differentiate through the iterations themselves (for
         comparison); forward mode only (``jvp``, ``jacfwd``): JAX cannot reverse a
         ``while_loop`` and raises ``ValueError`` for ``grad``/``jacrev``/``vjp``.
@@ -326,7 +327,7 @@ def make_model(
         return make_jacobian(lambda x: raw_residual_fn(x, a), user_jac, m, n, dtype)
 
     def robust_with_slope(f, scale):
-        """Robust residuals (jaxlsq._loss) and their elementwise derivative."""
+        """Robust residuals (jaxlsq.core.losses) and their elementwise derivative."""
         return jax.jvp(
             lambda f_: robust_residuals(f_, loss, scale), (f,), (jnp.ones_like(f),)
         )

@@ -5,8 +5,8 @@ a chunk of fits costs its slowest fit times the chunk size: for exponential deca
 (median 8, max 12+ Jacobians) a third or more of the work is spent on lanes that
 have already finished. Here the loop is not vmapped; its state is:
 
-* ``P`` *slots*, a vmapped `jaxlsq._lm.LMState` (one fit in progress per slot), and
-  the per-fit inputs of the problem each slot holds;
+* ``P`` *slots*, a vmapped `jaxlsq.core.loop.LMState` (one fit in progress per
+  slot), and the per-fit inputs of the problem each slot holds;
 * a queue: the index of the next problem not yet started;
 * result buffers with one row per problem.
 
@@ -37,9 +37,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from ._lm import LMState, lm_init, lm_iteration, with_jacobian
-from ._solution import Solution, Status
-from ._solve import assemble_solution, make_model, prepare
+from ..core.loop import LMState, lm_init, lm_iteration, with_jacobian
+from ..core.solve import assemble_solution, make_model, prepare
+from ..core.status import Solution, Status
 
 #: Default number of slots, and of slots refilled at once.
 DEFAULT_SLOTS = 1024

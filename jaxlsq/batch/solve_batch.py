@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._pool import DEFAULT_REFILL, DEFAULT_SLOTS, solve_refill
-from ._solution import Solution
-from ._solve import solve
+from ..core.solve import solve
+from ..core.status import Solution
+from .pool import DEFAULT_REFILL, DEFAULT_SLOTS, solve_refill
 
 #: Options of `solve` that select code (static); the others are traced values.
 _STATIC_OPTIONS = ("jac", "linear_solver", "loss")
@@ -79,7 +79,7 @@ def solve_batch(
         ``"vmap"``: chunks of fits run in lock-step, each chunk until its slowest fit
         stops. ``"refill"``: a fixed pool of ``slots`` fits in progress; as fits
         finish, their slots take the next problems of the batch (see
-        `jaxlsq._pool`). ``"auto"``: ``"refill"`` when the batch (per device) has
+        `jaxlsq.batch.pool`). ``"auto"``: ``"refill"`` when the batch (per device) has
         more than ``chunk_size`` fits and no ``progress`` bar is asked for, else
         ``"vmap"`` (one chunk: nothing to refill, and a faster compile). Same
         results per fit (at equal width, ``slots == chunk_size``: same statuses and

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._batch import axes_per_leaf, batch_size, broadcast_axes, solve_batch
-from ._fit import (
+from ..batch.solve_batch import axes_per_leaf, batch_size, broadcast_axes, solve_batch
+from .fit import (
     FitResult,
     _check_model_shape,
     _finish,

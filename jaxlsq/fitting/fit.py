@@ -2,7 +2,8 @@
 
 ``fit(model, x, y, p0)`` minimises the weighted residuals ``W (model(x, p) - y)``
 with `solve` and returns a `FitResult`: parameters with standard errors, covariance
-and correlation, goodness-of-fit statistics, and a text/HTML report (`jaxlsq._report`).
+and correlation, goodness-of-fit statistics, and a text/HTML report
+(`jaxlsq.fitting.report`).
 
 Weighting follows ``scipy.optimize.curve_fit`` exactly: ``W`` is ``1 / sigma`` for a
 scalar or per-point ``sigma`` and ``L^-1`` (``L`` the lower Cholesky factor) for a
@@ -34,12 +35,12 @@ from jax.tree_util import (
     register_pytree_node_class,
 )
 
-from ._linalg import right_svd
-from ._solution import Status, status_message
-from ._solve import (
+from ..core.solve import (
     _flat_like,  # per-parameter option -> flat (n,), as solve()
     solve,
 )
+from ..core.status import Status, status_message
+from ..core.steps import right_svd
 
 #: Values accepted by ``loss=`` (scipy ``least_squares``' names).
 LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
@@ -171,7 +172,7 @@ class FitResult:
         and message. A batched result: counts by status and, per parameter, mean,
         std, min, median and max over the successful fits.
         """
-        from ._report import batch_report, fit_report
+        from .report import batch_report, fit_report
 
         if self.batch_shape:
             return batch_report(self)
@@ -202,7 +203,7 @@ class FitResult:
         )
 
     def _repr_html_(self) -> str:
-        from ._report import batch_report_html, fit_report_html
+        from .report import batch_report_html, fit_report_html
 
         if _is_traced(self):
             return f"<pre>{repr(self)}</pre>"

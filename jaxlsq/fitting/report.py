@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._solution import MESSAGES, Status
+from ..core.status import MESSAGES, Status
 
 
 def _host(result) -> Any:
