@@ -10,8 +10,9 @@ from .batch.lanes import finite_lanes, masked_mean, where_lanes
 from .batch.solve_batch import solve_batch
 from .core.solve import solve
 from .core.status import MESSAGES, Solution, Status
-from .fitting.fit import FitResult, fit
+from .fitting.fit import fit
 from .fitting.fit_batch import fit_batch
+from .fitting.result import FitResult
 from .scipy import (
     HostFallbackWarning,
     OptimizeWarning,

@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from scipy.optimize import curve_fit, least_squares
 
-from jaxlsq import Status
-from jaxlsq.fitting.fit import FitResult, fit
+from jaxlsq import FitResult, Status, fit
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
 from tutorial_fits import sinusoid, tutorial_problems  # noqa: E402
@@ -245,19 +244,25 @@ def test_loss_rescaled_jacobian_matches_scipy(loss):
     from scipy.optimize._lsq.common import scale_for_robust_loss_function
     from scipy.optimize._lsq.least_squares import construct_loss_function
 
-    from jaxlsq.fitting.fit import _robust_jacobian
+    from jaxlsq.core.losses import loss_scaled_jacobian, robust_cost_of
 
     rng = np.random.default_rng(3)
     f = rng.standard_normal(50) * np.r_[np.full(45, 0.1), np.full(5, 3.0)]
     jac = rng.standard_normal((50, 3))
     rho = construct_loss_function(50, loss, 0.7)(f)
     ref, _ = scale_for_robust_loss_function(jac.copy(), f.copy(), rho)
-    ours = _robust_jacobian(jnp.asarray(jac), jnp.asarray(f), loss, 0.7)
+    # one implementation, two array namespaces: in programs and on the host
+    ours = loss_scaled_jacobian(jnp.asarray(jac), jnp.asarray(f), loss, 0.7)
     np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-12)
+    host = loss_scaled_jacobian(jac, f, loss, 0.7, xp=np)
+    assert isinstance(host, np.ndarray)
+    np.testing.assert_allclose(host, ref, rtol=1e-12)
+    cost = robust_cost_of(f, loss, 0.7, xp=np)
+    assert cost == pytest.approx(0.5 * np.sum(rho[0]), rel=1e-13)
 
 
 def test_covariance_rules_against_numpy():
-    from jaxlsq.fitting.fit import covariance
+    from jaxlsq.fitting.statistics import covariance
 
     rng = np.random.default_rng(4)
     jac = rng.standard_normal((20, 4))
@@ -304,7 +309,7 @@ def test_covariance_rules_against_numpy():
 def test_covariance_derivative_matches_finite_differences():
     # (J^T J)^+ along a path J + t dJ of constant rank: full rank, repeated singular
     # values (where differentiating through an SVD gives NaN), and rank-deficient
-    from jaxlsq.fitting.fit import _gram_pinv
+    from jaxlsq.fitting.statistics import _gram_pinv
 
     rng = np.random.default_rng(5)
     q, _ = np.linalg.qr(rng.standard_normal((20, 3)))
@@ -394,12 +399,12 @@ def test_report_contents_and_html():
 
 
 def test_param_names_from_pytree_paths():
-    from jaxlsq.fitting.fit import _param_names
+    from jaxlsq.fitting.checks import param_names
 
-    assert _param_names({"w": jnp.zeros(2), "b": 0.0}) == ("b", "w[0]", "w[1]")
-    assert _param_names(jnp.zeros(3)) == ("p[0]", "p[1]", "p[2]")
-    assert _param_names([1.0, jnp.zeros((1, 2))]) == ("p[0]", "p[1][0,0]", "p[1][0,1]")
-    assert _param_names({"g": {"mu": 0.0}}) == ("g.mu",)
+    assert param_names({"w": jnp.zeros(2), "b": 0.0}) == ("b", "w[0]", "w[1]")
+    assert param_names(jnp.zeros(3)) == ("p[0]", "p[1]", "p[2]")
+    assert param_names([1.0, jnp.zeros((1, 2))]) == ("p[0]", "p[1][0,0]", "p[1][0,1]")
+    assert param_names({"g": {"mu": 0.0}}) == ("g.mu",)
 
 
 # ----------------------------------------------------------------------------------
@@ -585,7 +590,7 @@ def test_float32_in_float32_out():
         ({"starts": np.ones((4, 2))}, r"starts must be an array of shape \(K, 3\)"),
         ({"starts": np.full((2, 3), np.nan)}, "starts must be finite"),
         ({"bounds": (0.0, 0.0)}, "lower < upper"),
-        ({"bounds": (2.0, 5.0)}, "p0 must lie within bounds"),
+        ({"bounds": (2.0, 5.0)}, "p0 is infeasible: outside bounds"),
         ({"bounds": (0.0,)}, r"bounds must be a pair"),
         ({"bounds": (np.zeros(2), 5.0)}, r"bounds\[0\] \(lower\) must be"),
     ],

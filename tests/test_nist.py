@@ -13,6 +13,8 @@ import jaxlsq
 
 from . import nist
 
+pytestmark = pytest.mark.slow
+
 CASES = [(name, start) for name in nist.NAMES for start in (1, 2)]
 
 

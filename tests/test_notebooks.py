@@ -30,6 +30,8 @@ pytest.importorskip("matplotlib")
 from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 
+pytestmark = pytest.mark.slow
+
 NOTEBOOKS = sorted(
     (pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")
 )

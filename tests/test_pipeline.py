@@ -14,6 +14,8 @@ import pytest
 
 from jaxlsq import Status, finite_lanes, masked_mean, where_lanes
 
+pytestmark = pytest.mark.slow
+
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "examples"
 _SPEC = importlib.util.spec_from_file_location(
     "calibration_pipeline", _PATH / "calibration_pipeline.py"

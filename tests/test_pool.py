@@ -137,7 +137,7 @@ def test_auto_schedule_picks_refill_for_several_chunks(monkeypatch):
     seen = []
 
     def spy(*a):  # records the choice, fits nothing
-        seen.append(a[7])  # the pool option: None for the vmap schedule
+        seen.append(a[6])  # the pool option: None for the vmap schedule
 
     monkeypatch.setattr(batch, "_solve_batch_jit", spy)
     starts, ys = _starts_and_curves(6, seed=7)
@@ -191,6 +191,7 @@ print("OK")
 """
 
 
+@pytest.mark.slow
 def test_refill_sharded_over_four_simulated_devices():
     """Each device runs its own pool on its shard (30 fits: padded to 32)."""
     import os

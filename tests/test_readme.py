@@ -5,6 +5,8 @@ import re
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = [
     block

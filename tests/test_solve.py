@@ -255,7 +255,8 @@ def test_float32_keeps_dtype_and_converges():
 
 
 def test_loop_state_keeps_shape_and_dtype():
-    from jaxlsq.core.loop import LMOptions, run_lm
+    from jaxlsq.core.loop import run_lm
+    from jaxlsq.core.options import SolveOptions
 
     for dtype in (jnp.float32, jnp.float64):
         x = X50.astype(dtype)
@@ -264,9 +265,9 @@ def test_loop_state_keeps_shape_and_dtype():
         def flat(p, x=x, y=y):
             return expdecay(p, x, y)
 
-        opts = LMOptions(1e-5, 1e-5, 0.0, 10.0, 400, None)
         x0 = P0.astype(dtype)
-        final = run_lm(flat, jax.jacfwd(flat), x0, opts, "svd")
+        opts = SolveOptions(ftol=1e-5, xtol=1e-5, gtol=0.0, max_nfev=400)
+        final = run_lm(flat, jax.jacfwd(flat), x0, opts.resolve(x0, 3, dtype))
         assert final.x.shape == (3,) and final.jac.shape == (50, 3)
         for name in ("x", "f", "fnorm", "jac", "diag", "delta", "par", "xnorm"):
             assert getattr(final, name).dtype == dtype, name
@@ -382,13 +383,13 @@ def test_non_callable_fun_raises():
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("condition", [1.0, 1e6, 1e12])
 def test_small_svd_matches_lapack(n, condition):
-    from jaxlsq.core.steps import _householder_r, _jacobi_svd
+    from jaxlsq.core.unrolled import householder_r, jacobi_svd
 
     rng = np.random.default_rng(n)
     a = rng.standard_normal((40, n)) @ np.diag(np.logspace(0, -np.log10(condition), n))
-    r_lists = _householder_r(jnp.asarray(a).T)
+    r_lists = householder_r(jnp.asarray(a).T)
     r = np.array([[float(e) for e in row] for row in r_lists])
-    v, s = (np.asarray(t) for t in _jacobi_svd(r_lists))
+    v, s = (np.asarray(t) for t in jacobi_svd(r_lists))
     np.testing.assert_allclose(r.T @ r, a.T @ a, atol=1e-14 * np.abs(a.T @ a).max())
     expected = np.linalg.svd(a, compute_uv=False)
     np.testing.assert_allclose(np.sort(s)[::-1], expected, rtol=1e-13)
@@ -400,7 +401,8 @@ def test_small_svd_matches_lapack(n, condition):
 def test_batched_factorisation_gives_the_same_steps_as_lapack():
     """The vmapped (Householder + Jacobi) and single (LAPACK) SVD paths agree on
     every damped step, whatever their ordering and signs of singular vectors."""
-    from jaxlsq.core.steps import damped_step, factorize
+    from jaxlsq.core.factorize import factorize
+    from jaxlsq.core.steps import damped_step
 
     rng = np.random.default_rng(0)
     jac = rng.standard_normal((6, 30, 4)) @ np.diag([1.0, 1e-3, 1e3, 1e-6])
@@ -436,7 +438,8 @@ def test_batched_factorisation_gives_the_same_steps_as_lapack():
 def test_unrolled_damped_solve_matches_numpy(n):
     """The unrolled LDL^T solve of (M + par I) c = g, and lmpar's q = c^T (M + par
     I)^-1 c, against numpy; a zero row of M (frozen column) gives c = 0 there."""
-    from jaxlsq.core.steps import StepSystem, _damped_coefficients
+    from jaxlsq.core.factorize import StepSystem
+    from jaxlsq.core.steps import _damped_coefficients
 
     rng = np.random.default_rng(10 + n)
     a = rng.standard_normal((40, n))
@@ -481,7 +484,8 @@ def test_unrolled_damped_solve_matches_numpy(n):
 def _batched_and_single_steps(jac, diag, f, active=None):
     """Damped steps (B, 4, n) from the vmapped factorisation and, per lane, from the
     single-matrix (LAPACK) one."""
-    from jaxlsq.core.steps import damped_step, factorize
+    from jaxlsq.core.factorize import factorize
+    from jaxlsq.core.steps import damped_step
 
     jtf = np.einsum("bmn,bm->bn", jac, f)
     jac_t = np.swapaxes(jac, 1, 2)
@@ -504,7 +508,7 @@ def _batched_and_single_steps(jac, diag, f, active=None):
 def test_gram_path_flags_conditioning():
     """The Gram path is trusted only when the scaled Gram matrix has condition number
     <= 1/sqrt(eps) on its non-zero rows; exact zero rows (frozen columns) are fine."""
-    from jaxlsq.core.steps import _scaled_gram
+    from jaxlsq.core.factorize import _scaled_gram
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal((30, 3))

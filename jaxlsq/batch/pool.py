@@ -38,6 +38,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from ..core.loop import LMState, lm_init, lm_iteration, with_jacobian
+from ..core.options import SolveOptions
 from ..core.solve import assemble_solution, make_model, prepare
 from ..core.status import Solution, Status
 
@@ -56,7 +57,7 @@ def solve_refill(
     n_slots: int,
     refill_size: int,
     assemble_batch: int | None,
-    solve_options: dict,
+    options: SolveOptions,
 ) -> Solution:
     """Fit ``N`` problems (the leading axis of every ``per_fit`` leaf) through a pool.
 
@@ -74,9 +75,8 @@ def solve_refill(
         ``P`` and ``K`` (clipped to ``N`` and ``P``).
     assemble_batch
         Problems per vmapped batch of the final assembly (``lax.map``), or None.
-    solve_options
-        Keywords of `jaxlsq.solve`, shared by all fits (``adjoint`` must be
-        ``"implicit"``).
+    options
+        The options of every fit (``adjoint`` must be ``"implicit"``).
 
     Returns
     -------
@@ -84,18 +84,19 @@ def solve_refill(
         Every field with a leading axis of size ``N``.
     """
     n_problems = per_fit[0].shape[0]
-    if solve_options.get("adjoint", "implicit") != "implicit":
-        raise ValueError("the refill schedule supports adjoint='implicit' only")
-    jac = solve_options.get("jac", "auto")
-    linear_solver = solve_options.get("linear_solver", "svd")
-    loss = solve_options.get("loss", "linear")
+    if options.adjoint != "implicit":
+        raise ValueError(
+            f"adjoint={options.adjoint!r}: the refill schedule supports "
+            "adjoint='implicit' only; use schedule='vmap'"
+        )
 
     # Checks, defaults and the model, from one problem (all share shapes and dtypes).
     x0_t, args_t = combine(shared, [leaf[0] for leaf in per_fit])
-    x0_t, args_t, options, f_scale = prepare(fun, x0_t, args_t, **solve_options)
+    x0_t, args_t, options = prepare(fun, x0_t, args_t, options)
+    f_scale = options.f_scale
     flat_x0_t, unravel = ravel_pytree(x0_t)
     dtype = flat_x0_t.dtype
-    model = make_model(fun, jac, loss, flat_x0_t, unravel, args_t)
+    model = make_model(fun, options.jac, options.loss, flat_x0_t, unravel, args_t)
 
     # The loop carries no tangents; implicit differentiation attaches them at the end.
     loop_shared, loop_per_fit, loop_options, loop_f_scale = lax.stop_gradient(
@@ -119,7 +120,7 @@ def solve_refill(
     def step_one(state, row):
         _, _, full_args = problem(loop_shared, row, loop_f_scale)
         flat_fun, jac_fun = model.loop_functions(full_args)
-        state = lm_iteration(flat_fun, jac_fun, loop_options, linear_solver, state)
+        state = lm_iteration(flat_fun, jac_fun, loop_options, state)
         return state._replace(jac=None)
 
     n_slots = max(1, min(n_slots, n_problems))

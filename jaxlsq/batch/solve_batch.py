@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -11,23 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.options import SolveOptions
 from ..core.solve import solve
 from ..core.status import Solution
 from .pool import DEFAULT_REFILL, DEFAULT_SLOTS, solve_refill
+from .progress import progress_ticks, tick, with_progress_bar
 
-#: Options of `solve` that select code (static); the others are traced values.
-_STATIC_OPTIONS = ("jac", "linear_solver", "loss")
-_DYNAMIC_OPTIONS = (
-    "ftol",
-    "xtol",
-    "gtol",
-    "max_nfev",
-    "factor",
-    "diag",
-    "bounds",
-    "fixed",
-    "f_scale",
-)
 _BATCH_AXIS = "batch"
 #: Values of solve_batch's ``schedule``.
 SCHEDULES = ("auto", "vmap", "refill")
@@ -44,6 +32,7 @@ def solve_batch(
     slots: int | None = None,
     devices: Any = None,
     progress: bool = False,
+    options: SolveOptions | None = None,
     **solve_options: Any,
 ) -> Solution:
     """Solve many independent least-squares problems at once.
@@ -97,10 +86,13 @@ def solve_batch(
     progress : bool, default False
         Show a tqdm progress bar over chunks (needs ``tqdm``). The call then waits
         for the results instead of returning at once. ``schedule="vmap"`` only.
+    options : SolveOptions, optional
+        The options of every fit as one value, as for `solve`.
     **solve_options
-        Any keyword of `solve` (``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
+        Any option of `solve` (``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
         ``factor``, ``diag``, ``jac``, ``linear_solver``, ``bounds``, ``fixed``,
-        ``loss``, ``f_scale``), shared by all fits.
+        ``loss``, ``f_scale``, ``adjoint``), shared by all fits. The refill pool
+        supports ``adjoint="implicit"`` only (``"auto"`` then picks ``"vmap"``).
 
     Returns
     -------
@@ -134,9 +126,7 @@ def solve_batch(
     """
     if not isinstance(args, tuple):
         args = (args,)
-    unknown = set(solve_options) - set(_STATIC_OPTIONS) - set(_DYNAMIC_OPTIONS)
-    if unknown:
-        raise ValueError(f"unknown solve option(s) for solve_batch: {sorted(unknown)}")
+    options = SolveOptions.build(options, where="solve_batch", **solve_options)
     if chunk_size is not None and (
         not isinstance(chunk_size, int)
         or isinstance(chunk_size, bool)
@@ -155,34 +145,37 @@ def solve_batch(
         raise ValueError("schedule='refill' does not support progress yet")
     axes = broadcast_axes(in_axes, (x0, args))
     n_batch = batch_size((x0, args), axes)
+    options = options.with_defaults(*_parameters_per_fit(x0, axes[0]))
     mesh = _mesh(devices)
     if schedule == "auto":
         per_device = -(-n_batch // (1 if mesh is None else mesh.size))
         width = chunk_size if slots is None else slots
         several = width is not None and per_device > width
-        schedule = "refill" if several and not progress else "vmap"
+        poolable = not progress and options.adjoint == "implicit"
+        schedule = "refill" if several and poolable else "vmap"
     pool = None
     if schedule == "refill":
         if slots is None:
             slots = DEFAULT_SLOTS if chunk_size is None else chunk_size
         pool = (slots, max(1, min(DEFAULT_REFILL, slots // 8)))
-    static = tuple((k, solve_options[k]) for k in _STATIC_OPTIONS if k in solve_options)
-    dynamic = {k: solve_options[k] for k in _DYNAMIC_OPTIONS if k in solve_options}
     treedef = jax.tree_util.tree_structure((x0, args))
     axes_leaves = tuple(axes_per_leaf(treedef, axes))
     chunk = None if chunk_size is None or chunk_size >= n_batch else chunk_size
     run = functools.partial(
-        _solve_batch_jit, fun, static, treedef, axes_leaves, chunk, n_batch, mesh, pool
+        _solve_batch_jit, fun, treedef, axes_leaves, chunk, n_batch, mesh, pool
     )
     if not progress:
-        return run(False, (x0, args), dynamic)
-    return _with_progress_bar(run, (x0, args), dynamic, n_batch, chunk, mesh)
+        return run(False, (x0, args), options, None)
+    return with_progress_bar(
+        lambda token: run(True, (x0, args), options, token),
+        n_bars=progress_ticks(n_batch, chunk, mesh),
+        desc=f"{n_batch} fits",
+    )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7, 8))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6, 7))
 def _solve_batch_jit(
     fun,
-    static,
     treedef,
     axes_leaves,
     chunk,
@@ -191,7 +184,8 @@ def _solve_batch_jit(
     pool,
     progress,
     inputs,
-    dynamic,
+    options,
+    token,
 ):
     leaves = treedef.flatten_up_to(inputs)
     # Batched leaves get their batch axis in front; shared leaves stay as they are.
@@ -210,12 +204,11 @@ def _solve_batch_jit(
 
     def one(shared, batched_leaves):
         x0, args = combine(shared, batched_leaves)
-        return solve(fun, x0, args, **dict(static), **dynamic)
+        return solve(fun, x0, args, options=options)
 
     def pooled(shared, per_fit):
         """Fit the leading axis of ``per_fit`` through a pool of refilled slots."""
         n_slots, refill_size = pool
-        options = {**dict(static), **dynamic}
         return solve_refill(
             fun, shared, per_fit, combine, n_slots, refill_size, chunk, options
         )
@@ -223,7 +216,7 @@ def _solve_batch_jit(
     def one_chunk(shared, per_fit):
         sols = jax.vmap(one, in_axes=(None, 0))(shared, per_fit)
         if progress:  # after the chunk's fits: the tick depends on their result
-            jax.debug.callback(_tick, sols.nfev[0])
+            tick(token, sols.nfev[0])
         return sols
 
     def chunked(shared, per_fit):
@@ -261,37 +254,18 @@ def _solve_batch_jit(
     return jax.tree_util.tree_map(lambda a: a[:n_batch], sols)
 
 
-_PROGRESS: dict = {"bar": None}  # the bar of the solve_batch call being computed
-
-
-def _tick(_):
-    bar = _PROGRESS["bar"]
-    if bar is not None:
-        bar.update(1)
-
-
-def _with_progress_bar(run, inputs, dynamic, n_batch, chunk, mesh):
-    """Run with a tqdm bar over chunks; waits for the results (to close the bar)."""
-    if importlib.util.find_spec("tqdm") is None:
-        raise ImportError("progress=True needs tqdm: pip install tqdm")
-    # tqdm.auto draws a widget in Jupyter but only warns ("IProgress not found")
-    # without ipywidgets; the plain text bar works everywhere.
-    if importlib.util.find_spec("ipywidgets") is not None:
-        from tqdm.auto import tqdm
-    else:
-        from tqdm import tqdm
-    n_dev = 1 if mesh is None else mesh.size
-    per_device = -(-n_batch // n_dev)
-    chunk = chunk if chunk is not None and chunk < per_device else per_device
-    total = -(-per_device // chunk) * n_dev
-    with tqdm(total=total, unit="chunk", desc=f"{n_batch} fits") as bar:
-        _PROGRESS["bar"] = bar
-        try:
-            sols = jax.block_until_ready(run(True, inputs, dynamic))
-            jax.effects_barrier()  # every tick delivered before the bar closes
-        finally:
-            _PROGRESS["bar"] = None
-    return sols
+def _parameters_per_fit(x0: Any, x0_axes: Any) -> tuple[int, Any]:
+    """``(n, dtype)`` of one fit's parameters: ``x0``'s leaves without their batch
+    axis (``x0_axes``: one int or None per leaf), in the working float dtype."""
+    leaves = jax.tree_util.tree_leaves(x0)
+    axes = jax.tree_util.tree_structure(x0).flatten_up_to(x0_axes)
+    n = sum(
+        int(np.size(leaf)) // (1 if axis is None else int(np.shape(leaf)[axis]))
+        for leaf, axis in zip(leaves, axes, strict=True)
+    )
+    dtypes = [jnp.result_type(leaf) for leaf in leaves]
+    floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
+    return n, (jnp.result_type(*floats) if floats else jnp.result_type(float))
 
 
 def _pad(leaf: jax.Array, size: int) -> jax.Array:

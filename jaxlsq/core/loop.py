@@ -30,9 +30,12 @@ decrease is rejected. Small steps from a feasible point are never clipped in the
 directions, so lmder's convergence argument carries over; with no bound active the
 iterates are lmder's.
 
-Under ``jax.vmap`` both loops run until the slowest lane stops; JAX's batching of
-``while_loop`` keeps the carry of a finished lane unchanged, so each lane's answer is
-that of the same fit solved alone.
+Under ``jax.vmap`` the loop runs until the slowest lane stops; JAX's batching of
+``while_loop`` keeps the carry of a finished lane unchanged, and every step is
+computed lane by lane (see `jaxlsq.core.steps`), so a lane's answer does not depend
+on the other lanes of its batch: bit-identical in any batch run by the same compiled
+program. It equals the same fit solved alone to the fit's accuracy, not bit for bit
+(a batch takes other, vectorised, linear algebra; see `jaxlsq.core.steps`).
 """
 
 from __future__ import annotations
@@ -45,33 +48,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .factorize import factorize, normal_equations
+from .options import SolveOptions
 from .status import Status
-from .steps import (
-    factorize,
-    normal_equations,
-    scaled_jacobian_norm,
-    trust_region_par,
-)
-
-
-class LMOptions(NamedTuple):
-    """Dynamic (traced) options of the loop; see `jaxlsq.solve` for their meaning.
-
-    All scalars have shape (); ``diag`` is (n,) or None (automatic scaling);
-    ``lower``/``upper`` are (n,) bounds (±inf allowed) or None (no bounds: the
-    unbounded loop is compiled, bit-identical to lmder); ``fixed`` is a bool (n,) mask
-    of parameters held at their starting values, or None.
-    """
-
-    ftol: jax.Array
-    xtol: jax.Array
-    gtol: jax.Array
-    factor: jax.Array
-    max_nfev: jax.Array
-    diag: jax.Array | None
-    lower: jax.Array | None = None
-    upper: jax.Array | None = None
-    fixed: jax.Array | None = None
+from .steps import scaled_jacobian_norm, trust_region_par
 
 
 class LMState(NamedTuple):
@@ -115,13 +95,16 @@ def _running(st: LMState) -> jax.Array:
     return st.status == int(Status.RUNNING)
 
 
-def _scalar_options(options: LMOptions, dtype):
+def _scalar_options(options: SolveOptions, dtype):
     """``(ftol, xtol, gtol, factor)`` in ``dtype`` and ``max_nfev`` as int32."""
-    ftol, xtol, gtol, factor = (jnp.asarray(o, dtype) for o in options[:4])
-    return ftol, xtol, gtol, factor, jnp.asarray(options.max_nfev, jnp.int32)
+    o = options
+    ftol, xtol, gtol, factor = (
+        jnp.asarray(v, dtype) for v in (o.ftol, o.xtol, o.gtol, o.factor)
+    )
+    return ftol, xtol, gtol, factor, jnp.asarray(o.max_nfev, jnp.int32)
 
 
-def _bounds(options: LMOptions, dtype):
+def _bounds(options: SolveOptions, dtype):
     """``(lower, upper)`` in ``dtype``, or ``(None, None)`` without bounds."""
     if options.lower is None:
         return None, None
@@ -129,7 +112,7 @@ def _bounds(options: LMOptions, dtype):
 
 
 def lm_init(
-    flat_fun: Callable[[jax.Array], jax.Array], x0: jax.Array, options: LMOptions
+    flat_fun: Callable[[jax.Array], jax.Array], x0: jax.Array, options: SolveOptions
 ) -> LMState:
     """The state at ``x0`` (n,): one residual evaluation and the input checks.
 
@@ -192,8 +175,7 @@ def with_jacobian(jac_fun: Callable[[jax.Array], jax.Array], st: LMState) -> LMS
 def lm_iteration(
     flat_fun: Callable[[jax.Array], jax.Array],
     jac_fun: Callable[[jax.Array], jax.Array],
-    options: LMOptions,
-    linear_solver: str,
+    options: SolveOptions,
     st: LMState,
 ) -> LMState:
     """One iteration of a running fit: the Jacobian at ``st.x`` and its
@@ -262,7 +244,7 @@ def lm_iteration(
     cosines = jnp.where(acnorm > 0, cosines, 0)
     gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
     status = jnp.where(_running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
-    system = factorize(jac_t, diag, jtf, linear_solver, gram, _running(st))
+    system = factorize(jac_t, diag, jtf, options.linear_solver, gram, _running(st))
     st = st._replace(diag=diag, gnorm=gnorm, status=status)
 
     def trial(st: LMState) -> LMState:
@@ -366,8 +348,7 @@ def run_lm(
     flat_fun: Callable[[jax.Array], jax.Array],
     jac_fun: Callable[[jax.Array], jax.Array],
     x0: jax.Array,
-    options: LMOptions,
-    linear_solver: str,
+    options: SolveOptions,
 ) -> LMState:
     """Minimise ``0.5 * ||flat_fun(x)||^2`` from ``x0`` (n,); return the final state.
 
@@ -377,7 +358,7 @@ def run_lm(
     state = lm_init(flat_fun, x0, options)
 
     def outer_body(st: LMState) -> LMState:
-        return lm_iteration(flat_fun, jac_fun, options, linear_solver, st)
+        return lm_iteration(flat_fun, jac_fun, options, st)
 
     final = lax.while_loop(_running, outer_body, state)
     return lm_finalize(jac_fun, final)

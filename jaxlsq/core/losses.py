@@ -89,3 +89,64 @@ def robust_cost(f: jax.Array, loss: str, f_scale: jax.Array) -> jax.Array:
     """scipy's ``0.5 * f_scale**2 * sum(rho((f / f_scale)**2))`` for residuals ``f``."""
     r = robust_residuals(f, loss, f_scale)
     return 0.5 * jnp.sum(r * r)
+
+
+def rho(z, loss: str, xp=jnp):
+    """scipy's ``rho(z)`` and its first two derivatives, ``(rho, rho', rho'')``.
+
+    Parameters
+    ----------
+    z : array, ``z >= 0``
+        Squared scaled residuals ``(f / f_scale)**2``.
+    loss : str
+        One of `LOSSES`.
+    xp : module, default ``jax.numpy``
+        The array namespace: ``numpy`` for host-side results (the scipy shims'
+        reported values), ``jax.numpy`` inside programs. One implementation, both.
+    """
+    if loss == "linear":
+        return z, xp.ones_like(z), xp.zeros_like(z)
+    if loss == "soft_l1":
+        t = 1 + z
+        return 2 * (t**0.5 - 1), t**-0.5, -0.5 * t**-1.5
+    if loss == "huber":
+        big = z > 1
+        zb = xp.where(big, z, 1)  # keep the untaken branch finite (and its AD)
+        return (
+            xp.where(big, 2 * zb**0.5 - 1, z),
+            xp.where(big, zb**-0.5, 1),
+            xp.where(big, -0.5 * zb**-1.5, 0),
+        )
+    if loss == "cauchy":
+        t = 1 + z
+        return xp.log1p(z), 1 / t, -1 / t**2
+    if loss == "arctan":
+        t = 1 + z * z
+        return xp.arctan(z), 1 / t, -2 * z / t**2
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+#: scipy's floor on the robust Jacobian's row weights (float64 eps, any dtype).
+_WEIGHT_FLOOR = 2.220446049250313e-16
+
+
+def loss_scaled_jacobian(jac, f, loss: str, f_scale, xp=jnp):
+    """scipy's ``scale_for_robust_loss_function``: the rows of ``jac`` (m, n)
+    scaled by ``sqrt(max(rho' + 2 rho'' f**2 / f_scale**2, eps))`` with rho of
+    ``z = (f / f_scale)**2`` (f: (m,) raw residuals). ``J^T J`` of the result is
+    the Gauss-Newton Hessian of the robust cost: what scipy's ``least_squares``
+    reports as ``jac`` and ``curve_fit`` inverts for ``pcov``."""
+    if loss == "linear":
+        return jac
+    _, rho1, rho2 = rho((f / f_scale) ** 2, loss, xp)
+    scale = rho1 + 2 * (rho2 / f_scale**2) * f**2
+    scale = xp.where(scale < _WEIGHT_FLOOR, _WEIGHT_FLOOR, scale)
+    return jac * xp.sqrt(scale)[:, None]
+
+
+def robust_cost_of(f, loss: str, f_scale, xp=jnp):
+    """scipy's cost ``0.5 * f_scale**2 * sum(rho((f / f_scale)**2))`` from its own
+    formula for rho (what the shims report; `robust_cost` is the loop's)."""
+    if loss == "linear":
+        return 0.5 * xp.sum(f * f)
+    return 0.5 * f_scale**2 * xp.sum(rho((f / f_scale) ** 2, loss, xp)[0])

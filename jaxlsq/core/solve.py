@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -13,12 +12,13 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from .implicit import ADJOINTS, implicit_solution, with_tangents
-from .jacobian import JAC_MODES, make_jacobian
-from .loop import LMOptions, LMState, run_lm
-from .losses import LOSSES, robust_residuals
+from .implicit import implicit_solution, with_tangents
+from .jacobian import make_jacobian
+from .loop import LMState, run_lm
+from .losses import robust_residuals
+from .options import SolveOptions
 from .status import Solution, Status
-from .steps import LINEAR_SOLVERS
+from .validate import as_float_pytree, check_concrete, residual_size
 
 
 def solve(
@@ -26,19 +26,8 @@ def solve(
     x0: Any,
     args: tuple = (),
     *,
-    bounds: tuple[Any, Any] | None = None,
-    fixed: Any = None,
-    loss: str = "linear",
-    f_scale: float = 1.0,
-    jac: str | Callable = "auto",
-    ftol: float | None = None,
-    xtol: float | None = None,
-    gtol: float | None = None,
-    max_nfev: int | None = None,
-    factor: float = 10.0,
-    diag: Any = None,
-    linear_solver: str = "svd",
-    adjoint: str = "implicit",
+    options: SolveOptions | None = None,
+    **option_kwargs: Any,
 ) -> Solution:
     """Minimise ``0.5 * sum(fun(params, *args) ** 2)`` by Levenberg-Marquardt.
 
@@ -57,6 +46,10 @@ def solve(
         float64) is the working precision. Integer leaves are cast to float.
     args : tuple, default ()
         Extra positional arguments of ``fun`` (any pytrees of arrays).
+    options : SolveOptions, optional
+        All the options below as one value (`jaxlsq.core.options.SolveOptions`);
+        keywords given as well override its fields. An unknown keyword raises
+        ``TypeError``.
     bounds : (lower, upper), optional
         Box constraints ``lower <= params <= upper``. Each side is a scalar (applied
         to every parameter) or a pytree with the structure of ``x0`` whose leaves
@@ -163,118 +156,54 @@ def solve(
     ...     lambda p, x, y: p[0] * jnp.exp(-p[1] * x) - y, jnp.array([1.0, 1.0]),
     ...     args=(x, y)).params)(y)
     """
-    x0, args, options, f_scale = prepare(
-        fun,
-        x0,
-        args,
-        bounds=bounds,
-        fixed=fixed,
-        loss=loss,
-        f_scale=f_scale,
-        jac=jac,
-        ftol=ftol,
-        xtol=xtol,
-        gtol=gtol,
-        max_nfev=max_nfev,
-        factor=factor,
-        diag=diag,
-        linear_solver=linear_solver,
-        adjoint=adjoint,
-    )
-    return _solve_jit(
-        fun, jac, linear_solver, adjoint, loss, x0, args, options, f_scale
-    )
+    options = SolveOptions.build(options, **option_kwargs)
+    x0, args, resolved = prepare(fun, x0, args, options)
+    return _solve_jit(fun, x0, args, resolved)
 
 
 def prepare(
-    fun: Callable[..., Any],
-    x0: Any,
-    args: tuple = (),
-    *,
-    bounds: tuple[Any, Any] | None = None,
-    fixed: Any = None,
-    loss: str = "linear",
-    f_scale: float = 1.0,
-    jac: str | Callable = "auto",
-    ftol: float | None = None,
-    xtol: float | None = None,
-    gtol: float | None = None,
-    max_nfev: int | None = None,
-    factor: float = 10.0,
-    diag: Any = None,
-    linear_solver: str = "svd",
-    adjoint: str = "implicit",
-) -> tuple[Any, tuple, LMOptions, jax.Array]:
-    """`solve`'s checks and defaults: ``(x0, args, options, f_scale)`` for the loop.
+    fun: Callable[..., Any], x0: Any, args: tuple, options: SolveOptions
+) -> tuple[Any, tuple, SolveOptions]:
+    """`solve`'s checks and defaults: ``(x0, args, resolved options)`` for the loop.
 
-    ``x0`` comes back as a float pytree, ``args`` as a tuple, the options resolved
-    into `LMOptions` (flat bounds and fixed mask) and ``f_scale`` as an array.
-    Raises what `solve` documents.
+    ``x0`` comes back as a float pytree, ``args`` as a tuple, ``options`` resolved
+    (`SolveOptions.resolve`: defaults filled in, flat bounds and fixed mask).
+    Raises what `solve` documents. Works on tracers too (inside ``vmap``), where
+    value checks are left to the loop.
     """
     if not callable(fun):
         raise TypeError(f"fun must be callable, got {type(fun).__name__}")
     if not isinstance(args, tuple):
         args = (args,)
-    x0 = _as_float_pytree(x0)
+    x0 = as_float_pytree(x0)
     leaves = jax.tree_util.tree_leaves(x0)
     n = sum(leaf.size for leaf in leaves)
     dtype = jnp.result_type(*leaves)
-    m = _residual_size(fun, x0, args)
+    m = residual_size(fun, x0, args)
     if m < n:
         raise ValueError(
             f"fun returns m={m} residuals for n={n} parameters; least squares needs "
             "m >= n (improper input)."
         )
-    _check_options(jac, ftol, xtol, gtol, max_nfev, factor, linear_solver)
-    if adjoint not in ADJOINTS:
-        raise ValueError(f"adjoint must be one of {ADJOINTS}, got {adjoint!r}")
-    if diag is not None:
-        diag = jnp.asarray(diag, dtype)
-        if diag.shape != (n,):
-            raise ValueError(f"diag must have shape ({n},), got {diag.shape}")
-        _check_concrete(diag, "diag", lambda d: np.all(d > 0), "entries must be > 0")
     for leaf in leaves:
-        _check_concrete(leaf, "x0", lambda v: np.all(np.isfinite(v)), "must be finite")
-
-    lower, upper = _flat_bounds(bounds, x0, n, dtype)
-    if lower is not None:
-        _check_bounds(lower, upper, x0)
-    fixed_mask = None if fixed is None else _flat_like(fixed, x0, n, bool, "fixed")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    _check_concrete(f_scale, "f_scale", lambda v: np.all(v > 0), "must be > 0")
-
-    default_tol = 10 * float(jnp.finfo(dtype).eps)
-    options = LMOptions(
-        ftol=default_tol if ftol is None else ftol,
-        xtol=default_tol if xtol is None else xtol,
-        gtol=float(jnp.finfo(dtype).eps) if gtol is None else gtol,
-        factor=factor,
-        max_nfev=500 * (n + 1) if max_nfev is None else max_nfev,
-        diag=diag,
-        lower=lower,
-        upper=upper,
-        fixed=fixed_mask,
-    )
-    xp = jnp if isinstance(f_scale, jax.core.Tracer) else np
-    f_scale = xp.asarray(f_scale, dtype)
-    return x0, args, options, f_scale
+        check_concrete(leaf, "x0", lambda v: np.all(np.isfinite(v)), "must be finite")
+    return x0, args, options.resolve(x0, n, dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _solve_jit(
-    fun, jac, linear_solver, adjoint, loss, x0, args, options: LMOptions, f_scale
-) -> Solution:
+@functools.partial(jax.jit, static_argnums=(0,))
+def _solve_jit(fun, x0, args, options: SolveOptions) -> Solution:
     flat_x0, unravel = ravel_pytree(x0)
-    model = make_model(fun, jac, loss, flat_x0, unravel, args)
-    full_args = (args, f_scale)
-    if adjoint == "implicit":  # the loop carries no tangents; they are attached after
-        loop_x0, loop_args, options = lax.stop_gradient((flat_x0, full_args, options))
+    model = make_model(fun, options.jac, options.loss, flat_x0, unravel, args)
+    full_args = (args, options.f_scale)
+    if options.adjoint == "implicit":  # the loop carries no tangents; added after
+        loop_x0, loop_args, loop_options = lax.stop_gradient(
+            (flat_x0, full_args, options)
+        )
     else:  # "unrolled": JAX differentiates through the iterations (forward mode)
-        loop_x0, loop_args = flat_x0, full_args
+        loop_x0, loop_args, loop_options = flat_x0, full_args, options
     flat_fun, jac_fun = model.loop_functions(loop_args)
-    st = run_lm(flat_fun, jac_fun, loop_x0, options, linear_solver)
-    return assemble_solution(model, adjoint, st, full_args, options)
+    st = run_lm(flat_fun, jac_fun, loop_x0, loop_options)
+    return assemble_solution(model, options.adjoint, st, full_args, loop_options)
 
 
 class Model(NamedTuple):
@@ -369,7 +298,7 @@ def make_model(
 
 
 def assemble_solution(
-    model: Model, adjoint: str, st: LMState, full_args, options: LMOptions
+    model: Model, adjoint: str, st: LMState, full_args, options: SolveOptions
 ) -> Solution:
     """The `Solution` of the final loop state ``st`` (with the Jacobian at ``st.x``).
 
@@ -414,187 +343,3 @@ def assemble_solution(
         n_iter=st.n_iter,
         active_mask=active_mask,
     )
-
-
-# ----------------------------------------------------------------------------------
-# validation (Python, before tracing)
-
-
-def _as_float_pytree(x0: Any) -> Any:
-    leaves = jax.tree_util.tree_leaves(x0)
-    if not leaves:
-        raise ValueError("x0 must contain at least one parameter, got an empty pytree")
-
-    def to_float(leaf):
-        # arrays pass through untouched (an eager jnp.asarray costs ~40 us per call)
-        if not isinstance(leaf, jax.Array | np.ndarray):
-            leaf = jnp.asarray(leaf)
-        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
-            raise TypeError(f"x0 must be real floating point, got dtype {leaf.dtype}")
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            leaf = leaf.astype(jnp.result_type(float))
-        return leaf
-
-    x0 = jax.tree_util.tree_map(to_float, x0)
-    if sum(jnp.size(leaf) for leaf in jax.tree_util.tree_leaves(x0)) == 0:
-        raise ValueError("x0 must contain at least one parameter, got size 0")
-    return x0
-
-
-def _abstract_signature(tree: Any) -> tuple:
-    """Hashable (structure, shapes, dtypes) of a pytree: what tracing depends on."""
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    return treedef, tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
-
-
-def _residual_size(fun, x0, args) -> int:
-    """Number of residuals ``m``; cached so a warm call does not re-trace ``fun``."""
-    try:
-        key = (fun, _abstract_signature(x0), _abstract_signature(args))
-        hash(key)
-    except TypeError:  # unhashable leaf (e.g. a Python object): no caching
-        return _trace_residual_size(fun, x0, args)
-    if key not in _RESIDUAL_SIZES:
-        if len(_RESIDUAL_SIZES) >= _CACHE_LIMIT:
-            _RESIDUAL_SIZES.clear()
-        _RESIDUAL_SIZES[key] = _trace_residual_size(fun, x0, args)
-    return _RESIDUAL_SIZES[key]
-
-
-_RESIDUAL_SIZES: dict = {}
-_CACHE_LIMIT = 4096
-
-
-def _trace_residual_size(fun, x0, args) -> int:
-    try:
-        out = jax.eval_shape(fun, x0, *args)
-    except Exception as err:  # the user's function failed: say where, keep the cause
-        raise ValueError(
-            f"fun(x0, *args) could not be evaluated with x0 of structure "
-            f"{jax.tree_util.tree_structure(x0)} and {len(args)} args "
-            f"(shapes {[getattr(a, 'shape', type(a).__name__) for a in args]}): {err}"
-        ) from err
-    leaves = jax.tree_util.tree_leaves(out)
-    if len(leaves) != 1:
-        raise ValueError(
-            f"fun must return one array of residuals, got a pytree with "
-            f"{len(leaves)} leaves"
-        )
-    if not jnp.issubdtype(leaves[0].dtype, jnp.floating):
-        raise TypeError(
-            f"fun must return floating-point residuals, got dtype {leaves[0].dtype}"
-        )
-    return int(np.prod(leaves[0].shape))
-
-
-def _check_options(jac, ftol, xtol, gtol, max_nfev, factor, linear_solver) -> None:
-    if not callable(jac) and jac not in JAC_MODES:
-        raise ValueError(f"jac must be one of {JAC_MODES} or a callable, got {jac!r}")
-    if linear_solver not in LINEAR_SOLVERS:
-        raise ValueError(
-            f"linear_solver must be one of {LINEAR_SOLVERS}, got {linear_solver!r}"
-        )
-    for name, value in (("ftol", ftol), ("xtol", xtol), ("gtol", gtol)):
-        if value is not None:
-            _check_concrete(value, name, lambda v: np.all(v >= 0), "must be >= 0")
-    _check_concrete(factor, "factor", lambda v: np.all(v > 0), "must be > 0")
-    if max_nfev is not None:
-        if isinstance(max_nfev, numbers.Number) and not isinstance(
-            max_nfev, numbers.Integral
-        ):
-            raise TypeError(f"max_nfev must be an integer, got {max_nfev!r}")
-        _check_concrete(max_nfev, "max_nfev", lambda v: np.all(v > 0), "must be > 0")
-
-
-def _check_concrete(value, name: str, predicate, requirement: str) -> None:
-    """Raise ValueError if a concrete ``value`` fails ``predicate``; skip tracers."""
-    if isinstance(value, jax.core.Tracer):
-        return  # checked inside the loop, reported as Status.IMPROPER_INPUT
-    if not predicate(np.asarray(value)):
-        raise ValueError(f"{name} {requirement}, got {np.asarray(value)!r}")
-
-
-def _flat_like(tree: Any, x0: Any, n: int, dtype, name: str) -> jax.Array:
-    """Flatten a per-parameter option to (n,) in ``ravel_pytree(x0)`` order.
-
-    ``tree`` is a scalar (same value for every parameter), a flat (n,) array, or a
-    pytree with the structure of ``x0`` whose leaves broadcast to the matching leaves
-    of ``x0``.
-    """
-    if not jax.tree_util.tree_leaves(tree):
-        raise ValueError(f"{name} must not be empty")
-    # numpy for concrete values: eager jnp ops cost ~10 us each on every call
-    traced = any(
-        isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(tree)
-    )
-    xp = jnp if traced else np
-    if not _is_container(tree):
-        if np.ndim(tree) == 0:
-            return xp.full((n,), tree, dtype)
-        if np.shape(tree) == (n,):  # already flat, in ravel_pytree order
-            return xp.asarray(tree, dtype)
-    x0_def = jax.tree_util.tree_structure(x0)
-    try:
-        leaves = x0_def.flatten_up_to(tree)
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            f"{name} must be a scalar or have the structure of x0 ({x0_def}), got "
-            f"{jax.tree_util.tree_structure(tree)}"
-        ) from err
-    flat = []
-    for leaf, ref in zip(leaves, jax.tree_util.tree_leaves(x0), strict=True):
-        try:
-            flat.append(xp.ravel(xp.broadcast_to(xp.asarray(leaf, dtype), ref.shape)))
-        except (ValueError, TypeError) as err:
-            raise ValueError(
-                f"{name}: a leaf of shape {np.shape(leaf)} does not broadcast to the "
-                f"matching x0 leaf of shape {ref.shape}"
-            ) from err
-    return xp.concatenate(flat)
-
-
-def _is_container(tree: Any) -> bool:
-    return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(tree))
-
-
-def _flat_bounds(bounds, x0, n, dtype):
-    """``bounds`` -> (lower, upper) flat (n,) arrays, or (None, None)."""
-    if bounds is None:
-        return None, None
-    if not isinstance(bounds, tuple | list) or len(bounds) != 2:
-        raise ValueError(
-            "bounds must be a pair (lower, upper) of scalars or pytrees like x0, got "
-            f"{type(bounds).__name__}"
-            + (f" of length {len(bounds)}" if isinstance(bounds, tuple | list) else "")
-        )
-    return (
-        _flat_like(bounds[0], x0, n, dtype, "bounds[0] (lower)"),
-        _flat_like(bounds[1], x0, n, dtype, "bounds[1] (upper)"),
-    )
-
-
-def _check_bounds(lower, upper, x0) -> None:
-    """scipy's rules: ``lower < upper`` strictly, ``x0`` inside (closed) box."""
-    if any(isinstance(v, jax.core.Tracer) for v in (lower, upper)):
-        return  # reported as Status.IMPROPER_INPUT inside the loop
-    lo, hi = np.asarray(lower), np.asarray(upper)
-    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
-        raise ValueError("bounds must not contain NaN")
-    bad = np.flatnonzero(~(lo < hi))
-    if bad.size:
-        raise ValueError(
-            f"bounds: each lower bound must be strictly less than its upper bound; "
-            f"violated at flat parameter index {bad.tolist()} (lower {lo[bad]}, "
-            f"upper {hi[bad]}). Use fixed= to hold a parameter constant."
-        )
-    leaves = jax.tree_util.tree_leaves(x0)
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-        return
-    x = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
-    outside = np.flatnonzero((x < lo) | (x > hi))
-    if outside.size:
-        raise ValueError(
-            f"x0 is infeasible: outside bounds at flat parameter index "
-            f"{outside.tolist()} (x0 {x[outside]}, lower {lo[outside]}, upper "
-            f"{hi[outside]})"
-        )

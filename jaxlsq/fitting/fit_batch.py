@@ -11,21 +11,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..batch.solve_batch import axes_per_leaf, batch_size, broadcast_axes, solve_batch
-from .fit import (
-    FitResult,
-    _check_model_shape,
-    _finish,
-    _flat_bounds,
-    _flat_fixed,
-    _float_params,
-    _param_names,
-    _Residuals,
-    _solve_kwargs,
+from ..core.validate import check_bounds, flat_bounds
+from .checks import (
     as_data,
     check_fit_call,
-    fit_solve_options,
-    sigma_kind,
+    check_model_shape,
+    flat_fixed,
+    float_params,
+    param_names,
 )
+from .fit import fit_solve_options
+from .result import FitResult
+from .statistics import fit_result
+from .weights import Residuals, sigma_kind
 
 #: Default ``in_axes`` for ``(x, y, p0, sigma)``: one abscissa, one curve per row of
 #: ``y``, one starting point and one ``sigma`` for all.
@@ -119,23 +117,26 @@ def fit_batch(
     # One curve's inputs fix what every curve shares: dtype, parameter structure and
     # names, the kind of weights, the options.
     x1, y1, p1, sigma1 = _first_problem(inputs, axes)
-    p1, dtype = _float_params(p1, y1)
+    p1, dtype = float_params(p1, y1)
     leaves, treedef = jax.tree_util.tree_flatten(p1)
     shapes = tuple(np.shape(leaf) for leaf in leaves)
     n = sum(int(np.prod(s)) for s in shapes)
     y1 = as_data(y1, dtype)
-    _check_model_shape(model, x1, p1, y1)
+    check_model_shape(model, x1, p1, y1)
     kind = sigma_kind(sigma1, y1)
-    fixed_mask = _flat_fixed(fixed, p1, n)
-    bound_arrays = None if bounds is None else _flat_bounds(bounds, p1, n, dtype)
+    fixed_mask = flat_fixed(fixed, p1, n)
+    bound_arrays = None
+    if bounds is not None:  # lower < upper here; each curve's p0: its status
+        bound_arrays = flat_bounds(bounds, p1, n, dtype)
+        check_bounds(*bound_arrays, ())
     options = fit_solve_options(
-        solve_options, bound_arrays, fixed_mask, loss, f_scale, treedef, shapes
+        solve_options, bound_arrays, fixed_mask, loss, f_scale, where="fit_batch"
     )
 
     y = jnp.moveaxis(as_data(y, dtype), y_axis, 0)
     p0 = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), p0)
     transform, transform_axis = _transforms(kind, sigma, sigma_axis, y1, dtype)
-    residual_fn = _Residuals(model, kind)
+    residual_fn = Residuals(model, kind)
     sols = solve_batch(
         residual_fn,
         p0,
@@ -146,15 +147,15 @@ def fit_batch(
         slots=slots,
         devices=devices,
         progress=progress,
-        **_solve_kwargs(options, treedef, shapes),
+        options=options,
     )
     finish = functools.partial(
-        _finish,
+        fit_result,
         residual_fn=residual_fn,
         fixed=tuple(bool(b) for b in fixed_mask),
         loss=loss,
         absolute_sigma=bool(absolute_sigma),
-        names=_param_names(p1),
+        names=param_names(p1),
         n_starts=1,
     )
     f_scale = jnp.asarray(f_scale, dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Callable
@@ -19,31 +20,27 @@ from .errors import OptimizeWarning
 # curve_fit
 
 
+@dataclasses.dataclass(frozen=True)
 class _ModelResiduals:
     """``transform (f(xdata, *params) - ydata)``, for numpy and JAX alike.
 
-    Instances compare equal per ``(f, kind)`` so the compiled loop is reused.
+    Equal (and hashing alike) per ``(f, kind)`` so the compiled loop is reused.
     ``kind`` is None (no sigma), ``"1d"`` (``transform = 1 / sigma``) or ``"2d"``
     (``transform = L``, the Cholesky factor of the covariance: solve ``L r' = r``).
     """
 
-    def __init__(self, f, kind):
-        self.f = f
-        self.kind = kind
-        self._jaxlsq_origin = f
+    f: Callable
+    kind: str | None
+
+    @property
+    def _jaxlsq_origin(self):
+        return self.f
 
     def __call__(self, params, xdata, ydata, transform):
         return _transform(self.f(xdata, *params) - ydata, transform, self.kind, 1)
 
-    def __eq__(self, other):
-        return (
-            type(other) is type(self) and other.f == self.f and other.kind == self.kind
-        )
 
-    def __hash__(self):
-        return hash((type(self), self.f, self.kind))
-
-
+@dataclasses.dataclass(frozen=True)
 class _ModelJacobian(_ModelResiduals):
     """``transform jac(xdata, *params)``, the Jacobian of `_ModelResiduals`."""
 

@@ -9,6 +9,7 @@ loss-modified Jacobian).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 from collections.abc import Callable
@@ -18,10 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.caches import JAC_TRACES as _JAC_TRACES
+from ..core.losses import loss_scaled_jacobian, robust_cost_of
+from ..core.options import SolveOptions
 from ..core.solve import solve
 from ..core.status import MESSAGES, Status
 from . import host as _host
-from .plan import _LRU, _args_signature, _hashable, _plan, _warn_host
+from .differences import _Difference, _UserCall
+from .plan import _args_signature, _hashable, _plan, _warn_host
 
 EPS = float(np.finfo(float).eps)
 
@@ -75,23 +80,26 @@ _FACTOR = {"lm": 100.0, "trf": 10.0, "dogbox": 10.0}
 # the user's functions, as the loop sees them
 
 
+@dataclasses.dataclass(frozen=True)
 class _Bound:
     """``f(x, *args, **kwargs)`` called as ``f(x, args, kwargs)``.
 
     ``args`` and ``kwargs`` travel as data (traced on the JAX path, in the per-call
     context on the host path), so one compiled loop serves every call; instances
-    compare equal per ``(f, role, static)``. ``static`` holds the arguments that are
+    are equal per ``(f, role, static)``. ``static`` holds the arguments that are
     not data (strings, None, callables: `_split_static`) as ``(position or name,
     value)`` pairs, put back in place of the ``None`` they left in ``args``/``kwargs``.
     ``role`` "fun" enforces scipy's 1-D rule for the residuals; "jac" densifies a
     sparse Jacobian on the host.
     """
 
-    def __init__(self, f, role: str, static: tuple = ()):
-        self.f = f
-        self.role = role
-        self.static = static
-        self._jaxlsq_origin = getattr(f, "_jaxlsq_origin", f)
+    f: Callable
+    role: str
+    static: tuple = ()
+
+    @property
+    def _jaxlsq_origin(self):
+        return getattr(self.f, "_jaxlsq_origin", self.f)
 
     def __call__(self, x, args, kwargs):
         if self.static:
@@ -119,16 +127,6 @@ class _Bound:
                 )
         return out
 
-    def __eq__(self, other):
-        return (
-            type(other) is _Bound
-            and other.f == self.f
-            and (other.role, other.static) == (self.role, self.static)
-        )
-
-    def __hash__(self):
-        return hash((_Bound, self.f, self.role, self.static))
-
 
 def _split_static(args: tuple, kwargs: dict):
     """``(dynamic_args, dynamic_kwargs, static)``: strings, None and callables among
@@ -153,6 +151,7 @@ def _is_static(value) -> bool:
     return (isinstance(value, str) or callable(value)) and _hashable(value)
 
 
+@dataclasses.dataclass(frozen=True)
 class _Padded:
     """``f`` with ``pad`` zero residuals (rows of the Jacobian) appended.
 
@@ -161,11 +160,13 @@ class _Padded:
     solves the same problem.
     """
 
-    def __init__(self, f, pad: int, n: int):
-        self.f = f
-        self.pad = pad
-        self.n = n
-        self._jaxlsq_origin = getattr(f, "_jaxlsq_origin", f)
+    f: Callable
+    pad: int
+    n: int
+
+    @property
+    def _jaxlsq_origin(self):
+        return getattr(self.f, "_jaxlsq_origin", self.f)
 
     def __call__(self, x, args, kwargs):
         out = self.f(x, args, kwargs)
@@ -174,19 +175,6 @@ class _Padded:
             return xp.concatenate([xp.ravel(xp.asarray(out)), xp.zeros(self.pad)])
         out = xp.reshape(xp.asarray(out), (-1, self.n))
         return xp.concatenate([out, xp.zeros((self.pad, self.n))])
-
-    def __eq__(self, other):
-        return (
-            type(other) is _Padded
-            and other.f == self.f
-            and (other.pad, other.n) == (self.pad, self.n)
-        )
-
-    def __hash__(self):
-        return hash((_Padded, self.f, self.pad, self.n))
-
-
-_JAC_TRACES = _LRU(512)  # (jac, n, args signature) -> (shape or None, error)
 
 
 def _trace_jac(jac_w, x0, call_args):
@@ -214,195 +202,6 @@ def _check_jac_shape(shape, m: int, n: int) -> None:
             f"The return value of `jac` has wrong shape: expected {(m, n)}, "
             f"actual {shape}."
         )
-
-
-# ----------------------------------------------------------------------------------
-# finite differences on the host (scipy.optimize._numdiff's dense schemes)
-
-
-def _relative_step(method: str, out_dtype) -> float:
-    """scipy's default relative step: eps**(1/2) (2-point, cs) or eps**(1/3)."""
-    eps = EPS
-    if np.issubdtype(out_dtype, np.inexact) and np.dtype(out_dtype).itemsize < 8:
-        eps = float(np.finfo(out_dtype).eps)
-    return eps ** (1 / 3) if method == "3-point" else eps**0.5
-
-
-def _absolute_step(rel_step, x0, rstep):
-    sign = (x0 >= 0).astype(float) * 2 - 1  # +1 at x0 == 0
-    default = rstep * sign * np.maximum(1.0, np.abs(x0))
-    if rel_step is None:
-        return default
-    h = rel_step * sign * np.abs(x0)
-    return np.where(((x0 + h) - x0) == 0, default, h)
-
-
-def _adjust_to_bounds(x0, h, scheme: str, lb, ub):
-    """scipy's ``_adjust_scheme_to_bounds`` with ``num_steps = 1``."""
-    if scheme == "1-sided":
-        one_sided = np.ones_like(h, dtype=bool)
-    else:
-        h = np.abs(h)
-        one_sided = np.zeros_like(h, dtype=bool)
-    if np.all((lb == -np.inf) & (ub == np.inf)):
-        return h, one_sided
-    h_adj = h.copy()
-    lower_dist, upper_dist = x0 - lb, ub - x0
-    if scheme == "1-sided":
-        x = x0 + h
-        violated = (x < lb) | (x > ub)
-        fitting = np.abs(h) <= np.maximum(lower_dist, upper_dist)
-        h_adj[violated & fitting] *= -1
-        forward = (upper_dist >= lower_dist) & ~fitting
-        h_adj[forward] = upper_dist[forward]
-        backward = (upper_dist < lower_dist) & ~fitting
-        h_adj[backward] = -lower_dist[backward]
-    else:
-        central = (lower_dist >= h) & (upper_dist >= h)
-        forward = (upper_dist >= lower_dist) & ~central
-        h_adj[forward] = np.minimum(h[forward], 0.5 * upper_dist[forward])
-        one_sided[forward] = True
-        backward = (upper_dist < lower_dist) & ~central
-        h_adj[backward] = -np.minimum(h[backward], 0.5 * lower_dist[backward])
-        one_sided[backward] = True
-        min_dist = np.minimum(upper_dist, lower_dist)
-        adjusted_central = ~central & (np.abs(h_adj) <= min_dist)
-        h_adj[adjusted_central] = min_dist[adjusted_central]
-        one_sided[adjusted_central] = False
-    return h_adj, one_sided
-
-
-def approx_jacobian(fun, x0, f0, method, rel_step, lb, ub, out_dtype, workers=None):
-    """Dense finite-difference Jacobian (m, n) of ``fun`` at ``x0``, as scipy's
-    ``approx_derivative`` computes it for ``least_squares`` (same steps, same bound
-    handling, same formulas). ``fun(x) -> (m,)``; ``f0 = fun(x0)``."""
-    n = x0.size
-    mapper = map if workers is None else workers
-    h = _absolute_step(rel_step, x0, _relative_step(method, out_dtype))
-    if method == "cs":
-        points = []
-        for i in range(n):
-            xc = x0.astype(complex)
-            xc[i] += h[i] * 1.0j
-            points.append(xc)
-        evals = list(mapper(fun, points))
-        cols = [np.ravel(np.asarray(evals[i]).imag) / h[i] for i in range(n)]
-        return np.stack(cols, axis=1)
-    scheme = "1-sided" if method == "2-point" else "2-sided"
-    h, one_sided = _adjust_to_bounds(x0, h, scheme, lb, ub)
-    if method == "2-point":
-        points = []
-        for i in range(n):
-            x1 = x0.copy()
-            x1[i] = x0[i] + h[i]
-            points.append(x1)
-        evals = list(mapper(fun, points))
-        cols = [
-            (np.ravel(np.asarray(evals[i], dtype=float)) - f0) / (points[i][i] - x0[i])
-            for i in range(n)
-        ]
-        return np.stack(cols, axis=1)
-    points = []
-    for i in range(n):
-        lo, hi = x0.copy(), x0.copy()
-        if one_sided[i]:
-            lo[i], hi[i] = x0[i] + h[i], x0[i] + 2 * h[i]
-        else:
-            lo[i], hi[i] = x0[i] - h[i], x0[i] + h[i]
-        points += [lo, hi]
-    evals = [np.ravel(np.asarray(f, dtype=float)) for f in mapper(fun, points)]
-    cols = []
-    for i in range(n):
-        f1, f2 = evals[2 * i], evals[2 * i + 1]
-        if one_sided[i]:
-            cols.append((-3.0 * f0 + 4 * f1 - f2) / (points[2 * i + 1][i] - x0[i]))
-        else:
-            cols.append((f2 - f1) / (points[2 * i + 1][i] - points[2 * i][i]))
-    return np.stack(cols, axis=1)
-
-
-class _UserCall:
-    """``fun(x, *args, **kwargs)`` as a one-argument callable (picklable for
-    ``workers`` pools when ``fun`` is)."""
-
-    def __init__(self, fun, args, kwargs):
-        self.fun, self.args, self.kwargs = fun, args, kwargs
-
-    def __call__(self, x):
-        return self.fun(x, *self.args, **self.kwargs)
-
-
-class _Difference:
-    """The host path's Jacobian for a string ``jac``: scipy's schemes, counted as
-    Jacobian evaluations (scipy's ``nfev`` excludes finite-difference calls)."""
-
-    def __init__(self, user_fun, method, rel_step, lb, ub, out_dtype, workers, m, pad):
-        self.user_fun = user_fun
-        self.method, self.rel_step = method, rel_step
-        self.lb, self.ub, self.out_dtype = lb, ub, out_dtype
-        self.workers, self.m, self.pad = workers, m, pad
-        self.njev = 0
-
-    def __call__(self, func, x, fx):  # ``func`` (counted by the loop) is not used
-        self.njev += 1
-        jac = approx_jacobian(
-            self.user_fun, x, fx[: self.m], self.method, self.rel_step,
-            self.lb, self.ub, self.out_dtype, self.workers,
-        )  # fmt: skip
-        if self.pad:
-            jac = np.concatenate([jac, np.zeros((self.pad, x.size))])
-        return jac
-
-
-# ----------------------------------------------------------------------------------
-# robust losses on the host: scipy's rho and derivatives, for the reported jac
-
-
-def _rho(f, loss: str, f_scale: float):
-    """scipy's ``(rho, rho', rho'')`` of ``z = (f / f_scale)**2``, scaled as scipy's
-    ``construct_loss_function`` (rho * C**2, rho'' / C**2)."""
-    z = (f / f_scale) ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if loss == "soft_l1":
-            t = 1 + z
-            rho = np.stack([2 * (t**0.5 - 1), t**-0.5, -0.5 * t**-1.5])
-        elif loss == "huber":
-            small = z <= 1
-            zs = np.where(small, 1.0, z)
-            rho = np.stack([
-                np.where(small, z, 2 * zs**0.5 - 1),
-                np.where(small, 1.0, zs**-0.5),
-                np.where(small, 0.0, -0.5 * zs**-1.5),
-            ])  # fmt: skip
-        elif loss == "cauchy":
-            t = 1 + z
-            rho = np.stack([np.log1p(z), 1 / t, -1 / t**2])
-        elif loss == "arctan":
-            t = 1 + z**2
-            rho = np.stack([np.arctan(z), 1 / t, -2 * z / t**2])
-        else:  # linear
-            rho = np.stack([z, np.ones_like(z), np.zeros_like(z)])
-    rho[0] *= f_scale**2
-    rho[2] /= f_scale**2
-    return rho
-
-
-def _cost(f, loss: str, f_scale: float) -> float:
-    if loss == "linear":
-        return 0.5 * float(np.dot(f, f))
-    return 0.5 * float(np.sum(_rho(f, loss, f_scale)[0]))
-
-
-def _loss_modified_jacobian(jac, f, loss: str, f_scale: float):
-    """scipy's ``scale_for_robust_loss_function``: rows of J scaled by
-    ``sqrt(max(rho' + 2 rho'' f**2, eps))``; J^T J is then the Gauss-Newton Hessian
-    of the robust cost."""
-    if loss == "linear":
-        return jac
-    rho = _rho(f, loss, f_scale)
-    scale = rho[1] + 2 * rho[2] * f**2
-    scale[scale < EPS] = EPS
-    return jac * np.sqrt(scale)[:, None]
 
 
 # ----------------------------------------------------------------------------------
@@ -764,7 +563,7 @@ def _least_squares(
         x=x,
         cost=out["cost"],
         fun=f,
-        jac=_loss_modified_jacobian(jac_x, f, loss, float(f_scale)),
+        jac=loss_scaled_jacobian(jac_x, f, loss, float(f_scale), xp=np),
         grad=grad,
         optimality=optimality,
         active_mask=active_mask,
@@ -784,7 +583,7 @@ def _least_squares(
         if f0 is None:
             with jax.enable_x64(True):
                 f0 = np.ravel(np.asarray(fun_w(x0, *call_args), dtype=float))
-        initial_cost = _cost(f0, loss, float(f_scale))
+        initial_cost = float(robust_cost_of(f0, loss, float(f_scale), xp=np))
         print(result.message)
         print(
             f"Function evaluations {result.nfev}, initial cost {initial_cost:.4e}, "
@@ -880,15 +679,11 @@ class _OptimizeResult(dict):
 # the compiled call: one dispatch, one transfer
 
 
-def _run(fun, jac, loss, x0, args, options, m) -> dict[str, Any]:
-    """Run `jaxlsq.solve` and bring its results to the host (inside enable_x64)."""
-    o = options
-    packed = np.array(
-        _solve_packed(
-            fun, jac, loss, x0, args, o["ftol"], o["xtol"], o["gtol"],
-            o["max_nfev"], o["factor"], o["diag"], o["bounds"], o["f_scale"],
-        )
-    )  # fmt: skip
+def _run(fun, jac, loss, x0, args, options: dict, m) -> dict[str, Any]:
+    """Run `jaxlsq.solve` and bring its results to the host (inside enable_x64):
+    one dispatch of `_solve_packed`, one transfer."""
+    opts = SolveOptions.build(where="least_squares", jac=jac, loss=loss, **options)
+    packed = np.array(_solve_packed(fun, x0, args, opts))
     n = x0.size
     status, nfev, njev = (int(v) for v in packed[:3].tolist())
     i = 4
@@ -901,17 +696,11 @@ def _run(fun, jac, loss, x0, args, options, m) -> dict[str, Any]:
     return out
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _solve_packed(
-    fun, jac, loss, x0, args, ftol, xtol, gtol, max_nfev, factor, diag, bounds,
-    f_scale,
-):  # fmt: skip
+@functools.partial(jax.jit, static_argnums=(0,))
+def _solve_packed(fun, x0, args, options):
     """``solve(...)`` packed as ``[status, nfev, njev, cost, x, f, grad, active,
     jac.ravel()]`` (float64)."""
-    sol = solve(
-        fun, x0, args, bounds=bounds, loss=loss, f_scale=f_scale, jac=jac,
-        ftol=ftol, xtol=xtol, gtol=gtol, max_nfev=max_nfev, factor=factor, diag=diag,
-    )  # fmt: skip
+    sol = solve(fun, x0, args, options=options)
     head = jnp.stack([sol.status, sol.nfev, sol.njev]).astype(jnp.float64)
     parts = (head, sol.cost, sol.params, sol.residuals, sol.grad, sol.active_mask,
              sol.jac)  # fmt: skip

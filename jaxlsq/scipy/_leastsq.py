@@ -14,14 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.options import SolveOptions
 from ..core.solve import solve
 from ..core.status import MESSAGES, Status
 from . import host as _host
 from .errors import HostFallbackWarning, OptimizeWarning  # noqa: F401
 from .plan import _plan
-
-_SOLVE = solve  # `_fit` calls it eagerly if this module's `solve` is replaced
-
 
 _LEASTSQ_SUCCESS = (1, 2, 3, 4)
 _LEASTSQ_FAILURE = (5, 6, 7, 8)
@@ -333,51 +331,24 @@ class _Fit(NamedTuple):
     jac: np.ndarray  # (m, n)
 
 
-def _fit(fun, jac, x0, args, options, m) -> _Fit:
+def _fit(fun, jac, x0, args, options: dict, m) -> _Fit:
     """Run `jaxlsq.solve` on ``fun`` and bring the results to the host.
 
-    Called inside ``jax.enable_x64(True)``. The fast path is one dispatch of
-    `_solve_packed` (``solve`` traced inside a jit, so its Python validation runs
-    once per compilation instead of once per call) and one device-to-host transfer
-    of a single packed float64 vector. Taken when ``solve`` could not raise on the
-    options (the shim has already checked ``x0``, ``diag``, ``m >= n`` and the signs
-    of the tolerances; what remains is NaN options and a zero ``max_nfev``), and when
-    this module's ``solve`` is `jaxlsq.solve` itself (not replaced, e.g. by a test's
-    spy). Otherwise ``solve`` is called eagerly, with identical results and errors.
+    Called inside ``jax.enable_x64(True)``. One dispatch of `_solve_packed`
+    (``solve`` traced inside a jit, so its Python validation runs once per
+    compilation instead of once per call) and one device-to-host transfer of a
+    single packed float64 vector. The options are checked here first, eagerly, so
+    a bad value (NaN tolerances) raises what ``solve`` raises.
     """
-    n = x0.size
-    o = options
-    diag = o["diag"]
-    if (
-        solve is _SOLVE
-        and o["ftol"] >= 0
-        and o["xtol"] >= 0
-        and o["gtol"] >= 0
-        and o["factor"] > 0
-        and o["max_nfev"] > 0
-        and (diag is None or bool((diag > 0).all()))
-    ):
-        packed = _solve_packed(
-            fun, jac, x0, args,
-            o["ftol"], o["xtol"], o["gtol"], o["max_nfev"], o["factor"], diag,
-        )  # fmt: skip
-        return _unpack(np.array(packed), n, m)  # the one transfer (a writable copy)
-    sol = jax.device_get(solve(fun, x0, args, jac=jac, **options))
-    return _Fit(
-        int(sol.status), int(sol.nfev), int(sol.njev),
-        np.asarray(sol.params, dtype=np.float64),
-        np.asarray(sol.residuals, dtype=np.float64),
-        np.asarray(sol.jac, dtype=np.float64),
-    )  # fmt: skip
+    opts = SolveOptions.build(where="leastsq", jac=jac, **options)
+    packed = _solve_packed(fun, x0, args, opts)
+    return _unpack(np.array(packed), x0.size, m)  # the one transfer (a copy)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _solve_packed(fun, jac, x0, args, ftol, xtol, gtol, max_nfev, factor, diag):
+@functools.partial(jax.jit, static_argnums=(0,))
+def _solve_packed(fun, x0, args, options):
     """``solve(...)`` packed as ``[status, nfev, njev, x, fvec, jac.ravel()]`` (f64)."""
-    sol = solve(
-        fun, x0, args, jac=jac, ftol=ftol, xtol=xtol, gtol=gtol,
-        max_nfev=max_nfev, factor=factor, diag=diag,
-    )  # fmt: skip
+    sol = solve(fun, x0, args, options=options)
     head = jnp.stack([sol.status, sol.nfev, sol.njev])
     parts = (head, sol.params, sol.residuals, sol.jac)
     return jnp.concatenate([jnp.ravel(p).astype(jnp.float64) for p in parts])

@@ -16,16 +16,18 @@ Everything here is numpy; scipy is not needed.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from ..core.caches import HOST_PROBLEMS as _PROBLEMS
 
 # ----------------------------------------------------------------------------------
 # MINPACK output formats
@@ -195,10 +197,9 @@ class _CallContext:
 _CONTEXTS: dict[int, _CallContext] = {}
 _TOKENS = itertools.count()
 _LOCK = threading.Lock()
-_PROBLEMS: dict[HostProblem, HostProblem] = {}  # insertion-ordered, bounded
-_MAX_PROBLEMS = 256
 
 
+@dataclasses.dataclass(frozen=True)
 class HostProblem:
     """A numpy residual function (and optional numpy Jacobian) as JAX callbacks.
 
@@ -211,19 +212,15 @@ class HostProblem:
     same problem hits `jaxlsq.solve`'s compilation cache.
     """
 
-    def __init__(self, func, dfun, col_deriv: bool, m: int, n: int):
-        self.func = func
-        self.dfun = dfun
-        self.col_deriv = bool(col_deriv)
-        self.m = m
-        self.n = n
-        self._key = (func, dfun, self.col_deriv, m, n)
+    func: Callable
+    dfun: Callable | None
+    col_deriv: bool
+    m: int
+    n: int
 
-    def __eq__(self, other: Any) -> bool:
-        return type(other) is HostProblem and other._key == self._key
-
-    def __hash__(self) -> int:
-        return hash(self._key)
+    @property
+    def _key(self) -> tuple:
+        return (self.func, self.dfun, bool(self.col_deriv), self.m, self.n)
 
     @classmethod
     def get(cls, func, dfun, col_deriv: bool, m: int, n: int) -> HostProblem:
@@ -234,15 +231,14 @@ class HostProblem:
         """
         problem = cls(func, dfun, col_deriv, m, n)
         try:
-            hash(problem)
+            hash(problem._key)
         except TypeError:
             return problem
         with _LOCK:
-            cached = _PROBLEMS.get(problem)
+            cached = _PROBLEMS.get(problem._key)
             if cached is None:
-                _PROBLEMS[problem] = cached = problem
-                while len(_PROBLEMS) > _MAX_PROBLEMS:
-                    _PROBLEMS.pop(next(iter(_PROBLEMS)))
+                _PROBLEMS.put(problem._key, problem)
+                cached = problem
             return cached
 
     # -- per-call context ------------------------------------------------------------

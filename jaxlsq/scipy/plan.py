@@ -4,8 +4,7 @@ func through callbacks, with a one-time `HostFallbackWarning`)."""
 
 from __future__ import annotations
 
-import collections
-import threading
+import dataclasses
 import warnings
 from typing import Any
 
@@ -13,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.caches import HOST_WARNED as _WARNED
+from ..core.caches import SHIM_PLANS as _JAX_PLANS
 from . import host as _host
 from .errors import HostFallbackWarning
 
@@ -33,47 +34,14 @@ class _Plan:
         self.f0 = f0
 
 
-class _LRU:
-    """A small thread-safe LRU mapping (strong references, bounded)."""
-
-    def __init__(self, maxsize: int):
-        self.maxsize = maxsize
-        self._data: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            if key not in self._data:
-                return None
-            self._data.move_to_end(key)
-            return self._data[key]
-
-    def put(self, key, value) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-
-_JAX_PLANS = _LRU(512)  # key -> _Plan (JAX path) or "host"
-_WARNED = _LRU(4096)  # functions already warned about
-
-
+@dataclasses.dataclass(frozen=True)
 class _Transposed:
     """``Dfun`` with ``col_deriv=True`` seen as an (m, n) Jacobian; equal per Dfun."""
 
-    def __init__(self, dfun):
-        self.dfun = dfun
+    dfun: Any
 
     def __call__(self, x, *args):
         return jnp.transpose(jnp.asarray(self.dfun(x, *args)))
-
-    def __eq__(self, other):
-        return type(other) is _Transposed and other.dfun == self.dfun
-
-    def __hash__(self):
-        return hash((_Transposed, self.dfun))
 
 
 def _args_signature(args: tuple):
@@ -209,7 +177,7 @@ def _warn_host(
     func, Dfun, err, *, stacklevel: int, jac_desc: str | None = None
 ) -> None:
     origin = getattr(func, "_jaxlsq_origin", func)
-    key = origin if _hashable(origin) else id(origin)
+    key = (origin if _hashable(origin) else id(origin),)
     if _WARNED.get(key) is not None:
         return
     _WARNED.put(key, True)

@@ -1,0 +1,66 @@
+"""Progress bars for batched solves: one bar per call, ticked from inside the program.
+
+A compiled program cannot hold a Python object, so each call registers its bar under
+a fresh integer *token* and passes the token into the program as a traced value
+(a new token never recompiles); `tick` is a ``jax.debug.callback`` that advances the
+bar of the token it is given. Two calls in flight at once (threads, or a call made
+while another's results are still pending) each advance their own bar.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+_BARS: dict[int, Any] = {}
+_TOKENS = itertools.count(1)
+_LOCK = threading.Lock()
+
+
+def _advance(token, _) -> None:
+    bar = _BARS.get(int(token))
+    if bar is not None:
+        bar.update(1)
+
+
+def tick(token: jax.Array, after: jax.Array) -> None:
+    """Advance the bar of ``token`` by one, once ``after`` (any value the tick must
+    wait for, e.g. a chunk's results) is computed. Call inside the program."""
+    jax.debug.callback(_advance, token, after)
+
+
+def progress_ticks(n_batch: int, chunk: int | None, mesh) -> int:
+    """Number of ticks of a vmap-schedule batch: chunks per device times devices."""
+    n_dev = 1 if mesh is None else mesh.size
+    per_device = -(-n_batch // n_dev)
+    chunk = chunk if chunk is not None and chunk < per_device else per_device
+    return -(-per_device // chunk) * n_dev
+
+
+def with_progress_bar(run: Callable[[jax.Array], Any], n_bars: int, desc: str) -> Any:
+    """``run(token)`` with a tqdm bar of ``n_bars`` steps; waits for the results
+    (to close the bar) and returns them."""
+    if importlib.util.find_spec("tqdm") is None:
+        raise ImportError("progress=True needs tqdm: pip install tqdm")
+    # tqdm.auto draws a widget in Jupyter but only warns ("IProgress not found")
+    # without ipywidgets; the plain text bar works everywhere.
+    if importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    with _LOCK:
+        token = next(_TOKENS)
+    with tqdm(total=n_bars, unit="chunk", desc=desc) as bar:
+        _BARS[token] = bar
+        try:
+            out = jax.block_until_ready(run(jnp.asarray(token, jnp.int32)))
+            jax.effects_barrier()  # every tick delivered before the bar closes
+        finally:
+            del _BARS[token]
+    return out

@@ -1,0 +1,164 @@
+"""Linearizations: the seam between how J is produced and how a step is solved.
+
+The LM iteration never reads the Jacobian itself. At each point x a *Jacobian
+strategy* produces a `Linearization` -- J reduced to what one iteration needs -- and
+the step solver (`jaxlsq.core.factorize`, `jaxlsq.core.steps`) turns it into damped
+steps. MINPACK itself never touches J after its QR: lmpar needs a triangular factor
+R (or the Gram matrix ``J^T J`` when it is well conditioned), ``J^T f``, the column
+norms of J and ``||f||`` (the loop has ``f``).
+
+The contract of a Jacobian strategy
+-----------------------------------
+A strategy is a callable ``strategy(x, f) -> (Linearization, carry)``:
+
+* ``x`` (n,) the point, ``f`` (m,) the residuals there (already evaluated by the
+  loop: a strategy must not count or re-evaluate them);
+* the `Linearization` holds ``jtf`` and ``col_norms`` always, and at least one of
+  ``jac_t`` (the dense J^T, n x m), ``r`` (an n x n factor with ``R^T R = J^T J``)
+  or ``gram`` (``J^T J``); the step solver uses the most accurate one present
+  (``jac_t``, then ``r``, then ``gram``). Every array must be finite where J is;
+  the loop stops with ``Status.NONFINITE`` when ``jtf`` or ``col_norms`` is not;
+* ``carry`` is what the strategy keeps for the solution (`jaxlsq.Solution.jac`):
+  the dense J (m, n), or None for a strategy that never holds J whole.
+
+Strategies that fit this contract without changing the loop:
+
+* **dense** (`DenseJacobian`, today's): ``jax.jacfwd``/``jacrev`` or the user's
+  ``jac`` at x, reduced in one pass (`linearize_dense`); the carry is J.
+* **chunked** (the large-problems issue): residuals and J computed block by block
+  over the data points under ``lax.map``, each block reduced to its R factor and
+  merged by TSQR (``r``, ``jtf``, ``col_norms``), so one fit of 10^8 points needs
+  O(chunk * n + n^2) memory; carry None.
+* **matrix-free** (10^4+ parameters): no matrix at all -- the step solver is then
+  CG/LSMR on ``jvp``/``vjp`` closures; such a solver reads its own fields, so the
+  Linearization gains a field for them, and the dense solver is untouched.
+
+Where to change what: a new Jacobian strategy is a new callable here; a new damped
+solve is a new branch of `jaxlsq.core.factorize.factorize`; the damping rule (the
+trust-region radius) is `jaxlsq.core.loop`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .unrolled import gram_matrix
+
+#: Up to this many parameters the Gram matrix is formed with every linearization
+#: (one pass over J: its diagonal gives the column norms), because the batched
+#: factorisation starts from it (see `jaxlsq.core.factorize`).
+SMALL_N = 8
+
+
+class Linearization(NamedTuple):
+    """J at a point, reduced to what one LM iteration reads (see the module doc).
+
+    Attributes
+    ----------
+    jtf : Array, shape (n,)
+        ``J^T f``.
+    col_norms : Array, shape (n,)
+        Euclidean norms of the columns of J.
+    gram : Array, shape (n, n), or None
+        ``J^T J``.
+    jac_t : Array, shape (n, m), or None
+        J^T itself (row ``j`` is ``dr/dx_j``: reductions over the residuals then
+        run along the minor axis, which XLA vectorises across a batch).
+    r : Array, shape (n, n), or None
+        A square factor with ``R^T R = J^T J`` (R of a QR factorisation).
+    """
+
+    jtf: jax.Array
+    col_norms: jax.Array
+    gram: jax.Array | None = None
+    jac_t: jax.Array | None = None
+    r: jax.Array | None = None
+
+    def without(self, frozen: jax.Array | None) -> Linearization:
+        """The linearization of J with the columns ``frozen`` (n,) bool set to 0
+        (fixed parameters, or those held on a bound): steps do not move them."""
+        if frozen is None:
+            return self
+
+        def rows(a):  # zero rows of J^T / R^T... stored with the column first
+            return None if a is None else jnp.where(frozen[:, None], 0, a)
+
+        gram = self.gram
+        if gram is not None:
+            gram = jnp.where(frozen[:, None] | frozen[None, :], 0, gram)
+        r = self.r
+        if r is not None:
+            r = jnp.where(frozen[None, :], 0, r)  # columns of R are those of J
+        return Linearization(
+            jtf=jnp.where(frozen, 0, self.jtf),
+            col_norms=jnp.where(frozen, 0, self.col_norms),
+            gram=gram,
+            jac_t=rows(self.jac_t),
+            r=r,
+        )
+
+    def jac_dot(self, step: jax.Array, f: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(f . J s, ||J s||^2)`` for a step ``s`` (n,) and the residuals ``f``:
+        the linear model's terms for a step that is not lmpar's own (a projected
+        step). Exact products with J when ``jac_t`` is held, else from R or the
+        Gram matrix (``f . J s = (J^T f) . s``)."""
+        if self.jac_t is not None:
+            jp = sum(self.jac_t[i] * step[i] for i in range(step.shape[0]))
+            return jnp.dot(f, jp), jnp.dot(jp, jp)
+        fjp = jnp.dot(self.jtf, step)
+        if self.r is not None:
+            rs = self.r @ step
+            return fjp, jnp.dot(rs, rs)
+        return fjp, jnp.maximum(step @ (self.gram @ step), 0)
+
+    def is_finite(self) -> jax.Array:
+        """True when every array present is finite (a NaN/inf Jacobian stops the
+        fit)."""
+        parts = [a for a in self if a is not None]
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in parts]))
+
+
+def linearize_dense(jac: jax.Array, f: jax.Array) -> Linearization:
+    """The `Linearization` of a dense J (m, n) at residuals ``f`` (m,).
+
+    The loop works on J^T (n, m): every reduction over the m residuals is then over
+    the minor axis, which XLA's CPU backend vectorises across a batch (reductions
+    over the middle axis of a batched (B, m, n) array run several times slower);
+    XLA cancels this transpose against jacfwd's own. For n <= SMALL_N one pass forms
+    the Gram matrix (its diagonal gives the column norms); for larger n the norms
+    come from J itself.
+    """
+    jac_t = jac.T
+    jtf = jnp.sum(jac_t * f, axis=1)
+    if jac_t.shape[0] > SMALL_N:
+        return Linearization(jtf, jnp.sqrt(jnp.sum(jac_t * jac_t, axis=1)), None, jac_t)
+    gram = gram_matrix(jac_t)
+    return Linearization(jtf, jnp.sqrt(jnp.diagonal(gram)), gram, jac_t)
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseJacobian:
+    """The dense strategy: ``jac_fun(x) -> J`` (m, n) (``jax.jacfwd``/``jacrev`` or
+    the user's ``jac``), reduced by `linearize_dense`; the carry is J."""
+
+    jac_fun: Callable[[jax.Array], jax.Array]
+
+    def __call__(self, x: jax.Array, f: jax.Array):
+        jac = self.jac_fun(x)
+        return linearize_dense(jac, f), jac
+
+    def jacobian(self, x: jax.Array) -> jax.Array:
+        """J at ``x`` (for the solution), (m, n)."""
+        return self.jac_fun(x)
+
+
+def as_strategy(jacobian) -> DenseJacobian:
+    """A Jacobian strategy from a strategy or a plain ``x -> J`` function."""
+    if isinstance(jacobian, DenseJacobian):
+        return jacobian
+    return DenseJacobian(jacobian)

@@ -1,0 +1,221 @@
+"""`SolveOptions`: every option of the LM solver, declared once.
+
+Each option is one dataclass field. Its metadata says
+
+* whether it is **static** (it selects code: a new value compiles a new program;
+  part of the pytree structure) or **traced** (a value inside the program: any new
+  value reuses the compiled loop; a pytree leaf);
+* how it is checked: the allowed values of a static option, the sign of a traced
+  scalar. A concrete bad value raises an error that names the option; a traced one
+  is reported by the loop as ``Status.IMPROPER_INPUT``.
+
+Every entry point (`jaxlsq.solve`, `jaxlsq.solve_batch` and its refill pool,
+`jaxlsq.fit`, `jaxlsq.fit_batch`, multi-start, the scipy shims) builds one
+`SolveOptions` from its keywords (`SolveOptions.build`) and passes it down; the
+loop reads it after `SolveOptions.resolve` has filled the defaults that depend on
+the problem (``n``, the dtype) and flattened the per-parameter options to (n,).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .factorize import LINEAR_SOLVERS
+from .implicit import ADJOINTS
+from .jacobian import JAC_MODES
+from .losses import LOSSES
+from .validate import check_bounds, check_concrete, flat_bounds, flat_like
+
+
+def _option(default, *, static: bool, allowed=None, check=None):
+    """A field of `SolveOptions`: ``check(name, value)`` raises for a bad value."""
+    meta = {"static": static, "allowed": allowed, "check": check}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _nonnegative(name, value):
+    if value is not None:
+        check_concrete(value, name, lambda v: np.all(v >= 0), "must be >= 0")
+
+
+def _positive(name, value):
+    if value is not None:
+        check_concrete(value, name, lambda v: np.all(v > 0), "must be > 0")
+
+
+def _positive_int(name, value):
+    if value is None:
+        return
+    if isinstance(value, numbers.Number) and not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    _positive(name, value)
+
+
+def _jac_mode(name, value):
+    if not callable(value) and value not in JAC_MODES:
+        raise ValueError(
+            f"{name} must be one of {JAC_MODES} or a callable, got {value!r}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SolveOptions:
+    """The options of `jaxlsq.solve` (see its docstring for their meaning).
+
+    Static (select code): ``jac``, ``linear_solver``, ``loss``, ``adjoint``.
+    Traced (values; never recompile): ``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
+    ``factor``, ``f_scale``, ``diag``, ``bounds``, ``fixed``. Whether ``diag``,
+    ``bounds`` or ``fixed`` is given at all (None or not) is static.
+
+    As built from user keywords, ``None`` tolerances and ``max_nfev`` mean "the
+    default for this problem", and ``bounds``/``fixed``/``diag`` are in the user's
+    format (scalars or pytrees like ``x0``). `resolve` returns the form the loop
+    reads: every scalar an array of the working dtype (``max_nfev`` int32),
+    ``bounds`` a pair of flat (n,) arrays, ``fixed`` a flat (n,) bool mask, ``diag``
+    an (n,) array.
+    """
+
+    jac: str | Callable = _option("auto", static=True, check=_jac_mode)
+    linear_solver: str = _option("svd", static=True, allowed=LINEAR_SOLVERS)
+    loss: str = _option("linear", static=True, allowed=LOSSES)
+    adjoint: str = _option("implicit", static=True, allowed=ADJOINTS)
+    ftol: Any = _option(None, static=False, check=_nonnegative)
+    xtol: Any = _option(None, static=False, check=_nonnegative)
+    gtol: Any = _option(None, static=False, check=_nonnegative)
+    max_nfev: Any = _option(None, static=False, check=_positive_int)
+    factor: Any = _option(10.0, static=False, check=_positive)
+    f_scale: Any = _option(1.0, static=False, check=_positive)
+    diag: Any = _option(None, static=False)
+    bounds: Any = _option(None, static=False)
+    fixed: Any = _option(None, static=False)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """Every option's name, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def build(
+        cls, options: SolveOptions | None = None, /, where: str = "solve", **kwargs
+    ) -> SolveOptions:
+        """``options`` (default: all defaults) with ``kwargs`` replaced, checked.
+
+        Raises ``TypeError`` naming an unknown keyword (``where`` names the entry
+        point), ``ValueError`` naming an option with a bad concrete value.
+        """
+        unknown = sorted(set(kwargs) - set(cls.names()))
+        if unknown:
+            raise TypeError(
+                f"{where}() got unknown solve option(s) {unknown}; the options are "
+                f"{list(cls.names())}"
+            )
+        base = cls() if options is None else options
+        if not isinstance(base, SolveOptions):
+            raise TypeError(
+                f"options must be a SolveOptions, got {type(base).__name__}"
+            )
+        built = dataclasses.replace(base, **kwargs) if kwargs else base
+        built.check()
+        return built
+
+    def check(self) -> None:
+        """Raise for a bad static value or a bad concrete traced scalar."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = f.metadata["allowed"]
+            if allowed is not None and value not in allowed:
+                raise ValueError(f"{f.name} must be one of {allowed}, got {value!r}")
+            if f.metadata["check"] is not None:
+                f.metadata["check"](f.name, value)
+
+    def replace(self, **changes) -> SolveOptions:
+        """A copy with some options replaced (checked like `build`)."""
+        return SolveOptions.build(self, **changes)
+
+    def static_items(self) -> tuple:
+        """``((name, value), ...)`` of the static options: hashable."""
+        return tuple((name, getattr(self, name)) for name in _STATIC)
+
+    def with_defaults(self, n: int, dtype) -> SolveOptions:
+        """The scalar options with their defaults for ``n`` parameters of ``dtype``
+        filled in: ``ftol = xtol = 10 eps``, ``gtol = eps``, ``max_nfev = 500 (n +
+        1)``. Entry points call this before tracing, so that giving a traced option
+        or leaving it to its default compiles the same program."""
+        eps = float(jnp.finfo(dtype).eps)
+        defaults = dict(ftol=10 * eps, xtol=10 * eps, gtol=eps, max_nfev=500 * (n + 1))
+        return dataclasses.replace(
+            self,
+            **{k: v for k, v in defaults.items() if getattr(self, k) is None},
+        )
+
+    def resolve(self, x0: Any, n: int, dtype) -> SolveOptions:
+        """The options the loop reads, for parameters like ``x0`` (n entries of
+        ``dtype``): defaults filled in, per-parameter options flat (n,), bounds
+        checked against ``x0`` (concrete values raise, traced ones are checked by
+        the loop)."""
+        filled = self.with_defaults(n, dtype)
+        traced = _is_traced(x0) or _is_traced(filled)
+        xp = jnp if traced else np
+
+        diag = filled.diag
+        if diag is not None:
+            diag = xp.asarray(diag, dtype)
+            if diag.shape != (n,):
+                raise ValueError(f"diag must have shape ({n},), got {diag.shape}")
+            check_concrete(diag, "diag", lambda d: np.all(d > 0), "entries must be > 0")
+        bounds = None
+        if filled.bounds is not None:
+            bounds = flat_bounds(filled.bounds, x0, n, dtype)
+            check_bounds(*bounds, x0)
+        fixed = None
+        if filled.fixed is not None:
+            fixed = flat_like(filled.fixed, x0, n, bool, "fixed")
+        scalars = {
+            k: xp.asarray(getattr(filled, k), dtype)
+            for k in ("ftol", "xtol", "gtol", "factor", "f_scale")
+        }
+        return dataclasses.replace(
+            filled,
+            **scalars,
+            max_nfev=xp.asarray(filled.max_nfev, jnp.int32),
+            diag=diag,
+            bounds=bounds,
+            fixed=fixed,
+        )
+
+    @property
+    def lower(self):
+        """Flat lower bounds (n,) of resolved options, or None."""
+        return None if self.bounds is None else self.bounds[0]
+
+    @property
+    def upper(self):
+        """Flat upper bounds (n,) of resolved options, or None."""
+        return None if self.bounds is None else self.bounds[1]
+
+
+_STATIC = tuple(
+    f.name for f in dataclasses.fields(SolveOptions) if f.metadata["static"]
+)
+_TRACED = tuple(
+    f.name for f in dataclasses.fields(SolveOptions) if not f.metadata["static"]
+)
+jax.tree_util.register_dataclass(
+    SolveOptions, data_fields=list(_TRACED), meta_fields=list(_STATIC)
+)
+
+#: Names of the static and the traced options.
+STATIC_OPTIONS, TRACED_OPTIONS = _STATIC, _TRACED
+
+
+def _is_traced(tree) -> bool:
+    return any(
+        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree)
+    )

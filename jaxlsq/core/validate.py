@@ -1,0 +1,178 @@
+"""Checks and conversions of `jaxlsq.solve`'s inputs, in Python before tracing.
+
+A concrete bad value raises an error that names the argument; a traced one is
+skipped here and reported by the loop as ``Status.IMPROPER_INPUT``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .caches import RESIDUAL_SIZES as _RESIDUAL_SIZES
+
+
+def as_float_pytree(x0: Any) -> Any:
+    leaves = jax.tree_util.tree_leaves(x0)
+    if not leaves:
+        raise ValueError("x0 must contain at least one parameter, got an empty pytree")
+
+    def to_float(leaf):
+        # arrays pass through untouched (an eager jnp.asarray costs ~40 us per call)
+        if not isinstance(leaf, jax.Array | np.ndarray):
+            leaf = jnp.asarray(leaf)
+        if jnp.issubdtype(leaf.dtype, jnp.complexfloating):
+            raise TypeError(f"x0 must be real floating point, got dtype {leaf.dtype}")
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            leaf = leaf.astype(jnp.result_type(float))
+        return leaf
+
+    x0 = jax.tree_util.tree_map(to_float, x0)
+    if sum(jnp.size(leaf) for leaf in jax.tree_util.tree_leaves(x0)) == 0:
+        raise ValueError("x0 must contain at least one parameter, got size 0")
+    return x0
+
+
+def _abstract_signature(tree: Any) -> tuple:
+    """Hashable (structure, shapes, dtypes) of a pytree: what tracing depends on."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, tuple((jnp.shape(leaf), jnp.result_type(leaf)) for leaf in leaves)
+
+
+def residual_size(fun, x0, args) -> int:
+    """Number of residuals ``m``; cached so a warm call does not re-trace ``fun``."""
+    try:
+        key = (fun, _abstract_signature(x0), _abstract_signature(args))
+        hash(key)
+    except TypeError:  # unhashable leaf (e.g. a Python object): no caching
+        return _trace_residual_size(fun, x0, args)
+    m = _RESIDUAL_SIZES.get(key)
+    if m is None:
+        m = _trace_residual_size(fun, x0, args)
+        _RESIDUAL_SIZES.put(key, m)
+    return m
+
+
+def _trace_residual_size(fun, x0, args) -> int:
+    try:
+        out = jax.eval_shape(fun, x0, *args)
+    except Exception as err:  # the user's function failed: say where, keep the cause
+        raise ValueError(
+            f"fun(x0, *args) could not be evaluated with x0 of structure "
+            f"{jax.tree_util.tree_structure(x0)} and {len(args)} args "
+            f"(shapes {[getattr(a, 'shape', type(a).__name__) for a in args]}): {err}"
+        ) from err
+    leaves = jax.tree_util.tree_leaves(out)
+    if len(leaves) != 1:
+        raise ValueError(
+            f"fun must return one array of residuals, got a pytree with "
+            f"{len(leaves)} leaves"
+        )
+    if not jnp.issubdtype(leaves[0].dtype, jnp.floating):
+        raise TypeError(
+            f"fun must return floating-point residuals, got dtype {leaves[0].dtype}"
+        )
+    return int(np.prod(leaves[0].shape))
+
+
+def check_concrete(value, name: str, predicate, requirement: str) -> None:
+    """Raise ValueError if a concrete ``value`` fails ``predicate``; skip tracers."""
+    if isinstance(value, jax.core.Tracer):
+        return  # checked inside the loop, reported as Status.IMPROPER_INPUT
+    if not predicate(np.asarray(value)):
+        raise ValueError(f"{name} {requirement}, got {np.asarray(value)!r}")
+
+
+def flat_like(tree: Any, x0: Any, n: int, dtype, name: str) -> jax.Array:
+    """Flatten a per-parameter option to (n,) in ``ravel_pytree(x0)`` order.
+
+    ``tree`` is a scalar (same value for every parameter), a flat (n,) array, or a
+    pytree with the structure of ``x0`` whose leaves broadcast to the matching leaves
+    of ``x0``.
+    """
+    if not jax.tree_util.tree_leaves(tree):
+        raise ValueError(f"{name} must not be empty")
+    # numpy for concrete values: eager jnp ops cost ~10 us each on every call
+    traced = any(
+        isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(tree)
+    )
+    xp = jnp if traced else np
+    if not _is_container(tree):
+        if np.ndim(tree) == 0:
+            return xp.full((n,), tree, dtype)
+        if np.shape(tree) == (n,):  # already flat, in ravel_pytree order
+            return xp.asarray(tree, dtype)
+    x0_def = jax.tree_util.tree_structure(x0)
+    try:
+        leaves = x0_def.flatten_up_to(tree)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{name} must be a scalar or have the structure of x0 ({x0_def}), got "
+            f"{jax.tree_util.tree_structure(tree)}"
+        ) from err
+    flat = []
+    for leaf, ref in zip(leaves, jax.tree_util.tree_leaves(x0), strict=True):
+        try:
+            flat.append(xp.ravel(xp.broadcast_to(xp.asarray(leaf, dtype), ref.shape)))
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{name}: a leaf of shape {np.shape(leaf)} does not broadcast to the "
+                f"matching x0 leaf of shape {ref.shape}"
+            ) from err
+    return xp.concatenate(flat)
+
+
+def _is_container(tree: Any) -> bool:
+    return not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(tree))
+
+
+def flat_bounds(bounds, x0, n, dtype):
+    """``bounds`` -> (lower, upper) flat (n,) arrays, or (None, None)."""
+    if bounds is None:
+        return None, None
+    if not isinstance(bounds, tuple | list) or len(bounds) != 2:
+        raise ValueError(
+            "bounds must be a pair (lower, upper) of scalars or pytrees like x0, got "
+            f"{type(bounds).__name__}"
+            + (f" of length {len(bounds)}" if isinstance(bounds, tuple | list) else "")
+        )
+    return (
+        flat_like(bounds[0], x0, n, dtype, "bounds[0] (lower)"),
+        flat_like(bounds[1], x0, n, dtype, "bounds[1] (upper)"),
+    )
+
+
+def check_bounds(lower, upper, x0, name: str = "x0") -> None:
+    """scipy's rules: ``lower < upper`` strictly (n,), and the starting point(s)
+    ``x0`` inside the closed box: a pytree like the parameters, or an array of
+    starting points (K, n) (``name`` names them in the message)."""
+    if any(isinstance(v, jax.core.Tracer) for v in (lower, upper)):
+        return  # reported as Status.IMPROPER_INPUT inside the loop
+    lo, hi = np.asarray(lower), np.asarray(upper)
+    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
+        raise ValueError("bounds must not contain NaN")
+    bad = np.flatnonzero(~(lo < hi))
+    if bad.size:
+        raise ValueError(
+            f"bounds: each lower bound must be strictly less than its upper bound "
+            f"(lower < upper); violated at flat parameter index {bad.tolist()} "
+            f"(lower {lo[bad]}, upper {hi[bad]}). Use fixed= to hold a parameter "
+            "constant."
+        )
+    leaves = jax.tree_util.tree_leaves(x0)
+    if not leaves or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return
+    x = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
+    x = x.reshape(-1, lo.size)  # one row per starting point
+    rows, cols = np.nonzero((x < lo) | (x > hi))
+    if rows.size:
+        first = rows == rows[0]
+        where = "" if x.shape[0] == 1 else f" (starting point {int(rows[0])})"
+        bad, vals = cols[first], x[rows[0]][cols[first]]
+        raise ValueError(
+            f"{name} is infeasible: outside bounds{where} at flat parameter index "
+            f"{bad.tolist()} ({name} {vals}, lower {lo[bad]}, upper {hi[bad]})"
+        )

@@ -1,0 +1,172 @@
+"""`fit`'s checks and conversions of its inputs (Python, before tracing).
+
+Concrete bad values raise errors that name the argument; under ``jit``/``vmap``
+value checks are skipped and bad values show up in the fit's ``status``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+
+from ..core.losses import LOSSES
+from ..core.validate import check_concrete, flat_like
+
+
+def check_fit_call(model, loss, f_scale, solve_options) -> None:
+    """The checks of `fit`'s arguments that do not depend on the data."""
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    check_concrete(f_scale, "f_scale", lambda v: np.all(v > 0), "must be > 0")
+    if callable(solve_options.get("jac")):
+        raise TypeError(
+            "fit does not take a callable jac (it would be the Jacobian of the "
+            "weighted residuals); use jac='fwd' or jac='rev', or jaxlsq.solve."
+        )
+
+
+def as_data(y, dtype) -> jax.Array:
+    """``y`` as a non-empty array of real numbers in ``dtype``."""
+    y = jnp.asarray(y)
+    if not jnp.issubdtype(y.dtype, jnp.number) or jnp.issubdtype(
+        y.dtype, jnp.complexfloating
+    ):
+        raise TypeError(f"y must be real numbers, got dtype {y.dtype}")
+    if y.size == 0:
+        raise ValueError("y must not be empty")
+    return y.astype(dtype)
+
+
+def float_params(p0, y):
+    leaves = jax.tree_util.tree_leaves(p0)
+    if not leaves:
+        raise ValueError("p0 must contain at least one parameter, got an empty pytree")
+    arrays = [jnp.asarray(leaf) for leaf in leaves]
+    for a in arrays:
+        if jnp.issubdtype(a.dtype, jnp.complexfloating) or not jnp.issubdtype(
+            a.dtype, jnp.number
+        ):
+            raise TypeError(f"p0 must be real numbers, got dtype {a.dtype}")
+    floats = [a.dtype for a in arrays if jnp.issubdtype(a.dtype, jnp.floating)]
+    y_dtype = jnp.asarray(y).dtype
+    if jnp.issubdtype(y_dtype, jnp.floating):
+        floats.append(y_dtype)
+    dtype = jnp.result_type(*floats) if floats else jnp.result_type(float)
+    p0 = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), p0)
+    if sum(leaf.size for leaf in jax.tree_util.tree_leaves(p0)) == 0:
+        raise ValueError("p0 must contain at least one parameter, got size 0")
+    return p0, dtype
+
+
+def _key_name(key) -> str:
+    if isinstance(key, DictKey):
+        return str(key.key)
+    if isinstance(key, GetAttrKey):
+        return key.name
+    if isinstance(key, SequenceKey):
+        return f"[{key.idx}]"
+    if isinstance(key, FlattenedIndexKey):
+        return f"[{key.key}]"
+    return str(key)
+
+
+def param_names(p0) -> tuple[str, ...]:
+    """One name per flat parameter: pytree path, ``[i, j]`` suffix for array leaves
+    (``p`` for a bare array or sequence root)."""
+    names = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(p0)[0]:
+        base = ""
+        for key in path:
+            part = _key_name(key)
+            if part.startswith("["):
+                base = (base or "p") + part
+            else:
+                base = f"{base}.{part}" if base else part
+        shape = np.shape(leaf)
+        if shape == ():
+            names.append(base or "p")
+        else:
+            for idx in np.ndindex(*shape):
+                names.append(f"{base or 'p'}[{','.join(map(str, idx))}]")
+    return tuple(names)
+
+
+def unflatten(flat, treedef, shapes):
+    """Flat (n,) -> pytree of ``shapes`` (keeps ``flat``'s dtype, bool included)."""
+    out, start = [], 0
+    for shape in shapes:
+        size = int(np.prod(shape))
+        out.append(flat[start : start + size].reshape(shape))
+        start += size
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def check_model_shape(model, x, p0, y) -> None:
+    try:
+        out = jax.eval_shape(model, x, p0)
+    except Exception as err:  # the user's model failed: say where, keep the cause
+        raise ValueError(
+            f"model(x, p0) could not be evaluated (p0 structure "
+            f"{jax.tree_util.tree_structure(p0)}): {err}"
+        ) from err
+    leaves = jax.tree_util.tree_leaves(out)
+    if len(leaves) != 1:
+        raise ValueError(
+            f"model(x, params) must return one array, got a pytree with "
+            f"{len(leaves)} leaves"
+        )
+    if tuple(leaves[0].shape) != tuple(y.shape):
+        raise ValueError(
+            f"model(x, p0) returns shape {tuple(leaves[0].shape)} but y has shape "
+            f"{tuple(y.shape)}: x and y do not match (or the model broadcasts)"
+        )
+
+
+def flat_fixed(fixed, p0, n) -> np.ndarray:
+    if fixed is None:
+        return np.zeros(n, bool)
+    if any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(fixed)):
+        raise TypeError(
+            "fixed must be concrete (Python bools or numpy arrays): it sets the number "
+            "of free parameters, so it cannot be traced by jit/vmap"
+        )
+    return np.asarray(flat_like(fixed, p0, n, bool, "fixed"))
+
+
+def as_flat_starts(starts, p0, n, dtype):
+    """Starting points -> flat (K, n): an array (K, n), or a pytree like ``p0`` whose
+    leaves have a leading K axis."""
+    p0_def = jax.tree_util.tree_structure(p0)
+    p0_leaves = jax.tree_util.tree_leaves(p0)
+    leaves = [jnp.asarray(leaf) for leaf in jax.tree_util.tree_leaves(starts)]
+    as_tree = jax.tree_util.tree_structure(starts) == p0_def and (
+        len(p0_leaves) > 1 or leaves[0].ndim == p0_leaves[0].ndim + 1
+    )
+    if as_tree:
+        for leaf, ref in zip(leaves, p0_leaves, strict=True):
+            if leaf.ndim != ref.ndim + 1 or leaf.shape[1:] != ref.shape:
+                raise ValueError(
+                    f"starts: a leaf of shape {tuple(leaf.shape)} is not (K,) + the "
+                    f"parameter shape {tuple(ref.shape)}"
+                )
+        ks = {leaf.shape[0] for leaf in leaves}
+        if len(ks) != 1:
+            raise ValueError(f"starts: leaves have different leading sizes {ks}")
+        flat = jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in leaves], 1)
+    elif len(leaves) == 1 and leaves[0].ndim == 2 and leaves[0].shape[1] == n:
+        flat = leaves[0]
+    else:
+        shapes = [tuple(leaf.shape) for leaf in leaves]
+        raise ValueError(
+            f"starts must be an array of shape (K, {n}) (n = {n} parameters) or a "
+            f"pytree like p0 with a leading K axis; got leaf shapes {shapes}"
+        )
+    if flat.shape[0] == 0:
+        raise ValueError("starts must contain at least one starting point (K >= 1)")
+    flat = flat.astype(dtype)
+    check_concrete(flat, "starts", lambda v: np.all(np.isfinite(v)), "must be finite")
+    return flat

@@ -1,0 +1,144 @@
+"""Finite differences on the host for `least_squares`: scipy's dense schemes
+(``scipy.optimize._numdiff``: "2-point", "3-point", "cs"), with its step rules and
+its adjustment of steps at the bounds. (leastsq's MINPACK forward differences are
+`jaxlsq.scipy.host.forward_difference`.)"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = float(np.finfo(float).eps)
+
+
+def _relative_step(method: str, out_dtype) -> float:
+    """scipy's default relative step: eps**(1/2) (2-point, cs) or eps**(1/3)."""
+    eps = EPS
+    if np.issubdtype(out_dtype, np.inexact) and np.dtype(out_dtype).itemsize < 8:
+        eps = float(np.finfo(out_dtype).eps)
+    return eps ** (1 / 3) if method == "3-point" else eps**0.5
+
+
+def _absolute_step(rel_step, x0, rstep):
+    sign = (x0 >= 0).astype(float) * 2 - 1  # +1 at x0 == 0
+    default = rstep * sign * np.maximum(1.0, np.abs(x0))
+    if rel_step is None:
+        return default
+    h = rel_step * sign * np.abs(x0)
+    return np.where(((x0 + h) - x0) == 0, default, h)
+
+
+def _adjust_to_bounds(x0, h, scheme: str, lb, ub):
+    """scipy's ``_adjust_scheme_to_bounds`` with ``num_steps = 1``."""
+    if scheme == "1-sided":
+        one_sided = np.ones_like(h, dtype=bool)
+    else:
+        h = np.abs(h)
+        one_sided = np.zeros_like(h, dtype=bool)
+    if np.all((lb == -np.inf) & (ub == np.inf)):
+        return h, one_sided
+    h_adj = h.copy()
+    lower_dist, upper_dist = x0 - lb, ub - x0
+    if scheme == "1-sided":
+        x = x0 + h
+        violated = (x < lb) | (x > ub)
+        fitting = np.abs(h) <= np.maximum(lower_dist, upper_dist)
+        h_adj[violated & fitting] *= -1
+        forward = (upper_dist >= lower_dist) & ~fitting
+        h_adj[forward] = upper_dist[forward]
+        backward = (upper_dist < lower_dist) & ~fitting
+        h_adj[backward] = -lower_dist[backward]
+    else:
+        central = (lower_dist >= h) & (upper_dist >= h)
+        forward = (upper_dist >= lower_dist) & ~central
+        h_adj[forward] = np.minimum(h[forward], 0.5 * upper_dist[forward])
+        one_sided[forward] = True
+        backward = (upper_dist < lower_dist) & ~central
+        h_adj[backward] = -np.minimum(h[backward], 0.5 * lower_dist[backward])
+        one_sided[backward] = True
+        min_dist = np.minimum(upper_dist, lower_dist)
+        adjusted_central = ~central & (np.abs(h_adj) <= min_dist)
+        h_adj[adjusted_central] = min_dist[adjusted_central]
+        one_sided[adjusted_central] = False
+    return h_adj, one_sided
+
+
+def approx_jacobian(fun, x0, f0, method, rel_step, lb, ub, out_dtype, workers=None):
+    """Dense finite-difference Jacobian (m, n) of ``fun`` at ``x0``, as scipy's
+    ``approx_derivative`` computes it for ``least_squares`` (same steps, same bound
+    handling, same formulas). ``fun(x) -> (m,)``; ``f0 = fun(x0)``."""
+    n = x0.size
+    mapper = map if workers is None else workers
+    h = _absolute_step(rel_step, x0, _relative_step(method, out_dtype))
+    if method == "cs":
+        points = []
+        for i in range(n):
+            xc = x0.astype(complex)
+            xc[i] += h[i] * 1.0j
+            points.append(xc)
+        evals = list(mapper(fun, points))
+        cols = [np.ravel(np.asarray(evals[i]).imag) / h[i] for i in range(n)]
+        return np.stack(cols, axis=1)
+    scheme = "1-sided" if method == "2-point" else "2-sided"
+    h, one_sided = _adjust_to_bounds(x0, h, scheme, lb, ub)
+    if method == "2-point":
+        points = []
+        for i in range(n):
+            x1 = x0.copy()
+            x1[i] = x0[i] + h[i]
+            points.append(x1)
+        evals = list(mapper(fun, points))
+        cols = [
+            (np.ravel(np.asarray(evals[i], dtype=float)) - f0) / (points[i][i] - x0[i])
+            for i in range(n)
+        ]
+        return np.stack(cols, axis=1)
+    points = []
+    for i in range(n):
+        lo, hi = x0.copy(), x0.copy()
+        if one_sided[i]:
+            lo[i], hi[i] = x0[i] + h[i], x0[i] + 2 * h[i]
+        else:
+            lo[i], hi[i] = x0[i] - h[i], x0[i] + h[i]
+        points += [lo, hi]
+    evals = [np.ravel(np.asarray(f, dtype=float)) for f in mapper(fun, points)]
+    cols = []
+    for i in range(n):
+        f1, f2 = evals[2 * i], evals[2 * i + 1]
+        if one_sided[i]:
+            cols.append((-3.0 * f0 + 4 * f1 - f2) / (points[2 * i + 1][i] - x0[i]))
+        else:
+            cols.append((f2 - f1) / (points[2 * i + 1][i] - points[2 * i][i]))
+    return np.stack(cols, axis=1)
+
+
+class _UserCall:
+    """``fun(x, *args, **kwargs)`` as a one-argument callable (picklable for
+    ``workers`` pools when ``fun`` is)."""
+
+    def __init__(self, fun, args, kwargs):
+        self.fun, self.args, self.kwargs = fun, args, kwargs
+
+    def __call__(self, x):
+        return self.fun(x, *self.args, **self.kwargs)
+
+
+class _Difference:
+    """The host path's Jacobian for a string ``jac``: scipy's schemes, counted as
+    Jacobian evaluations (scipy's ``nfev`` excludes finite-difference calls)."""
+
+    def __init__(self, user_fun, method, rel_step, lb, ub, out_dtype, workers, m, pad):
+        self.user_fun = user_fun
+        self.method, self.rel_step = method, rel_step
+        self.lb, self.ub, self.out_dtype = lb, ub, out_dtype
+        self.workers, self.m, self.pad = workers, m, pad
+        self.njev = 0
+
+    def __call__(self, func, x, fx):  # ``func`` (counted by the loop) is not used
+        self.njev += 1
+        jac = approx_jacobian(
+            self.user_fun, x, fx[: self.m], self.method, self.rel_step,
+            self.lb, self.ub, self.out_dtype, self.workers,
+        )  # fmt: skip
+        if self.pad:
+            jac = np.concatenate([jac, np.zeros((self.pad, x.size))])
+        return jac
