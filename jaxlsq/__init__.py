@@ -8,6 +8,7 @@ This module only re-exports the public API.
 
 from .batch.lanes import finite_lanes, masked_mean, where_lanes
 from .batch.solve_batch import solve_batch
+from .core.options import SolveOptions
 from .core.solve import solve
 from .core.status import MESSAGES, Solution, Status
 from .fitting.fit import fit
@@ -27,6 +28,7 @@ __all__ = [
     "HostFallbackWarning",
     "OptimizeWarning",
     "Solution",
+    "SolveOptions",
     "Status",
     "curve_fit",
     "finite_lanes",

@@ -245,6 +245,18 @@ def test_options_value_and_keywords_combine():
     assert int(a.status) == int(b.status) == int(jaxlsq.Status.MAX_NFEV)
     with pytest.raises(TypeError, match="options must be a SolveOptions"):
         jaxlsq.solve(residuals, P0, (X, ys[0]), options={"ftol": 1e-3})
+    # the same value through the other entry points
+    c = jaxlsq.fit(model, X, ys[0], P0, options=SolveOptions(ftol=1e-3), max_nfev=4)
+    d = jaxlsq.solve_batch(
+        residuals, P0, (X, ys), in_axes=(None, (None, 0)), options=base, max_nfev=4
+    )
+    e = jaxlsq.solve(residuals, P0, (X, ys[0]), ftol=1e-3, max_nfev=4)
+    np.testing.assert_allclose(c.params, e.params, rtol=1e-9)
+    assert int(c.status) == int(e.status)
+    assert int(d.status[0]) == int(jaxlsq.Status.MAX_NFEV)
+    np.testing.assert_allclose(d.params[0], a.params, rtol=1e-9)
+    with pytest.raises(TypeError, match="give bounds, fixed, loss and f_scale"):
+        jaxlsq.fit(model, X, ys[0], P0, options=base)
 
 
 def test_solve_options_is_a_pytree_with_static_structure():

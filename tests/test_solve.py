@@ -402,29 +402,29 @@ def test_batched_factorisation_gives_the_same_steps_as_lapack():
     """The vmapped (Householder + Jacobi) and single (LAPACK) SVD paths agree on
     every damped step, whatever their ordering and signs of singular vectors."""
     from jaxlsq.core.factorize import factorize
+    from jaxlsq.core.linearization import linearize_dense
     from jaxlsq.core.steps import damped_step
 
     rng = np.random.default_rng(0)
     jac = rng.standard_normal((6, 30, 4)) @ np.diag([1.0, 1e-3, 1e3, 1e-6])
     diag = rng.uniform(0.5, 2.0, (6, 4))
     f = rng.standard_normal((6, 30))
-    jtf = np.einsum("bmn,bm->bn", jac, f)
-    jac = np.swapaxes(jac, 1, 2)  # factorize takes J^T, (n, m)
 
-    def steps(spec):
+    def steps(j, d, f):
+        spec = factorize(linearize_dense(j, f), d, "svd")
         return jnp.stack([damped_step(spec, par) for par in (0.0, 1e-4, 1.0, 1e3)])
 
-    batched = jax.vmap(lambda *a: steps(factorize(*a, "svd")))(jac, diag, jtf)
+    batched = jax.vmap(steps)(jac, diag, f)
     eps = np.finfo(np.float64).eps
     for i in range(6):
-        single = np.asarray(steps(factorize(jac[i], diag[i], jtf[i], "svd")))
+        single = np.asarray(steps(jac[i], diag[i], f[i]))
         # Both paths are backward stable for the factorisation of Js = J / diag;
         # to first order a step then errs by kappa(Js) * eps relative, normwise
         # (kappa ~ 1e9 here: the columns are scaled by 1e-6 ... 1e3). The
         # damping does not help: both steps inherit the error of the same V.
         # Measured: at most 4e-3 of this bound on one machine; 2.4e-9
         # (elementwise) on another.
-        kappa = np.linalg.cond(jac[i].T / diag[i])
+        kappa = np.linalg.cond(jac[i] / diag[i])
         for z_batched, z_single in zip(np.asarray(batched[i]), single, strict=True):
             bound = kappa * eps * np.linalg.norm(z_single)
             np.testing.assert_allclose(z_batched, z_single, rtol=0, atol=bound)
@@ -485,10 +485,9 @@ def _batched_and_single_steps(jac, diag, f, active=None):
     """Damped steps (B, 4, n) from the vmapped factorisation and, per lane, from the
     single-matrix (LAPACK) one."""
     from jaxlsq.core.factorize import factorize
+    from jaxlsq.core.linearization import linearize_dense
     from jaxlsq.core.steps import damped_step
 
-    jtf = np.einsum("bmn,bm->bn", jac, f)
-    jac_t = np.swapaxes(jac, 1, 2)
     pars = (0.0, 1e-4, 1.0, 1e3)
     if active is None:
         active = np.ones(len(jac), bool)
@@ -496,12 +495,13 @@ def _batched_and_single_steps(jac, diag, f, active=None):
     def steps(spec):
         return jnp.stack([damped_step(spec, par) for par in pars])
 
-    batched = jax.vmap(lambda j, d, g, a: steps(factorize(j, d, g, "svd", None, a)))(
-        jac_t, diag, jtf, active
+    def system(j, d, f, a=True):
+        return factorize(linearize_dense(j, f), d, "svd", a)
+
+    batched = jax.vmap(lambda j, d, f, a: steps(system(j, d, f, a)))(
+        jac, diag, f, active
     )
-    single = [
-        steps(factorize(jac_t[i], diag[i], jtf[i], "svd")) for i in range(len(jac))
-    ]
+    single = [steps(system(jac[i], diag[i], f[i])) for i in range(len(jac))]
     return np.asarray(batched), np.asarray(single)
 
 

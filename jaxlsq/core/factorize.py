@@ -41,14 +41,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .unrolled import householder_r, jacobi_svd, ldl, unit_lower_inverse
+from .linearization import SMALL_N, Linearization
+from .unrolled import (
+    gram_matrix,
+    householder_r,
+    jacobi_svd,
+    ldl,
+    unit_lower_inverse,
+)
 
 #: Names accepted by ``solve(..., linear_solver=...)``.
 LINEAR_SOLVERS = ("svd", "eigh")
 
-#: Up to this many parameters a batch uses the normal equations when they are well
-#: conditioned (unrolled on scalars, see `_small_system`).
-SMALL_N = 8
 
 # Up to this many parameters a batch's SVD is the unrolled Householder QR + Jacobi
 # SVD (`_small_svd`); above, LAPACK one matrix at a time. Measured on 1024 matrices
@@ -79,66 +83,50 @@ class StepSystem(NamedTuple):
     g: jax.Array
 
 
-def normal_equations(
-    jac_t: jax.Array, f: jax.Array
-) -> tuple[jax.Array | None, jax.Array, jax.Array]:
-    """``(J^T J, J^T f, column norms of J)`` from ``jac_t = J^T`` (n, m), f (m,).
-
-    For n <= SMALL_N the Gram matrix is formed (one pass over J: its diagonal gives
-    the column norms) because the batched factorisation starts from it; for larger
-    n it is None and the norms come from J itself.
-    """
-    jtf = jnp.sum(jac_t * f, axis=1)
-    if jac_t.shape[0] > SMALL_N:
-        return None, jtf, jnp.sqrt(jnp.sum(jac_t * jac_t, axis=1))
-    gram = _gram(jac_t)
-    return gram, jtf, jnp.sqrt(jnp.diagonal(gram))
-
-
 def factorize(
-    jac_t: jax.Array,
+    lin: Linearization,
     diag: jax.Array,
-    jtf: jax.Array,
     method: str,
-    gram: jax.Array | None = None,
     active: jax.Array | bool = True,
 ) -> StepSystem:
-    """The `StepSystem` of the scaled Jacobian ``Js = jac_t.T / diag``.
+    """The `StepSystem` of the scaled Jacobian ``Js = J / diag``.
 
     Parameters
     ----------
-    jac_t : Array, shape (n, m)
-        Transposed Jacobian at the current point (row ``j`` is ``dr/dx_j``; the
-        loop keeps this layout so reductions over residuals run along the minor
-        axis).
+    lin : Linearization
+        J at the current point (`jaxlsq.core.linearization`): its ``jac_t`` (n, m)
+        when the strategy holds J, else its ``r`` (n, n) or ``gram`` (n, n).
     diag : Array, shape (n,)
         Positive variable scaling ``d``.
-    jtf : Array, shape (n,)
-        ``jac.T @ f`` (the caller needs it for the gtol test too).
     method : {"svd", "eigh"}
-    gram : Array, shape (n, n), optional
-        ``J^T J`` if the caller has it (`normal_equations`); formed here otherwise.
     active : bool Array, shape ()
         False for a fit that has stopped (its lane of a batch is computed but
-        discarded): its conditioning does not decide the batch's path.
+        discarded): it never makes the batch compute an SVD.
     """
-    n, m = jac_t.shape
-    eps = jnp.finfo(jac_t.dtype).eps
-    gs = jtf / diag  # Js^T f without forming Js
-    if method == "svd":
+    n = lin.jtf.shape[0]
+    eps = jnp.finfo(lin.jtf.dtype).eps
+    gs = lin.jtf / diag  # Js^T f without forming Js
+    jac_t = lin.jac_t
+    if method == "svd" and jac_t is None and lin.r is not None:
+        # A factor R (R^T R = J^T J) has J's right singular vectors and values.
+        v, s = _right_svd_unbatched(lin.r.T, diag)
+        return _truncated_spectrum(v, s, gs, n)
+    if method == "svd" and jac_t is not None:
+        m = jac_t.shape[1]
         if n <= SMALL_N:
-            if gram is None:
-                gram = _gram(jac_t)
+            gram = lin.gram if lin.gram is not None else gram_matrix(jac_t)
             return _small_system(jac_t, diag, gram, gs, jnp.asarray(active))
         # n > SMALL_N: LAPACK (under vmap, one matrix at a time).
         v, s = _right_svd_unbatched(jac_t, diag)
         return _truncated_spectrum(v, s, gs, max(m, n))
-    if method == "eigh":
+    if method in ("svd", "eigh"):  # the normal equations (the only data for "svd")
+        size = n if jac_t is None else max(jac_t.shape)
+        gram = lin.gram
         if gram is None:
-            gram = _gram(jac_t)
+            gram = gram_matrix(jac_t) if jac_t is not None else lin.r.T @ lin.r
         w, v = jnp.linalg.eigh(gram / jnp.outer(diag, diag))
         # Eigenvalues of the Gram matrix carry absolute error ~ eps * w_max.
-        keep = w > eps * max(m, n) * w[-1]
+        keep = w > eps * size * w[-1]
         return StepSystem(v, jnp.where(keep, w, 0), jnp.where(keep, v.T @ gs, 0))
     raise ValueError(f"linear_solver must be one of {LINEAR_SOLVERS}, got {method!r}")
 
@@ -150,22 +138,6 @@ def _truncated_spectrum(v, s, gs, size) -> StepSystem:
     eps = jnp.finfo(s.dtype).eps
     keep = s > eps * size * jnp.max(s)
     return StepSystem(v, jnp.where(keep, s * s, 0), jnp.where(keep, v.T @ gs, 0))
-
-
-def _gram(jac_t: jax.Array) -> jax.Array:
-    """``J^T J`` (n, n) from ``jac_t = J^T`` (n, m).
-
-    For small n, one minor-axis dot product per entry (fused across a batch);
-    otherwise a matrix product.
-    """
-    n = jac_t.shape[0]
-    if n > SMALL_N:
-        return jac_t @ jac_t.T
-    entries = {}
-    for i in range(n):
-        for j in range(i, n):
-            entries[i, j] = entries[j, i] = jnp.sum(jac_t[i] * jac_t[j])
-    return jnp.stack([jnp.stack([entries[i, j] for j in range(n)]) for i in range(n)])
 
 
 def right_svd(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:

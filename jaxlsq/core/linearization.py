@@ -141,8 +141,23 @@ def linearize_dense(jac: jax.Array, f: jax.Array) -> Linearization:
     return Linearization(jtf, jnp.sqrt(jnp.diagonal(gram)), gram, jac_t)
 
 
+class JacobianStrategy:
+    """Base of the Jacobian strategies (see the module doc for the contract).
+
+    Subclasses are frozen dataclasses (equal per their fields, so compiled loops
+    are reused) with ``__call__(x, f) -> (Linearization, carry)`` and
+    ``jacobian(x)``, the dense J for the solution (or None if never formed).
+    """
+
+    def __call__(self, x: jax.Array, f: jax.Array):
+        raise NotImplementedError
+
+    def jacobian(self, x: jax.Array) -> jax.Array | None:
+        raise NotImplementedError
+
+
 @dataclasses.dataclass(frozen=True)
-class DenseJacobian:
+class DenseJacobian(JacobianStrategy):
     """The dense strategy: ``jac_fun(x) -> J`` (m, n) (``jax.jacfwd``/``jacrev`` or
     the user's ``jac``), reduced by `linearize_dense`; the carry is J."""
 
@@ -157,8 +172,9 @@ class DenseJacobian:
         return self.jac_fun(x)
 
 
-def as_strategy(jacobian) -> DenseJacobian:
-    """A Jacobian strategy from a strategy or a plain ``x -> J`` function."""
-    if isinstance(jacobian, DenseJacobian):
+def as_strategy(jacobian) -> JacobianStrategy:
+    """A Jacobian strategy from a strategy or a plain ``x -> J`` function (which
+    becomes the dense strategy)."""
+    if isinstance(jacobian, JacobianStrategy):
         return jacobian
     return DenseJacobian(jacobian)

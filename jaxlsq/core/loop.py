@@ -48,7 +48,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .factorize import factorize, normal_equations
+from .factorize import factorize
+from .linearization import Linearization, as_strategy
 from .options import SolveOptions
 from .status import Status
 from .steps import scaled_jacobian_norm, trust_region_par
@@ -161,9 +162,23 @@ def lm_init(
     )
 
 
-def with_jacobian(jac_fun: Callable[[jax.Array], jax.Array], st: LMState) -> LMState:
-    """Evaluate J at ``st.x``; NaN/inf in it stops the fit."""
-    jac = jac_fun(st.x)
+def with_linearization(jacobian, st: LMState) -> tuple[LMState, Linearization]:
+    """The linearization at ``st.x`` from the Jacobian strategy ``jacobian`` (or an
+    ``x -> J`` function; see `jaxlsq.core.linearization`), and the state holding its
+    carry (the dense J) as ``st.jac``. NaN/inf in J stops the fit."""
+    lin, carry = as_strategy(jacobian)(st.x, st.f)
+    finite = lin.is_finite() if carry is None else jnp.all(jnp.isfinite(carry))
+    keep = finite | (st.status == int(Status.IMPROPER_INPUT))
+    status = jnp.where(keep, st.status, _code(Status.NONFINITE))
+    st = st._replace(
+        jac=carry, jac_current=jnp.ones((), bool), njev=st.njev + 1, status=status
+    )
+    return st, lin
+
+
+def with_jacobian(jacobian, st: LMState) -> LMState:
+    """Evaluate J at ``st.x`` (for the solution); NaN/inf in it stops the fit."""
+    jac = as_strategy(jacobian).jacobian(st.x)
     finite = jnp.all(jnp.isfinite(jac))
     keep = finite | (st.status == int(Status.IMPROPER_INPUT))
     status = jnp.where(keep, st.status, _code(Status.NONFINITE))
@@ -174,7 +189,7 @@ def with_jacobian(jac_fun: Callable[[jax.Array], jax.Array], st: LMState) -> LMS
 
 def lm_iteration(
     flat_fun: Callable[[jax.Array], jax.Array],
-    jac_fun: Callable[[jax.Array], jax.Array],
+    jacobian,
     options: SolveOptions,
     st: LMState,
 ) -> LMState:
@@ -210,22 +225,11 @@ def lm_iteration(
     # batch's most-rejecting lane (1.9x the fits/s on 2-D Gaussians with the default
     # tolerances; same iterates, nfev and njev).
     fresh = ~st.jac_current
-    evaluated = with_jacobian(jac_fun, st)
+    evaluated, lin = with_linearization(jacobian, st)
     st = evaluated._replace(njev=jnp.where(fresh, evaluated.njev, st.njev))
-    # The loop works on J^T (n, m): every reduction over the m residuals is then
-    # over the minor axis, which XLA's CPU backend vectorises across a batch;
-    # reductions over the middle axis of a batched (B, m, n) array run several
-    # times slower. XLA cancels this transpose against jacfwd's own.
-    jac_t = st.jac.T
-    gram, jtf, acnorm = normal_equations(jac_t, st.f)
-    frozen = frozen_columns(st.x, jtf)
-    if frozen is not None:  # the loop sees a Jacobian without frozen columns
-        jac_t = jnp.where(frozen[:, None], jnp.zeros_like(jac_t), jac_t)
-        jtf = jnp.where(frozen, jnp.zeros_like(jtf), jtf)
-        acnorm = jnp.where(frozen, jnp.zeros_like(acnorm), acnorm)
-        if gram is not None:
-            pair = frozen[:, None] | frozen[None, :]
-            gram = jnp.where(pair, jnp.zeros_like(gram), gram)
+    # The loop sees J without its frozen columns (the frozen test reads J^T f).
+    lin = lin.without(frozen_columns(st.x, lin.jtf))
+    jtf, acnorm = lin.jtf, lin.col_norms
     first = fresh & (st.njev == 1)  # a resumed first iteration keeps its radius
     if user_diag is None:  # MINPACK mode 1: column norms, zero columns scaled by 1
         diag = jnp.where(first, _positive_or_one(acnorm), st.diag)
@@ -244,7 +248,7 @@ def lm_iteration(
     cosines = jnp.where(acnorm > 0, cosines, 0)
     gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
     status = jnp.where(_running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
-    system = factorize(jac_t, diag, jtf, options.linear_solver, gram, _running(st))
+    system = factorize(lin, diag, options.linear_solver, _running(st))
     st = st._replace(diag=diag, gnorm=gnorm, status=status)
 
     def trial(st: LMState) -> LMState:
@@ -265,10 +269,10 @@ def lm_iteration(
             clipped = jnp.any(projected != x_trial)
             x_trial = projected
             actual_step = x_trial - st.x
-            jp = sum(jac_t[i] * actual_step[i] for i in range(len(actual_step)))
-            fjp = jnp.dot(st.f, jp) / fnorm**2
+            f_jp, jp_jp = lin.jac_dot(actual_step, st.f)  # f . J s, ||J s||^2
+            fjp = f_jp / fnorm**2
             pnorm = jnp.where(clipped, jnp.linalg.norm(diag * actual_step), pnorm)
-            prered = jnp.where(clipped, -2 * fjp - jnp.dot(jp, jp) / fnorm**2, prered)
+            prered = jnp.where(clipped, -2 * fjp - jp_jp / fnorm**2, prered)
             dirder = jnp.where(clipped, fjp, dirder)
         # Before the first accepted step the radius never exceeds the step tried.
         delta = jnp.where(st.n_iter == 0, jnp.minimum(st.delta, pnorm), st.delta)
@@ -338,27 +342,37 @@ def lm_iteration(
     return tried._replace(jac=st.jac)
 
 
-def lm_finalize(jac_fun: Callable[[jax.Array], jax.Array], st: LMState) -> LMState:
+def lm_finalize(jacobian, st: LMState) -> LMState:
     """The Jacobian at the returned point (for Solution.jac, grad and covariances):
-    recomputed only if the last outer iteration moved x."""
-    return lax.cond(st.jac_current, lambda st: st, partial(with_jacobian, jac_fun), st)
+    the loop's own when it belongs to the final x, else evaluated (and counted).
+    A strategy whose linearization carries no J (``st.jac`` None) has it formed
+    here, counted only if x moved since the last linearization."""
+    if st.jac is None:
+        evaluated = with_jacobian(jacobian, st)
+        njev = jnp.where(st.jac_current, st.njev, evaluated.njev)
+        return evaluated._replace(njev=njev)
+    return lax.cond(st.jac_current, lambda st: st, partial(with_jacobian, jacobian), st)
 
 
 def run_lm(
     flat_fun: Callable[[jax.Array], jax.Array],
-    jac_fun: Callable[[jax.Array], jax.Array],
+    jacobian,
     x0: jax.Array,
     options: SolveOptions,
 ) -> LMState:
     """Minimise ``0.5 * ||flat_fun(x)||^2`` from ``x0`` (n,); return the final state.
 
-    `lm_init`, a ``while_loop`` of `lm_iteration` while the status is ``RUNNING``,
-    then `lm_finalize`.
+    ``jacobian`` is a Jacobian strategy or an ``x -> J`` function (see
+    `jaxlsq.core.linearization`). `lm_init`, a ``while_loop`` of `lm_iteration`
+    while the status is ``RUNNING``, then `lm_finalize`.
     """
+    strategy = as_strategy(jacobian)
     state = lm_init(flat_fun, x0, options)
+    if jax.eval_shape(strategy, x0, state.f)[1] is None:  # no J in the loop state
+        state = state._replace(jac=None)
 
     def outer_body(st: LMState) -> LMState:
-        return lm_iteration(flat_fun, jac_fun, options, st)
+        return lm_iteration(flat_fun, strategy, options, st)
 
     final = lax.while_loop(_running, outer_body, state)
-    return lm_finalize(jac_fun, final)
+    return lm_finalize(strategy, final)

@@ -170,3 +170,23 @@ def jacobi_svd(r: list[list[jax.Array]]):
     vmat = jnp.stack([jnp.stack(col) for col in v], axis=1)
     svals = jnp.stack([jnp.sqrt(dot(col, col)) for col in a])
     return vmat, svals
+
+
+# Above this many parameters the Gram matrix is one matrix product (SMALL_N).
+_UNROLL_GRAM_N = 8
+
+
+def gram_matrix(jac_t: jax.Array) -> jax.Array:
+    """``J^T J`` (n, n) from ``jac_t = J^T`` (n, m).
+
+    For small n, one minor-axis dot product per entry (fused across a batch);
+    otherwise a matrix product.
+    """
+    n = jac_t.shape[0]
+    if n > _UNROLL_GRAM_N:
+        return jac_t @ jac_t.T
+    entries = {}
+    for i in range(n):
+        for j in range(i, n):
+            entries[i, j] = entries[j, i] = jnp.sum(jac_t[i] * jac_t[j])
+    return jnp.stack([jnp.stack([entries[i, j] for j in range(n)]) for i in range(n)])

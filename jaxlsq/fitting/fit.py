@@ -225,10 +225,21 @@ def fit(
 def fit_solve_options(
     solve_options: dict, bound_arrays, fixed_mask, loss, f_scale, *, where: str
 ) -> SolveOptions:
-    """The `SolveOptions` of a fit: the user's solve options, plus the flat bounds
-    ``(lower, upper)`` (n,) (or None), the fixed mask (n,) (None when nothing is
-    fixed), the loss and ``f_scale``. ``where`` names the entry point in errors."""
+    """The `SolveOptions` of a fit: the user's solve options (keywords, and/or an
+    ``options=`` value), plus the flat bounds ``(lower, upper)`` (n,) (or None), the
+    fixed mask (n,) (None when nothing is fixed), the loss and ``f_scale``.
+    ``where`` names the entry point in errors."""
+    solve_options = dict(solve_options)
+    base = solve_options.pop("options", None)
+    if base is not None:
+        own = SolveOptions.build(base, where=where)
+        if own.bounds is not None or own.fixed is not None or own.loss != "linear":
+            raise TypeError(
+                f"{where}: give bounds, fixed, loss and f_scale to {where} itself, "
+                "not inside options= (they shape the fit's statistics)"
+            )
     return SolveOptions.build(
+        base,
         where=where,
         **solve_options,
         bounds=bound_arrays,
