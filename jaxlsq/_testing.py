@@ -11,6 +11,10 @@ import threading
 
 import jax
 
+from .batch.solve_batch import pool_shape
+
+__all__ = ["count_compiles", "pool_shape"]
+
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _counters: list[list[int]] = []
 _lock = threading.Lock()

@@ -183,6 +183,41 @@ def test_progress_bar_counts_chunks(capsys):
     np.testing.assert_array_equal(shown.params, plain.params)
 
 
+def test_interleaved_progress_bars_each_count_their_own_call(monkeypatch):
+    """Two progress=True calls in flight at once (two threads) each advance their
+    own bar, to their own total."""
+    import threading
+
+    tqdm_module = pytest.importorskip("tqdm")
+    bars = []
+
+    class Recorded(tqdm_module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm_module, "tqdm", Recorded)
+    monkeypatch.setitem(__import__("sys").modules, "ipywidgets", None)
+    kw = dict(in_axes=(None, (None, 0)), progress=True, schedule="vmap")
+    big, small = _batch(n=12, seed=12), _batch(n=6, seed=13)
+    jaxlsq.solve_batch(expdecay, P0, (X50, big), chunk_size=2, **kw)  # compile
+    jaxlsq.solve_batch(expdecay, P0, (X50, small), chunk_size=2, **kw)
+    bars.clear()
+    start = threading.Barrier(2)
+
+    def run(ys):
+        start.wait()
+        jaxlsq.solve_batch(expdecay, P0, (X50, ys), chunk_size=2, **kw)
+
+    threads = [threading.Thread(target=run, args=(ys,)) for ys in (big, small)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    totals = sorted((bar.total, bar.n) for bar in bars)
+    assert totals == [(3, 3), (6, 6)], totals  # 6 and 12 fits in chunks of 2
+
+
 def masked_expdecay(p, x, y, mask):
     """Ragged curves padded to a common length: padded points weigh 0."""
     return mask * (p[0] * jnp.exp(-p[1] * x) + p[2] - y)

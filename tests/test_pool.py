@@ -131,23 +131,20 @@ def test_grad_through_refill_matches_vmap():
     assert np.all(np.isfinite(g_pool)) and np.any(np.asarray(g_pool) != 0)
 
 
-def test_auto_schedule_picks_refill_for_several_chunks(monkeypatch):
-    import jaxlsq.batch.solve_batch as batch
+def test_auto_schedule_picks_refill_for_several_chunks():
+    from jaxlsq._testing import pool_shape
 
-    seen = []
+    def auto(n_batch, chunk_size, progress=False, adjoint="implicit", n_devices=1):
+        return pool_shape(
+            "auto", n_batch, chunk_size, None, n_devices, progress, adjoint
+        )
 
-    def spy(*a):  # records the choice, fits nothing
-        seen.append(a[6])  # the pool option: None for the vmap schedule
-
-    monkeypatch.setattr(batch, "_solve_batch_jit", spy)
-    starts, ys = _starts_and_curves(6, seed=7)
-    for chunk_size, progress in ((4, False), (8, False), (None, False), (4, True)):
-        kw = dict(in_axes=AXES, chunk_size=chunk_size)
-        if progress:
-            pytest.importorskip("tqdm")
-            kw["progress"] = True
-        batch.solve_batch(expdecay, starts, (X50, ys), **kw)
-    assert seen == [(4, 1), None, None, None]
+    assert auto(6, 4) == (4, 1)  # more fits than one chunk: the pool
+    assert auto(6, 8) is None and auto(6, None) is None  # one chunk: vmap
+    assert auto(6, 4, progress=True) is None  # a progress bar: vmap
+    assert auto(6, 4, adjoint="unrolled") is None  # the pool is implicit-only
+    assert auto(6, 4, n_devices=2) is None  # 3 fits per device fit one chunk
+    assert auto(5000, 1024) == (1024, 64)
 
 
 @pytest.mark.parametrize(

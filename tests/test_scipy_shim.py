@@ -257,7 +257,7 @@ def test_failure_warns_without_full_output():
 def test_maxfev_default_depends_on_dfun(with_dfun, monkeypatch):
     """scipy's default maxfev: 200 (n + 1) evaluations without Dfun, 100 (n + 1)
     with; what reaches the solver's options (a spy around SolveOptions.build)."""
-    import jaxlsq.scipy._leastsq as shim
+    import jaxlsq.scipy.run as shim_run
     from jaxlsq.core.options import SolveOptions
 
     seen = []
@@ -268,7 +268,7 @@ def test_maxfev_default_depends_on_dfun(with_dfun, monkeypatch):
             seen.append(kwargs["max_nfev"])
             return SolveOptions.build(*args, **kwargs)
 
-    monkeypatch.setattr(shim, "SolveOptions", Spy)
+    monkeypatch.setattr(shim_run, "SolveOptions", Spy)
     dfun = exp_jac_jnp if with_dfun else None
     for maxfev in (0, -1, 7):
         leastsq(exp_jnp, X0, args=(X, Y), Dfun=dfun, maxfev=maxfev, full_output=True)

@@ -147,17 +147,15 @@ def solve_batch(
     n_batch = batch_size((x0, args), axes)
     options = options.with_defaults(*_parameters_per_fit(x0, axes[0]))
     mesh = _mesh(devices)
-    if schedule == "auto":
-        per_device = -(-n_batch // (1 if mesh is None else mesh.size))
-        width = chunk_size if slots is None else slots
-        several = width is not None and per_device > width
-        poolable = not progress and options.adjoint == "implicit"
-        schedule = "refill" if several and poolable else "vmap"
-    pool = None
-    if schedule == "refill":
-        if slots is None:
-            slots = DEFAULT_SLOTS if chunk_size is None else chunk_size
-        pool = (slots, max(1, min(DEFAULT_REFILL, slots // 8)))
+    pool = pool_shape(
+        schedule,
+        n_batch,
+        chunk_size,
+        slots,
+        1 if mesh is None else mesh.size,
+        progress,
+        options.adjoint,
+    )
     treedef = jax.tree_util.tree_structure((x0, args))
     axes_leaves = tuple(axes_per_leaf(treedef, axes))
     chunk = None if chunk_size is None or chunk_size >= n_batch else chunk_size
@@ -252,6 +250,35 @@ def _solve_batch_jit(
     if n_padded == n_batch:
         return sols
     return jax.tree_util.tree_map(lambda a: a[:n_batch], sols)
+
+
+def pool_shape(
+    schedule: str,
+    n_batch: int,
+    chunk_size: int | None,
+    slots: int | None,
+    n_devices: int,
+    progress: bool,
+    adjoint: str,
+) -> tuple[int, int] | None:
+    """The schedule `solve_batch` runs: ``(slots, refill size)`` of a refill pool,
+    or None for lock-step vmap chunks.
+
+    ``"auto"`` takes the pool when a device has more fits than one pool width
+    (``slots``, else ``chunk_size``) and neither a progress bar nor the unrolled
+    adjoint (which the pool does not support) is asked for.
+    """
+    if schedule == "auto":
+        per_device = -(-n_batch // n_devices)
+        width = chunk_size if slots is None else slots
+        several = width is not None and per_device > width
+        poolable = not progress and adjoint == "implicit"
+        schedule = "refill" if several and poolable else "vmap"
+    if schedule != "refill":
+        return None
+    if slots is None:
+        slots = DEFAULT_SLOTS if chunk_size is None else chunk_size
+    return slots, max(1, min(DEFAULT_REFILL, slots // 8))
 
 
 def _parameters_per_fit(x0: Any, x0_axes: Any) -> tuple[int, Any]:

@@ -10,7 +10,6 @@ loss-modified Jacobian).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -21,12 +20,11 @@ import numpy as np
 
 from ..core.caches import JAC_TRACES as _JAC_TRACES
 from ..core.losses import loss_scaled_jacobian, robust_cost_of
-from ..core.options import SolveOptions
-from ..core.solve import solve
 from ..core.status import MESSAGES, Status
 from . import host as _host
 from .differences import _Difference, _UserCall
 from .plan import _args_signature, _hashable, _plan, _warn_host
+from .run import run_fit
 
 EPS = float(np.finfo(float).eps)
 
@@ -523,7 +521,16 @@ def _least_squares(
             bounds=(lb, ub) if bounded else None, f_scale=float(f_scale),
         )  # fmt: skip
         if not host:
-            out = _run(loop_fun, loop_jac, loss, x0, call_args, options, m + pad)
+            out = run_fit(
+                loop_fun,
+                x0,
+                call_args,
+                m + pad,
+                "least_squares",
+                jac=loop_jac,
+                loss=loss,
+                **options,
+            )._asdict()
             nfev, njev = out["nfev"], out["njev"]
         else:
             difference = None
@@ -538,10 +545,10 @@ def _least_squares(
             problem = _host.HostProblem.get(loop_fun, host_jac, False, m + pad, n)
             token, ctx = _host.HostProblem.open(call_args, EPS, difference)
             try:
-                out = _run(
-                    problem.fun, problem.jac, loss, x0, (np.int32(token),), options,
-                    m + pad,
-                )  # fmt: skip
+                out = run_fit(
+                    problem.fun, x0, (np.int32(token),), m + pad, "least_squares",
+                    jac=problem.jac, loss=loss, **options,
+                )._asdict()  # fmt: skip
             finally:
                 _host.HostProblem.close(token)
             nfev = ctx.nfev
@@ -673,35 +680,3 @@ class _OptimizeResult(dict):
 
     __setattr__ = dict.__setitem__  # type: ignore[assignment]
     __delattr__ = dict.__delitem__  # type: ignore[assignment]
-
-
-# ----------------------------------------------------------------------------------
-# the compiled call: one dispatch, one transfer
-
-
-def _run(fun, jac, loss, x0, args, options: dict, m) -> dict[str, Any]:
-    """Run `jaxlsq.solve` and bring its results to the host (inside enable_x64):
-    one dispatch of `_solve_packed`, one transfer."""
-    opts = SolveOptions.build(where="least_squares", jac=jac, loss=loss, **options)
-    packed = np.array(_solve_packed(fun, x0, args, opts))
-    n = x0.size
-    status, nfev, njev = (int(v) for v in packed[:3].tolist())
-    i = 4
-    out = dict(status=status, nfev=nfev, njev=njev, cost=packed[3])
-    for name, size in (("x", n), ("fun", m), ("grad", n), ("active_mask", n)):
-        out[name] = packed[i : i + size]
-        i += size
-    out["active_mask"] = out["active_mask"].astype(int)
-    out["jac"] = packed[i:].reshape(m, n)
-    return out
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _solve_packed(fun, x0, args, options):
-    """``solve(...)`` packed as ``[status, nfev, njev, cost, x, f, grad, active,
-    jac.ravel()]`` (float64)."""
-    sol = solve(fun, x0, args, options=options)
-    head = jnp.stack([sol.status, sol.nfev, sol.njev]).astype(jnp.float64)
-    parts = (head, sol.cost, sol.params, sol.residuals, sol.grad, sol.active_mask,
-             sol.jac)  # fmt: skip
-    return jnp.concatenate([jnp.ravel(p).astype(jnp.float64) for p in parts])

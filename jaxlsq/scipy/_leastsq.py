@@ -5,21 +5,19 @@ See `jaxlsq.scipy` for the overview (JAX path vs host path, float64 semantics).
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core.options import SolveOptions
-from ..core.solve import solve
 from ..core.status import MESSAGES, Status
 from . import host as _host
 from .errors import HostFallbackWarning, OptimizeWarning  # noqa: F401
 from .plan import _plan
+from .run import run_fit
 
 _LEASTSQ_SUCCESS = (1, 2, 3, 4)
 _LEASTSQ_FAILURE = (5, 6, 7, 8)
@@ -281,14 +279,15 @@ def _leastsq(
             diag=diag,
         )
         if plan.host is None:
-            fit = _fit(func, plan.jac, x0, args, options, m)
+            fit = run_fit(func, x0, args, m, "leastsq", jac=plan.jac, **options)
             nfev, njev = fit.nfev, fit.njev
         else:
             token, ctx = _host.HostProblem.open(args, epsfcn)
             try:
-                fit = _fit(
-                    plan.host.fun, plan.host.jac, x0, (np.int32(token),), options, m
-                )
+                fit = run_fit(
+                    plan.host.fun, x0, (np.int32(token),), m, "leastsq",
+                    jac=plan.host.jac, **options,
+                )  # fmt: skip
             finally:
                 _host.HostProblem.close(token)
             nfev, njev = ctx.nfev, ctx.njev
@@ -298,7 +297,7 @@ def _leastsq(
         ier, mesg = NONFINITE_IER, MESSAGES[Status.NONFINITE]
     else:
         ier, mesg = status, _message(status, ftol, xtol, gtol, maxfev)
-    x, fvec, jac = fit.x, fit.fvec, fit.jac
+    x, fvec, jac = fit.x, fit.fun, fit.jac
     out = dict(x=x, cov_x=None, infodict=None, mesg=mesg, ier=ier, jac=jac)
     if full_output:
         infodict = {"fvec": fvec, "nfev": nfev}
@@ -314,49 +313,3 @@ def _leastsq(
 
 def _eval_jax(func, x0, args) -> np.ndarray:
     return np.asarray(jnp.ravel(func(jnp.asarray(x0), *args)), dtype=np.float64)
-
-
-# ----------------------------------------------------------------------------------
-# running the fit: one compiled call, one transfer
-
-
-class _Fit(NamedTuple):
-    """The host-side results of one fit (numpy, float64; Python ints)."""
-
-    status: int
-    nfev: int
-    njev: int
-    x: np.ndarray  # (n,)
-    fvec: np.ndarray  # (m,)
-    jac: np.ndarray  # (m, n)
-
-
-def _fit(fun, jac, x0, args, options: dict, m) -> _Fit:
-    """Run `jaxlsq.solve` on ``fun`` and bring the results to the host.
-
-    Called inside ``jax.enable_x64(True)``. One dispatch of `_solve_packed`
-    (``solve`` traced inside a jit, so its Python validation runs once per
-    compilation instead of once per call) and one device-to-host transfer of a
-    single packed float64 vector. The options are checked here first, eagerly, so
-    a bad value (NaN tolerances) raises what ``solve`` raises.
-    """
-    opts = SolveOptions.build(where="leastsq", jac=jac, **options)
-    packed = _solve_packed(fun, x0, args, opts)
-    return _unpack(np.array(packed), x0.size, m)  # the one transfer (a copy)
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _solve_packed(fun, x0, args, options):
-    """``solve(...)`` packed as ``[status, nfev, njev, x, fvec, jac.ravel()]`` (f64)."""
-    sol = solve(fun, x0, args, options=options)
-    head = jnp.stack([sol.status, sol.nfev, sol.njev])
-    parts = (head, sol.params, sol.residuals, sol.jac)
-    return jnp.concatenate([jnp.ravel(p).astype(jnp.float64) for p in parts])
-
-
-def _unpack(packed: np.ndarray, n: int, m: int) -> _Fit:
-    """The inverse of `_solve_packed` (views of one writable host array)."""
-    status, nfev, njev = (int(v) for v in packed[:3].tolist())
-    x = packed[3 : 3 + n]
-    fvec = packed[3 + n : 3 + n + m]
-    return _Fit(status, nfev, njev, x, fvec, packed[3 + n + m :].reshape(m, n))

@@ -1,0 +1,62 @@
+"""The shims' compiled call: one dispatch of `jaxlsq.solve`, one transfer back.
+
+`leastsq` and `least_squares` (and `curve_fit` through them) run every fit here,
+on the JAX path and the host path alike (there ``fun``/``jac`` are a
+`jaxlsq.scipy.host.HostProblem`'s callbacks). ``solve`` is traced inside one jit,
+so its Python validation runs once per compilation instead of once per call, and
+the results come back as a single packed float64 vector.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..core.options import SolveOptions
+from ..core.solve import solve
+
+
+class HostFit(NamedTuple):
+    """The host-side results of one fit (numpy float64 arrays; Python ints)."""
+
+    status: int
+    nfev: int
+    njev: int
+    cost: float
+    x: np.ndarray  # (n,)
+    fun: np.ndarray  # (m,)
+    grad: np.ndarray  # (n,)
+    active_mask: np.ndarray  # (n,) int
+    jac: np.ndarray  # (m, n)
+
+
+def run_fit(fun, x0: np.ndarray, args: tuple, m: int, where: str, **options) -> HostFit:
+    """Fit ``fun`` from ``x0`` (n,) with `jaxlsq.solve`'s ``options`` (checked here
+    first, eagerly, so a bad value raises what ``solve`` raises; ``where`` names
+    the shim); call inside ``jax.enable_x64(True)``."""
+    opts = SolveOptions.build(where=where, **options)
+    packed = np.array(_solve_packed(fun, x0, args, opts))  # the one transfer (a copy)
+    n = x0.size
+    status, nfev, njev = (int(v) for v in packed[:3].tolist())
+    parts, i = [], 4
+    for size in (n, m, n, n):
+        parts.append(packed[i : i + size])
+        i += size
+    x, f, grad, active = parts
+    jac = packed[i:].reshape(m, n)
+    return HostFit(status, nfev, njev, packed[3], x, f, grad, active.astype(int), jac)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _solve_packed(fun, x0, args, options):
+    """``solve(...)`` packed as ``[status, nfev, njev, cost, x, f, grad, active,
+    jac.ravel()]`` (float64)."""
+    sol = solve(fun, x0, args, options=options)
+    head = jnp.stack([sol.status, sol.nfev, sol.njev]).astype(jnp.float64)
+    parts = (head, sol.cost, sol.params, sol.residuals, sol.grad, sol.active_mask,
+             sol.jac)  # fmt: skip
+    return jnp.concatenate([jnp.ravel(p).astype(jnp.float64) for p in parts])
