@@ -413,7 +413,7 @@ def test_param_names_from_pytree_paths():
 
 def test_multistart_sinusoid_finds_the_global_minimum():
     _, model, x, y, start = tutorial_problems()[2]
-    assert model is sinusoid
+    assert model.__name__ == sinusoid.__name__  # (another test reloads the module)
     ref, _, info, *_ = curve_fit(sinusoid, x, y, p0=start, full_output=True)
     ref_ssr = np.sum(info["fvec"] ** 2)
     assert ref_ssr > 100  # MINPACK from [1, 1, 0] stops in a local minimum

@@ -56,26 +56,39 @@ def residual_size(fun, x0, args) -> int:
     return m
 
 
-def _trace_residual_size(fun, x0, args) -> int:
+def one_output(fn, args: tuple, call: str, what: str, context: str = ""):
+    """The shape and dtype (``jax.ShapeDtypeStruct``) of ``fn(*args)``, traced
+    without running it; ``fn`` must return one array. ``call`` (e.g.
+    ``"fun(x0, *args)"``) and ``what`` name the call and its output in errors,
+    ``context`` describes the arguments."""
     try:
-        out = jax.eval_shape(fun, x0, *args)
+        out = jax.eval_shape(fn, *args)
     except Exception as err:  # the user's function failed: say where, keep the cause
-        raise ValueError(
-            f"fun(x0, *args) could not be evaluated with x0 of structure "
-            f"{jax.tree_util.tree_structure(x0)} and {len(args)} args "
-            f"(shapes {[getattr(a, 'shape', type(a).__name__) for a in args]}): {err}"
-        ) from err
+        raise ValueError(f"{call} could not be evaluated{context}: {err}") from err
     leaves = jax.tree_util.tree_leaves(out)
     if len(leaves) != 1:
         raise ValueError(
-            f"fun must return one array of residuals, got a pytree with "
+            f"{call.split('(')[0]} must return one array{what}, got a pytree with "
             f"{len(leaves)} leaves"
         )
-    if not jnp.issubdtype(leaves[0].dtype, jnp.floating):
+    return leaves[0]
+
+
+def _trace_residual_size(fun, x0, args) -> int:
+    shapes = [getattr(a, "shape", type(a).__name__) for a in args]
+    out = one_output(
+        fun,
+        (x0, *args),
+        "fun(x0, *args)",
+        " of residuals",
+        f" with x0 of structure {jax.tree_util.tree_structure(x0)} and "
+        f"{len(args)} args (shapes {shapes})",
+    )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(
-            f"fun must return floating-point residuals, got dtype {leaves[0].dtype}"
+            f"fun must return floating-point residuals, got dtype {out.dtype}"
         )
-    return int(np.prod(leaves[0].shape))
+    return int(np.prod(out.shape))
 
 
 def check_concrete(value, name: str, predicate, requirement: str) -> None:

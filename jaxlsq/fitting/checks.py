@@ -12,7 +12,7 @@ import numpy as np
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from ..core.losses import LOSSES
-from ..core.validate import check_concrete, flat_like
+from ..core.validate import check_concrete, flat_like, one_output
 
 
 def check_fit_call(model, loss, f_scale, solve_options) -> None:
@@ -106,22 +106,17 @@ def unflatten(flat, treedef, shapes):
 
 
 def check_model_shape(model, x, p0, y) -> None:
-    try:
-        out = jax.eval_shape(model, x, p0)
-    except Exception as err:  # the user's model failed: say where, keep the cause
+    """``model(x, p0)`` returns one array of ``y``'s shape (traced, not run)."""
+    out = one_output(
+        model,
+        (x, p0),
+        "model(x, p0)",
+        "",
+        f" (p0 structure {jax.tree_util.tree_structure(p0)})",
+    )
+    if tuple(out.shape) != tuple(y.shape):
         raise ValueError(
-            f"model(x, p0) could not be evaluated (p0 structure "
-            f"{jax.tree_util.tree_structure(p0)}): {err}"
-        ) from err
-    leaves = jax.tree_util.tree_leaves(out)
-    if len(leaves) != 1:
-        raise ValueError(
-            f"model(x, params) must return one array, got a pytree with "
-            f"{len(leaves)} leaves"
-        )
-    if tuple(leaves[0].shape) != tuple(y.shape):
-        raise ValueError(
-            f"model(x, p0) returns shape {tuple(leaves[0].shape)} but y has shape "
+            f"model(x, p0) returns shape {tuple(out.shape)} but y has shape "
             f"{tuple(y.shape)}: x and y do not match (or the model broadcasts)"
         )
 

@@ -186,7 +186,9 @@ def _transforms(kind, sigma, sigma_axis, y1, dtype):
 
     def one(s):
         s = jnp.asarray(s, dtype)
-        return jnp.broadcast_to(s, y1.shape) if kind == "1d" else jnp.linalg.cholesky(s)
+        if kind == "1d":  # the weights of `whiten`: 1 / sigma
+            return jnp.broadcast_to(1 / s, y1.shape)
+        return jnp.linalg.cholesky(s)
 
     if kind is None:
         return None, None

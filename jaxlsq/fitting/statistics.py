@@ -209,3 +209,11 @@ def _gram_pinv_jvp(primals, tangents):
 def _safe_sqrt(v):
     pos = v > 0
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, v, 1)), 0)
+
+
+@jax.jit
+def gram_pseudo_inverse(jac: jax.Array) -> jax.Array:
+    """``(J^T J)^+`` (n, n) of ``jac`` (m, n) with scipy ``curve_fit``'s rank cutoff
+    (singular values ``<= max(m, n) * eps * s_max`` dropped): the covariance
+    `covariance` builds on, and scipy's own ``pcov`` before its scaling."""
+    return _gram_pinv_parts(jac)[0]

@@ -20,24 +20,65 @@ from ..core.validate import check_concrete
 @dataclasses.dataclass(frozen=True)
 class Residuals:
     """Weighted residuals ``W (model(x, params) - y)`` in the calling convention of
-    `jaxlsq.solve`. Equal (and hashing alike) per ``(model, kind)``, so compiled
-    loops are reused across calls."""
+    `jaxlsq.solve`: ``residuals(params, x, y, transform)``. Equal (and hashing
+    alike) per ``(model, kind, unpack)``, so compiled loops are reused across calls.
+
+    ``unpack``: the model is called ``model(x, *params)`` (scipy ``curve_fit``'s
+    convention) instead of ``model(x, params)`` (`jaxlsq.fit`'s). Works on JAX
+    arrays (traced) and on numpy arrays (the scipy shim's host path) alike.
+    """
 
     model: Callable
     kind: str | None
+    unpack: bool = False
+
+    @property
+    def _jaxlsq_origin(self):  # what the shims' warnings name
+        return self.model
 
     def __call__(self, params, x, y, transform):
-        predicted = jnp.asarray(self.model(x, params)).astype(y.dtype)
-        return whiten(predicted - y, transform, self.kind)
+        xp = jnp if isinstance(y, jax.Array) else np
+        out = self.model(x, *params) if self.unpack else self.model(x, params)
+        return whiten(xp.asarray(out).astype(y.dtype) - y, transform, self.kind)
 
 
-def whiten(r, transform, kind):
-    """``W r``: ``r`` itself, ``r / sigma``, or ``L^-1 r`` (flattened)."""
+@dataclasses.dataclass(frozen=True)
+class WeightedJacobian:
+    """``W jac(x, *params)``: the Jacobian of `Residuals` (``unpack`` convention)
+    from the user's model Jacobian ``jac`` (m, n)."""
+
+    jac: Callable
+    kind: str | None
+
+    @property
+    def _jaxlsq_origin(self):
+        return self.jac
+
+    def __call__(self, params, x, y, transform):
+        out = self.jac(x, *params)
+        out = jnp.asarray(out) if isinstance(out, jax.Array) else np.asarray(out)
+        return whiten(out, transform, self.kind, jacobian=True)
+
+
+def whiten(r, transform, kind, *, jacobian: bool = False):
+    """``W r``: ``r`` itself, ``r * (1 / sigma)`` or ``L^-1 r`` (flattened).
+
+    ``transform`` is None, ``1 / sigma`` (scipy's: a product, like ``curve_fit``)
+    broadcast to ``r``'s shape, or the lower Cholesky factor ``L`` (m, m) of the
+    data covariance. ``jacobian=True``: ``r`` is a Jacobian (m, n) whose rows are
+    weighted. numpy in, numpy out (the host path); JAX arrays otherwise.
+    """
     if kind is None:
         return r
+    traced = isinstance(r, jax.Array) or isinstance(transform, jax.Array)
     if kind == "1d":
-        return r / transform
-    return jax.scipy.linalg.solve_triangular(transform, jnp.ravel(r), lower=True)
+        if jacobian and r.ndim == 2 and transform.ndim == 1:
+            return transform[:, None] * r
+        return transform * r
+    if traced:
+        rhs = r if jacobian else jnp.ravel(r)
+        return jax.scipy.linalg.solve_triangular(transform, rhs, lower=True)
+    return np.linalg.solve(transform, np.asarray(r) if jacobian else np.ravel(r))
 
 
 def sigma_kind(sigma, y) -> str | None:
@@ -63,7 +104,8 @@ def sigma_kind(sigma, y) -> str | None:
 
 
 def sigma_transform(sigma, y, dtype):
-    """``(kind, transform)``: None, ``("1d", sigma)`` or ``("2d", cholesky(sigma))``."""
+    """``(kind, transform)``: None, ``("1d", 1 / sigma)`` (broadcast to ``y``'s
+    shape) or ``("2d", cholesky(sigma))``; see `whiten`."""
     kind = sigma_kind(sigma, y)
     if kind is None:
         return None, None
@@ -73,7 +115,7 @@ def sigma_transform(sigma, y, dtype):
             s, "sigma", lambda v: np.all(np.isfinite(v)), "must be finite (NaN/inf)"
         )
         check_concrete(s, "sigma", lambda v: np.all(v > 0), "must be > 0")
-        return "1d", jnp.broadcast_to(s, y.shape)
+        return "1d", jnp.broadcast_to(1 / s, y.shape)
     check_concrete(
         s, "sigma", lambda v: np.all(np.isfinite(v)), "must be finite (NaN/inf)"
     )

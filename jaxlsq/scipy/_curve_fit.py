@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import warnings
 from collections.abc import Callable
@@ -12,58 +11,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..fitting.statistics import gram_pseudo_inverse
+from ..fitting.weights import Residuals, WeightedJacobian
 from ._least_squares import _least_squares
 from ._leastsq import _LEASTSQ_SUCCESS, _leastsq
 from .errors import OptimizeWarning
 
 # ----------------------------------------------------------------------------------
 # curve_fit
-
-
-@dataclasses.dataclass(frozen=True)
-class _ModelResiduals:
-    """``transform (f(xdata, *params) - ydata)``, for numpy and JAX alike.
-
-    Equal (and hashing alike) per ``(f, kind)`` so the compiled loop is reused.
-    ``kind`` is None (no sigma), ``"1d"`` (``transform = 1 / sigma``) or ``"2d"``
-    (``transform = L``, the Cholesky factor of the covariance: solve ``L r' = r``).
-    """
-
-    f: Callable
-    kind: str | None
-
-    @property
-    def _jaxlsq_origin(self):
-        return self.f
-
-    def __call__(self, params, xdata, ydata, transform):
-        return _transform(self.f(xdata, *params) - ydata, transform, self.kind, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class _ModelJacobian(_ModelResiduals):
-    """``transform jac(xdata, *params)``, the Jacobian of `_ModelResiduals`."""
-
-    def __call__(self, params, xdata, ydata, transform):
-        jac = self.f(xdata, *params)
-        jac = jnp.asarray(jac) if _is_jax(jac) else np.asarray(jac)
-        return _transform(jac, transform, self.kind, 2)
-
-
-def _is_jax(value) -> bool:
-    return isinstance(value, jax.Array)
-
-
-def _transform(r, transform, kind, ndim):
-    if kind is None:
-        return r
-    if kind == "1d":
-        if ndim == 2 and np.ndim(transform) == 1:
-            return transform[:, None] * r
-        return transform * r
-    if _is_jax(r) or _is_jax(transform):
-        return jax.scipy.linalg.solve_triangular(transform, r, lower=True)
-    return np.linalg.solve(transform, np.asarray(r))
 
 
 def _n_params_from_signature(f) -> int:
@@ -311,9 +266,9 @@ def curve_fit(
         else:
             raise ValueError("`sigma` has incorrect shape.")
 
-    func = _ModelResiduals(f, kind)
+    func = Residuals(f, kind, unpack=True)  # fit's residuals, scipy's call
     if callable(jac):
-        dfun = _ModelJacobian(jac, kind)
+        dfun = WeightedJacobian(jac, kind)
     elif method != "lm":
         dfun = "2-point" if jac is None else jac  # least_squares' scheme names
     elif jac is None:
@@ -361,12 +316,10 @@ def curve_fit(
         ysize = len(res.fun)
         cost = 2 * res.cost  # res.cost is half the (robust) sum of squares
         popt = res.x
-        # scipy's pseudo-inverse of J^T J from the SVD of the (loss-modified) Jacobian
-        _, s, vt = np.linalg.svd(res.jac, full_matrices=False)
-        threshold = np.finfo(float).eps * max(res.jac.shape) * s[0]
-        s = s[s > threshold]
-        vt = vt[: s.size]
-        pcov = np.dot(vt.T / s**2, vt)
+        # scipy's pseudo-inverse of J^T J from the SVD of the (loss-modified)
+        # Jacobian: the fitting layer's, with the same cutoff
+        with jax.enable_x64(True):
+            pcov = np.array(gram_pseudo_inverse(jnp.asarray(res.jac, jnp.float64)))
 
     warn_cov = False
     if pcov is None or np.isnan(pcov).any():
