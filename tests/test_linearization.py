@@ -38,6 +38,7 @@ class OnlyR(JacobianStrategy):
     """J reduced to its QR factor R: what a chunked (TSQR) strategy returns."""
 
     jac_fun: Callable
+    carries_jacobian = False
 
     def __call__(self, x, f):
         jac = self.jac_fun(x)
@@ -53,6 +54,7 @@ class OnlyGram(JacobianStrategy):
     """J reduced to the normal equations."""
 
     jac_fun: Callable
+    carries_jacobian = False
 
     def __call__(self, x, f):
         jac = self.jac_fun(x)

@@ -147,7 +147,10 @@ class JacobianStrategy:
     Subclasses are frozen dataclasses (equal per their fields, so compiled loops
     are reused) with ``__call__(x, f) -> (Linearization, carry)`` and
     ``jacobian(x)``, the dense J for the solution (or None if never formed).
+    ``carries_jacobian`` says whether ``carry`` is the dense J (m, n) or None.
     """
+
+    carries_jacobian: bool = False
 
     def __call__(self, x: jax.Array, f: jax.Array):
         raise NotImplementedError
@@ -162,6 +165,7 @@ class DenseJacobian(JacobianStrategy):
     the user's ``jac``), reduced by `linearize_dense`; the carry is J."""
 
     jac_fun: Callable[[jax.Array], jax.Array]
+    carries_jacobian = True  # (a class attribute, not a field)
 
     def __call__(self, x: jax.Array, f: jax.Array):
         jac = self.jac_fun(x)

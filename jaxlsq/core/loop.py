@@ -368,7 +368,7 @@ def run_lm(
     """
     strategy = as_strategy(jacobian)
     state = lm_init(flat_fun, x0, options)
-    if jax.eval_shape(strategy, x0, state.f)[1] is None:  # no J in the loop state
+    if not strategy.carries_jacobian:  # no J in the loop state
         state = state._replace(jac=None)
 
     def outer_body(st: LMState) -> LMState:

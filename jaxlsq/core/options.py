@@ -110,30 +110,34 @@ class SolveOptions:
         Raises ``TypeError`` naming an unknown keyword (``where`` names the entry
         point), ``ValueError`` naming an option with a bad concrete value.
         """
-        unknown = sorted(set(kwargs) - set(cls.names()))
+        unknown = set(kwargs).difference(_FIELDS)
         if unknown:
             raise TypeError(
-                f"{where}() got unknown solve option(s) {unknown}; the options are "
-                f"{list(cls.names())}"
+                f"{where}() got unknown solve option(s) {sorted(unknown)}; the "
+                f"options are {list(cls.names())}"
             )
-        base = cls() if options is None else options
-        if not isinstance(base, SolveOptions):
+        if options is None:  # the defaults are valid: check what is given
+            built = cls(**kwargs) if kwargs else _DEFAULT
+            built.check(kwargs)
+            return built
+        if not isinstance(options, SolveOptions):
             raise TypeError(
-                f"options must be a SolveOptions, got {type(base).__name__}"
+                f"options must be a SolveOptions, got {type(options).__name__}"
             )
-        built = dataclasses.replace(base, **kwargs) if kwargs else base
+        built = dataclasses.replace(options, **kwargs) if kwargs else options
         built.check()
         return built
 
-    def check(self) -> None:
-        """Raise for a bad static value or a bad concrete traced scalar."""
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            allowed = f.metadata["allowed"]
+    def check(self, names=None) -> None:
+        """Raise for a bad static value or a bad concrete traced scalar (of the
+        options ``names``, default all)."""
+        for name in _FIELDS if names is None else names:
+            allowed, check = _FIELDS[name]
+            value = getattr(self, name)
             if allowed is not None and value not in allowed:
-                raise ValueError(f"{f.name} must be one of {allowed}, got {value!r}")
-            if f.metadata["check"] is not None:
-                f.metadata["check"](f.name, value)
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+            if check is not None:
+                check(name, value)
 
     def replace(self, **changes) -> SolveOptions:
         """A copy with some options replaced (checked like `build`)."""
@@ -145,11 +149,10 @@ class SolveOptions:
 
     def with_defaults(self, n: int, dtype) -> SolveOptions:
         """The scalar options with their defaults for ``n`` parameters of ``dtype``
-        filled in: ``ftol = xtol = 10 eps``, ``gtol = eps``, ``max_nfev = 500 (n +
-        1)``. Entry points call this before tracing, so that giving a traced option
-        or leaving it to its default compiles the same program."""
-        eps = float(jnp.finfo(dtype).eps)
-        defaults = dict(ftol=10 * eps, xtol=10 * eps, gtol=eps, max_nfev=500 * (n + 1))
+        filled in (`scalar_defaults`). Entry points call this before tracing, so
+        that giving a traced option or leaving it to its default compiles the same
+        program."""
+        defaults = scalar_defaults(n, dtype)
         return dataclasses.replace(
             self,
             **{k: v for k, v in defaults.items() if getattr(self, k) is None},
@@ -160,31 +163,35 @@ class SolveOptions:
         ``dtype``): defaults filled in, per-parameter options flat (n,), bounds
         checked against ``x0`` (concrete values raise, traced ones are checked by
         the loop)."""
-        filled = self.with_defaults(n, dtype)
-        traced = _is_traced(x0) or _is_traced(filled)
+        defaults = scalar_defaults(n, dtype)
+        traced = _is_traced(x0) or _is_traced(self)
         xp = jnp if traced else np
 
-        diag = filled.diag
+        def scalar(name, kind=dtype):
+            value = getattr(self, name)
+            return xp.asarray(defaults[name] if value is None else value, kind)
+
+        diag = self.diag
         if diag is not None:
             diag = xp.asarray(diag, dtype)
             if diag.shape != (n,):
                 raise ValueError(f"diag must have shape ({n},), got {diag.shape}")
             check_concrete(diag, "diag", lambda d: np.all(d > 0), "entries must be > 0")
         bounds = None
-        if filled.bounds is not None:
-            bounds = flat_bounds(filled.bounds, x0, n, dtype)
+        if self.bounds is not None:
+            bounds = flat_bounds(self.bounds, x0, n, dtype)
             check_bounds(*bounds, x0)
         fixed = None
-        if filled.fixed is not None:
-            fixed = flat_like(filled.fixed, x0, n, bool, "fixed")
-        scalars = {
-            k: xp.asarray(getattr(filled, k), dtype)
-            for k in ("ftol", "xtol", "gtol", "factor", "f_scale")
-        }
-        return dataclasses.replace(
-            filled,
-            **scalars,
-            max_nfev=xp.asarray(filled.max_nfev, jnp.int32),
+        if self.fixed is not None:
+            fixed = flat_like(self.fixed, x0, n, bool, "fixed")
+        return dataclasses.replace(  # the scalar defaults filled in the same pass
+            self,
+            ftol=scalar("ftol"),
+            xtol=scalar("xtol"),
+            gtol=scalar("gtol"),
+            factor=scalar("factor"),
+            f_scale=scalar("f_scale"),
+            max_nfev=scalar("max_nfev", jnp.int32),
             diag=diag,
             bounds=bounds,
             fixed=fixed,
@@ -201,6 +208,11 @@ class SolveOptions:
         return None if self.bounds is None else self.bounds[1]
 
 
+_FIELDS = {
+    f.name: (f.metadata["allowed"], f.metadata["check"])
+    for f in dataclasses.fields(SolveOptions)
+}
+_DEFAULT = SolveOptions()
 _STATIC = tuple(
     f.name for f in dataclasses.fields(SolveOptions) if f.metadata["static"]
 )
@@ -210,6 +222,22 @@ _TRACED = tuple(
 jax.tree_util.register_dataclass(
     SolveOptions, data_fields=list(_TRACED), meta_fields=list(_STATIC)
 )
+
+
+def scalar_defaults(n: int, dtype) -> dict:
+    """The defaults of the scalar options for ``n`` parameters of ``dtype``:
+    ``ftol = xtol = 10 eps``, ``gtol = eps``, ``max_nfev = 500 (n + 1)`` (see
+    `jaxlsq.solve` for why), and the declared ``factor`` and ``f_scale``."""
+    eps = float(jnp.finfo(dtype).eps)
+    return dict(
+        ftol=10 * eps,
+        xtol=10 * eps,
+        gtol=eps,
+        max_nfev=500 * (n + 1),
+        factor=_DEFAULT.factor,
+        f_scale=_DEFAULT.f_scale,
+    )
+
 
 #: Names of the static and the traced options.
 STATIC_OPTIONS, TRACED_OPTIONS = _STATIC, _TRACED
