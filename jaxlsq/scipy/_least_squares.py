@@ -9,57 +9,38 @@ loss-modified Jacobian).
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from ..core.caches import JAC_TRACES as _JAC_TRACES
 from ..core.losses import loss_scaled_jacobian, robust_cost_of
 from ..core.status import MESSAGES, Status
 from . import host as _host
 from .differences import _Difference, _UserCall
-from .plan import _args_signature, _hashable, _plan, _warn_host
+from .lsq_functions import _Bound, _check_jac_shape, _Padded, _split_static, _trace_jac
+from .lsq_result import (
+    _OWN_MESSAGE,
+    STATUS_FROM_JAXLSQ,
+    TERMINATION_MESSAGES,
+    _check_tolerances,
+    _check_x_scale,
+    _optimality,
+    _optimize_result,
+)
+from .plan import _plan, _warn_host
 from .run import run_fit
 
 EPS = float(np.finfo(float).eps)
 
 #: scipy's ``least_squares`` messages, word for word (-2, callbacks, cannot happen).
-TERMINATION_MESSAGES = {
-    -1: "Improper input parameters status returned from `leastsq`",
-    0: "The maximum number of function evaluations is exceeded.",
-    1: "`gtol` termination condition is satisfied.",
-    2: "`ftol` termination condition is satisfied.",
-    3: "`xtol` termination condition is satisfied.",
-    4: "Both `ftol` and `xtol` termination conditions are satisfied.",
-}
 
 #: jaxlsq `Status` (MINPACK's info) -> ``least_squares`` status. 1-5 as scipy's own
 #: ``FROM_MINPACK_TO_COMMON``; 6-8 ("tolerance too small": the test's machine-precision
 #: floor was reached, possible only for a tolerance below eps, which scipy warns
 #: about) count as that test; jaxlsq's NONFINITE is a failure (-1, its own message).
-STATUS_FROM_JAXLSQ = {
-    Status.IMPROPER_INPUT: -1,
-    Status.FTOL: 2,
-    Status.XTOL: 3,
-    Status.FTOL_AND_XTOL: 4,
-    Status.GTOL: 1,
-    Status.MAX_NFEV: 0,
-    Status.FTOL_TOO_SMALL: 2,
-    Status.XTOL_TOO_SMALL: 3,
-    Status.GTOL_TOO_SMALL: 1,
-    Status.NONFINITE: -1,
-}
-_OWN_MESSAGE = (
-    Status.FTOL_TOO_SMALL,
-    Status.XTOL_TOO_SMALL,
-    Status.GTOL_TOO_SMALL,
-    Status.NONFINITE,
-)
 
 _METHODS = ("trf", "dogbox", "lm")
 _LOSSES = ("linear", "huber", "soft_l1", "cauchy", "arctan")  # scipy's order
@@ -72,134 +53,6 @@ _JAC_DESC = {
 #: Initial trust-region radius: MINPACK's (and scipy 'lm''s) 100 for "lm";
 #: `jaxlsq.solve`'s default (10, more robust, see its docstring) for trf/dogbox.
 _FACTOR = {"lm": 100.0, "trf": 10.0, "dogbox": 10.0}
-
-
-# ----------------------------------------------------------------------------------
-# the user's functions, as the loop sees them
-
-
-@dataclasses.dataclass(frozen=True)
-class _Bound:
-    """``f(x, *args, **kwargs)`` called as ``f(x, args, kwargs)``.
-
-    ``args`` and ``kwargs`` travel as data (traced on the JAX path, in the per-call
-    context on the host path), so one compiled loop serves every call; instances
-    are equal per ``(f, role, static)``. ``static`` holds the arguments that are
-    not data (strings, None, callables: `_split_static`) as ``(position or name,
-    value)`` pairs, put back in place of the ``None`` they left in ``args``/``kwargs``.
-    ``role`` "fun" enforces scipy's 1-D rule for the residuals; "jac" densifies a
-    sparse Jacobian on the host.
-    """
-
-    f: Callable
-    role: str
-    static: tuple = ()
-
-    @property
-    def _jaxlsq_origin(self):
-        return getattr(self.f, "_jaxlsq_origin", self.f)
-
-    def __call__(self, x, args, kwargs):
-        if self.static:
-            args, kwargs = list(args), dict(kwargs)
-            for key, value in self.static:
-                if isinstance(key, int):
-                    args[key] = value
-                else:
-                    kwargs[key] = value
-        out = self.f(x, *args, **kwargs)
-        if self.role == "fun":
-            if np.ndim(out) > 1:
-                raise ValueError(
-                    "`fun` must return at most 1-d array_like. "
-                    f"f0.shape: {np.shape(out)}"
-                )
-            return out
-        if not isinstance(out, jax.Array):
-            if hasattr(out, "toarray"):  # scipy.sparse
-                out = out.toarray()
-            elif hasattr(out, "matvec"):
-                raise NotImplementedError(
-                    "jaxlsq.least_squares: `jac` returned a LinearOperator; return "
-                    "a dense (m, n) array (or a scipy.sparse array) instead."
-                )
-        return out
-
-
-def _split_static(args: tuple, kwargs: dict):
-    """``(dynamic_args, dynamic_kwargs, static)``: strings, None and callables among
-    the arguments become static (part of the compiled function's identity; a string
-    option such as ``kwargs={"model": "exp"}`` would otherwise force the host path),
-    replaced by None in the data."""
-    static = []
-    dyn_args = list(args)
-    for i, value in enumerate(args):
-        if _is_static(value):
-            static.append((i, value))
-            dyn_args[i] = None
-    dyn_kwargs = dict(kwargs)
-    for name, value in kwargs.items():
-        if _is_static(value):
-            static.append((name, value))
-            dyn_kwargs[name] = None
-    return tuple(dyn_args), dyn_kwargs, tuple(static)
-
-
-def _is_static(value) -> bool:
-    return (isinstance(value, str) or callable(value)) and _hashable(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Padded:
-    """``f`` with ``pad`` zero residuals (rows of the Jacobian) appended.
-
-    jaxlsq's LM needs ``m >= n``; zero residuals change neither the cost, nor the
-    gradient, nor ``J^T J``, so padding an ``m < n`` problem (which trf/dogbox accept)
-    solves the same problem.
-    """
-
-    f: Callable
-    pad: int
-    n: int
-
-    @property
-    def _jaxlsq_origin(self):
-        return getattr(self.f, "_jaxlsq_origin", self.f)
-
-    def __call__(self, x, args, kwargs):
-        out = self.f(x, args, kwargs)
-        xp = jnp if isinstance(out, jax.Array) else np
-        if self.f.role == "fun":
-            return xp.concatenate([xp.ravel(xp.asarray(out)), xp.zeros(self.pad)])
-        out = xp.reshape(xp.asarray(out), (-1, self.n))
-        return xp.concatenate([out, xp.zeros((self.pad, self.n))])
-
-
-def _trace_jac(jac_w, x0, call_args):
-    """``(shape, None)`` if JAX can trace the user's ``jac``, else ``(None, error)``."""
-    sig = _args_signature(call_args)
-    key = (jac_w, x0.size, sig) if sig is not None and _hashable(jac_w) else None
-    cached = _JAC_TRACES.get(key) if key is not None else None
-    if cached is not None:
-        return cached
-    spec = jax.ShapeDtypeStruct(x0.shape, jnp.float64)
-    try:
-        out = jax.eval_shape(jac_w, spec, *call_args)
-        result = (tuple(out.shape), None)
-    except Exception as err:  # numpy inside, sparse output, ...: host path
-        result = (None, err.with_traceback(None))  # cached: keep no frames alive
-    if key is not None:
-        _JAC_TRACES.put(key, result)
-    return result
-
-
-def _check_jac_shape(shape, m: int, n: int) -> None:
-    shape = np.atleast_2d(np.empty(shape, dtype=np.int8)).shape
-    if shape != (m, n):
-        raise ValueError(
-            f"The return value of `jac` has wrong shape: expected {(m, n)}, "
-            f"actual {shape}."
-        )
 
 
 # ----------------------------------------------------------------------------------
@@ -598,85 +451,3 @@ def _least_squares(
             f"first-order optimality {result.optimality:.2e}."
         )
     return result
-
-
-def _check_x_scale(x_scale, x0):
-    """MINPACK's ``diag`` for ``x_scale`` (None: automatic), with scipy's checks."""
-    if x_scale is None or (isinstance(x_scale, str) and x_scale == "jac"):
-        return None
-    try:
-        x_scale = np.asarray(x_scale, dtype=float)
-        valid = bool(np.all(np.isfinite(x_scale)) and np.all(x_scale > 0))
-    except (ValueError, TypeError):
-        valid = False
-    if not valid:
-        raise ValueError("`x_scale` must be 'jac' or array_like with positive numbers.")
-    if x_scale.ndim == 0:
-        x_scale = np.resize(x_scale, x0.shape)
-    if x_scale.shape != x0.shape:
-        raise ValueError("Inconsistent shapes between `x_scale` and `x0`.")
-    return 1.0 / x_scale
-
-
-def _check_tolerances(ftol, xtol, gtol, method, stacklevel):
-    """scipy's ``check_tolerance``: None -> 0, warn below eps, raise if unusable."""
-
-    def check(tol, name):
-        if tol is None:
-            return 0.0
-        if tol < EPS:
-            warnings.warn(
-                f"Setting `{name}` below the machine epsilon ({EPS:.2e}) effectively "
-                "disables the corresponding termination condition.",
-                stacklevel=stacklevel + 1,
-            )
-        return tol
-
-    ftol, xtol, gtol = check(ftol, "ftol"), check(xtol, "xtol"), check(gtol, "gtol")
-    if method == "lm" and (ftol < EPS or xtol < EPS or gtol < EPS):
-        raise ValueError(
-            "All tolerances must be higher than machine epsilon "
-            f"({EPS:.2e}) for method 'lm'."
-        )
-    if ftol < EPS and xtol < EPS and gtol < EPS:
-        raise ValueError(
-            "At least one of the tolerances must be higher than "
-            f"machine epsilon ({EPS:.2e})."
-        )
-    return ftol, xtol, gtol
-
-
-def _optimality(method, x, grad, lb, ub, active_mask, bounded) -> float:
-    """scipy's first-order optimality measure, per method."""
-    if method == "lm" or not bounded:
-        return float(np.linalg.norm(grad, ord=np.inf))
-    if method == "trf":  # Coleman-Li scaling: distance to the bound grad points at
-        v = np.ones_like(x)
-        mask = (grad < 0) & np.isfinite(ub)
-        v[mask] = ub[mask] - x[mask]
-        mask = (grad > 0) & np.isfinite(lb)
-        v[mask] = x[mask] - lb[mask]
-        return float(np.linalg.norm(grad * v, ord=np.inf))
-    free = np.where(active_mask * grad < 0, 0.0, grad)  # dogbox: the free gradient
-    return float(np.linalg.norm(free, ord=np.inf))
-
-
-def _optimize_result(**fields):
-    try:
-        from scipy.optimize import OptimizeResult
-    except ImportError:  # scipy is optional: the same thing, a dict with attributes
-        OptimizeResult = _OptimizeResult
-    return OptimizeResult(**fields)
-
-
-class _OptimizeResult(dict):
-    """scipy's ``OptimizeResult`` where scipy is not installed."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError as err:
-            raise AttributeError(name) from err
-
-    __setattr__ = dict.__setitem__  # type: ignore[assignment]
-    __delattr__ = dict.__delitem__  # type: ignore[assignment]

@@ -1,0 +1,140 @@
+"""`least_squares`' view of the user's functions: ``f(x, *args, **kwargs)`` as the
+loop's ``f(x, args, kwargs)``, padded to ``m >= n`` rows, and whether JAX can trace a
+user ``jac``. Each wrapper is a frozen dataclass (equal per its fields), so one
+compiled loop serves every call with the same functions."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..core.caches import JAC_TRACES as _JAC_TRACES
+from .plan import _args_signature, _hashable
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bound:
+    """``f(x, *args, **kwargs)`` called as ``f(x, args, kwargs)``.
+
+    ``args`` and ``kwargs`` travel as data (traced on the JAX path, in the per-call
+    context on the host path), so one compiled loop serves every call; instances
+    are equal per ``(f, role, static)``. ``static`` holds the arguments that are
+    not data (strings, None, callables: `_split_static`) as ``(position or name,
+    value)`` pairs, put back in place of the ``None`` they left in ``args``/``kwargs``.
+    ``role`` "fun" enforces scipy's 1-D rule for the residuals; "jac" densifies a
+    sparse Jacobian on the host.
+    """
+
+    f: Callable
+    role: str
+    static: tuple = ()
+
+    @property
+    def _jaxlsq_origin(self):
+        return getattr(self.f, "_jaxlsq_origin", self.f)
+
+    def __call__(self, x, args, kwargs):
+        if self.static:
+            args, kwargs = list(args), dict(kwargs)
+            for key, value in self.static:
+                if isinstance(key, int):
+                    args[key] = value
+                else:
+                    kwargs[key] = value
+        out = self.f(x, *args, **kwargs)
+        if self.role == "fun":
+            if np.ndim(out) > 1:
+                raise ValueError(
+                    "`fun` must return at most 1-d array_like. "
+                    f"f0.shape: {np.shape(out)}"
+                )
+            return out
+        if not isinstance(out, jax.Array):
+            if hasattr(out, "toarray"):  # scipy.sparse
+                out = out.toarray()
+            elif hasattr(out, "matvec"):
+                raise NotImplementedError(
+                    "jaxlsq.least_squares: `jac` returned a LinearOperator; return "
+                    "a dense (m, n) array (or a scipy.sparse array) instead."
+                )
+        return out
+
+
+def _split_static(args: tuple, kwargs: dict):
+    """``(dynamic_args, dynamic_kwargs, static)``: strings, None and callables among
+    the arguments become static (part of the compiled function's identity; a string
+    option such as ``kwargs={"model": "exp"}`` would otherwise force the host path),
+    replaced by None in the data."""
+    static = []
+    dyn_args = list(args)
+    for i, value in enumerate(args):
+        if _is_static(value):
+            static.append((i, value))
+            dyn_args[i] = None
+    dyn_kwargs = dict(kwargs)
+    for name, value in kwargs.items():
+        if _is_static(value):
+            static.append((name, value))
+            dyn_kwargs[name] = None
+    return tuple(dyn_args), dyn_kwargs, tuple(static)
+
+
+def _is_static(value) -> bool:
+    return (isinstance(value, str) or callable(value)) and _hashable(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Padded:
+    """``f`` with ``pad`` zero residuals (rows of the Jacobian) appended.
+
+    jaxlsq's LM needs ``m >= n``; zero residuals change neither the cost, nor the
+    gradient, nor ``J^T J``, so padding an ``m < n`` problem (which trf/dogbox accept)
+    solves the same problem.
+    """
+
+    f: Callable
+    pad: int
+    n: int
+
+    @property
+    def _jaxlsq_origin(self):
+        return getattr(self.f, "_jaxlsq_origin", self.f)
+
+    def __call__(self, x, args, kwargs):
+        out = self.f(x, args, kwargs)
+        xp = jnp if isinstance(out, jax.Array) else np
+        if self.f.role == "fun":
+            return xp.concatenate([xp.ravel(xp.asarray(out)), xp.zeros(self.pad)])
+        out = xp.reshape(xp.asarray(out), (-1, self.n))
+        return xp.concatenate([out, xp.zeros((self.pad, self.n))])
+
+
+def _trace_jac(jac_w, x0, call_args):
+    """``(shape, None)`` if JAX can trace the user's ``jac``, else ``(None, error)``."""
+    sig = _args_signature(call_args)
+    key = (jac_w, x0.size, sig) if sig is not None and _hashable(jac_w) else None
+    cached = _JAC_TRACES.get(key) if key is not None else None
+    if cached is not None:
+        return cached
+    spec = jax.ShapeDtypeStruct(x0.shape, jnp.float64)
+    try:
+        out = jax.eval_shape(jac_w, spec, *call_args)
+        result = (tuple(out.shape), None)
+    except Exception as err:  # numpy inside, sparse output, ...: host path
+        result = (None, err.with_traceback(None))  # cached: keep no frames alive
+    if key is not None:
+        _JAC_TRACES.put(key, result)
+    return result
+
+
+def _check_jac_shape(shape, m: int, n: int) -> None:
+    shape = np.atleast_2d(np.empty(shape, dtype=np.int8)).shape
+    if shape != (m, n):
+        raise ValueError(
+            f"The return value of `jac` has wrong shape: expected {(m, n)}, "
+            f"actual {shape}."
+        )
