@@ -13,9 +13,9 @@ import numpy as np
 
 from ..fitting.statistics import gram_pseudo_inverse
 from ..fitting.weights import Residuals, WeightedJacobian
-from ._least_squares import _least_squares
 from ._leastsq import _LEASTSQ_SUCCESS, _leastsq
 from .errors import OptimizeWarning
+from .lsq_solve import _least_squares
 
 # ----------------------------------------------------------------------------------
 # curve_fit

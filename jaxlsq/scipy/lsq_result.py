@@ -12,6 +12,7 @@ from ..core.status import Status
 EPS = float(np.finfo(float).eps)
 
 
+#: scipy's ``least_squares`` messages, word for word (-2, callbacks, cannot happen).
 TERMINATION_MESSAGES = {
     -1: "Improper input parameters status returned from `leastsq`",
     0: "The maximum number of function evaluations is exceeded.",
@@ -21,7 +22,10 @@ TERMINATION_MESSAGES = {
     4: "Both `ftol` and `xtol` termination conditions are satisfied.",
 }
 
-
+#: jaxlsq `Status` (MINPACK's info) -> ``least_squares`` status. 1-5 as scipy's own
+#: ``FROM_MINPACK_TO_COMMON``; 6-8 ("tolerance too small": the test's machine-precision
+#: floor was reached, possible only for a tolerance below eps, which scipy warns
+#: about) count as that test; jaxlsq's NONFINITE is a failure (-1, its own message).
 STATUS_FROM_JAXLSQ = {
     Status.IMPROPER_INPUT: -1,
     Status.FTOL: 2,

@@ -1,0 +1,266 @@
+"""`least_squares`' implementation: scipy's options mapped onto `jaxlsq.solve`
+(bounds, robust losses, scaling, tolerances, the JAX or host path), and scipy's
+`OptimizeResult` assembled from the fit (see `jaxlsq.scipy._least_squares` for the
+public contract)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+
+from ..core.losses import loss_scaled_jacobian, robust_cost_of
+from ..core.status import MESSAGES, Status
+from . import host as _host
+from .differences import _Difference, _UserCall
+from .lsq_functions import _Bound, _check_jac_shape, _Padded, _split_static, _trace_jac
+from .lsq_result import (
+    _OWN_MESSAGE,
+    STATUS_FROM_JAXLSQ,
+    TERMINATION_MESSAGES,
+    _check_tolerances,
+    _check_x_scale,
+    _optimality,
+    _optimize_result,
+)
+from .plan import _plan, _warn_host
+from .run import run_fit
+
+EPS = float(np.finfo(float).eps)
+
+_METHODS = ("trf", "dogbox", "lm")
+_LOSSES = ("linear", "huber", "soft_l1", "cauchy", "arctan")  # scipy's order
+_JAC_SCHEMES = ("2-point", "3-point", "cs")
+_JAC_DESC = {
+    "2-point": "scipy's 2-point (forward) differences",
+    "3-point": "scipy's 3-point (central) differences",
+    "cs": "complex-step differences",
+}
+#: Initial trust-region radius: MINPACK's (and scipy 'lm''s) 100 for "lm";
+#: `jaxlsq.solve`'s default (10, more robust, see its docstring) for trf/dogbox.
+_FACTOR = {"lm": 100.0, "trf": 10.0, "dogbox": 10.0}
+
+
+def _least_squares(
+    fun, x0, jac, bounds, method, ftol, xtol, gtol, x_scale, loss, f_scale,
+    diff_step, tr_solver, tr_options, jac_sparsity, max_nfev, verbose, args, kwargs,
+    callback, workers, *, stacklevel: int,
+):  # fmt: skip
+    # -- scipy's checks, in scipy's order, with its messages ---------------------------
+    if method not in _METHODS:
+        raise ValueError("`method` must be 'trf', 'dogbox' or 'lm'.")
+    if not callable(jac) and jac not in _JAC_SCHEMES:
+        raise ValueError("`jac` must be '2-point', '3-point', 'cs' or callable.")
+    if tr_solver not in (None, "exact", "lsmr"):
+        raise ValueError("`tr_solver` must be None, 'exact' or 'lsmr'.")
+    if not callable(loss) and loss not in _LOSSES:
+        raise ValueError(
+            f"`loss` must be one of {dict.fromkeys(_LOSSES).keys()} or a callable."
+        )
+    if method == "lm" and loss != "linear":
+        raise ValueError("method='lm' supports only 'linear' loss function.")
+    if verbose not in (0, 1, 2):
+        raise ValueError("`verbose` must be in [0, 1, 2].")
+    if max_nfev is not None and max_nfev <= 0:
+        raise ValueError("`max_nfev` must be None or positive integer.")
+    if np.iscomplexobj(x0):
+        raise ValueError("`x0` must be real.")
+    x0 = np.atleast_1d(x0).astype(float)
+    if x0.ndim > 1:
+        raise ValueError("`x0` must have at most 1 dimension.")
+    n = x0.shape[0]
+
+    if hasattr(bounds, "lb") and hasattr(bounds, "ub"):  # scipy.optimize.Bounds
+        bounds = (bounds.lb, bounds.ub)
+    if len(bounds) != 2:
+        raise ValueError("`bounds` must contain 2 elements.")
+    lb, ub = (np.asarray(b, dtype=float) for b in bounds)
+    if lb.ndim == 0:
+        lb = np.resize(lb, n)
+    if ub.ndim == 0:
+        ub = np.resize(ub, n)
+    if method == "lm" and not np.all((lb == -np.inf) & (ub == np.inf)):
+        raise ValueError("Method 'lm' doesn't support bounds.")
+    if lb.shape != x0.shape or ub.shape != x0.shape:
+        raise ValueError("Inconsistent shapes between bounds and `x0`.")
+    if np.any(lb >= ub):
+        raise ValueError(
+            "Each lower bound must be strictly less than each upper bound."
+        )
+    if not np.all((x0 >= lb) & (x0 <= ub)):
+        raise ValueError("Initial guess is outside of provided bounds")
+
+    diag = _check_x_scale(x_scale, x0)
+    ftol, xtol, gtol = _check_tolerances(ftol, xtol, gtol, method, stacklevel + 1)
+
+    # -- what jaxlsq does not do -------------------------------------------------------
+    if callable(loss):
+        raise NotImplementedError(
+            "jaxlsq.least_squares: a callable `loss` is not supported; use one of "
+            f"{_LOSSES} (or scipy.optimize.least_squares)."
+        )
+    if loss != "linear" and not float(f_scale) > 0:
+        raise ValueError(f"`f_scale` must be positive, got {f_scale!r}.")
+    if jac_sparsity is not None:
+        if method == "lm" and not callable(jac):
+            raise ValueError("method='lm' does not support `jac_sparsity`.")
+        raise NotImplementedError(
+            "jaxlsq.least_squares: `jac_sparsity` is not supported (dense Jacobians "
+            "only); drop it -- a JAX-traceable `fun` gets its exact Jacobian anyway."
+        )
+    if tr_solver == "lsmr":
+        raise NotImplementedError(
+            "jaxlsq.least_squares: tr_solver='lsmr' is not supported; use None or "
+            "'exact' (dense trust-region solves)."
+        )
+    if tr_options:
+        raise NotImplementedError(
+            "jaxlsq.least_squares: `tr_options` are not supported (they configure "
+            f"'lsmr'); pass None or {{}}, got {tr_options!r}."
+        )
+    if callback is not None:
+        if method != "lm":
+            raise NotImplementedError(
+                "jaxlsq.least_squares: `callback` is not supported: the iterations "
+                "run inside one compiled loop. Drop it, or use method='lm' (where "
+                "scipy ignores it too)."
+            )
+        warnings.warn(
+            "Callback function specified, but not supported with `lm` method.",
+            stacklevel=stacklevel,
+        )
+    if workers is not None and not callable(workers):
+        raise NotImplementedError(
+            "jaxlsq.least_squares: `workers` must be None or a map-like callable "
+            f"(e.g. multiprocessing.Pool(k).map), got {workers!r}."
+        )
+    if max_nfev is None:
+        max_nfev = 100 * n
+    if diff_step is not None:
+        diff_step = np.asarray(diff_step, dtype=float)
+
+    user_args = (tuple(args), dict(kwargs or {}))
+    *call_args, static = _split_static(*user_args)
+    call_args = tuple(call_args)
+    fun_w = _Bound(fun, "fun", static)
+    jac_w = _Bound(jac, "jac", static) if callable(jac) else None
+    jac_desc = "your jac" if callable(jac) else _JAC_DESC[jac]
+
+    with jax.enable_x64(True):
+        plan = _plan(
+            fun_w, None, False, x0, call_args, stacklevel=stacklevel + 1,
+            jac_desc=jac_desc,
+        )  # fmt: skip
+        m = plan.m
+        if plan.f0 is not None and not np.all(np.isfinite(plan.f0)):
+            raise ValueError("Residuals are not finite in the initial point.")
+        if method == "lm" and m < n:
+            raise ValueError(
+                "Method 'lm' doesn't work when the number of residuals is less "
+                "than the number of variables."
+            )
+        host = plan.host is not None
+        loop_jac: Any = "auto"
+        if jac_w is not None and not host:
+            shape, err = _trace_jac(jac_w, x0, call_args)
+            if shape is None:
+                host = True
+                _warn_host(jac_w, jac_w, err, stacklevel=stacklevel + 1,
+                           jac_desc="your jac")  # fmt: skip
+            else:
+                _check_jac_shape(shape, m, n)
+                loop_jac = jac_w
+        if jac_w is not None and host:  # scipy evaluates J0 too; check its shape
+            j0 = jac_w(x0.copy(), *call_args)
+            _check_jac_shape(np.shape(j0), m, n)
+
+        pad = max(n - m, 0)
+        loop_fun: Any = fun_w if not pad else _Padded(fun_w, pad, n)
+        if pad and isinstance(loop_jac, _Bound):
+            loop_jac = _Padded(jac_w, pad, n)
+        bounded = bool(np.any((lb > -np.inf) | (ub < np.inf)))
+        options = dict(
+            ftol=float(ftol), xtol=float(xtol), gtol=float(gtol),
+            max_nfev=int(max_nfev), factor=_FACTOR[method], diag=diag,
+            bounds=(lb, ub) if bounded else None, f_scale=float(f_scale),
+        )  # fmt: skip
+        if not host:
+            out = run_fit(
+                loop_fun,
+                x0,
+                call_args,
+                m + pad,
+                "least_squares",
+                jac=loop_jac,
+                loss=loss,
+                **options,
+            )._asdict()
+            nfev, njev = out["nfev"], out["njev"]
+        else:
+            difference = None
+            host_jac = None
+            if jac_w is not None:
+                host_jac = jac_w if not pad else _Padded(jac_w, pad, n)
+            else:
+                difference = _Difference(
+                    _UserCall(fun, *user_args), jac, diff_step, lb, ub,
+                    plan.out_dtype, workers, m, pad,
+                )  # fmt: skip
+            problem = _host.HostProblem.get(loop_fun, host_jac, False, m + pad, n)
+            token, ctx = _host.HostProblem.open(call_args, EPS, difference)
+            try:
+                out = run_fit(
+                    problem.fun, x0, (np.int32(token),), m + pad, "least_squares",
+                    jac=problem.jac, loss=loss, **options,
+                )._asdict()  # fmt: skip
+            finally:
+                _host.HostProblem.close(token)
+            nfev = ctx.nfev
+            njev = ctx.njev if difference is None else difference.njev
+
+    status_j = Status(out["status"])
+    f, jac_x = out["fun"][:m], out["jac"][:m]
+    if status_j == Status.NONFINITE and out["nfev"] <= 1 and not np.all(np.isfinite(f)):
+        raise ValueError("Residuals are not finite in the initial point.")
+    status = STATUS_FROM_JAXLSQ[status_j]
+    message = MESSAGES[status_j] if status_j in _OWN_MESSAGE else (
+        TERMINATION_MESSAGES[status]
+    )  # fmt: skip
+    x, grad, active_mask = out["x"], out["grad"], out["active_mask"]
+    optimality = _optimality(method, x, grad, lb, ub, active_mask, bounded)
+    if method == "lm" and not callable(jac):
+        njev = None
+    result = _optimize_result(
+        x=x,
+        cost=out["cost"],
+        fun=f,
+        jac=loss_scaled_jacobian(jac_x, f, loss, float(f_scale), xp=np),
+        grad=grad,
+        optimality=optimality,
+        active_mask=active_mask,
+        nfev=int(nfev),
+        njev=None if njev is None else int(njev),
+        status=status,
+        message=message,
+        success=status > 0,
+    )
+    if verbose >= 1:
+        if verbose == 2:
+            print(
+                "jaxlsq: no per-iteration report (verbose=2): the iterations run "
+                "inside one compiled loop. Termination report:"
+            )
+        f0 = plan.f0
+        if f0 is None:
+            with jax.enable_x64(True):
+                f0 = np.ravel(np.asarray(fun_w(x0, *call_args), dtype=float))
+        initial_cost = float(robust_cost_of(f0, loss, float(f_scale), xp=np))
+        print(result.message)
+        print(
+            f"Function evaluations {result.nfev}, initial cost {initial_cost:.4e}, "
+            f"final cost {result.cost:.4e}, "
+            f"first-order optimality {result.optimality:.2e}."
+        )
+    return result
