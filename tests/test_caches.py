@@ -5,8 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from jaxlsq.core import caches
-from jaxlsq.core.caches import BoundedCache
+from jaxlsq._testing import BoundedCache, caches
 
 
 def test_bounded_least_recently_used_first():

@@ -244,7 +244,7 @@ def test_loss_rescaled_jacobian_matches_scipy(loss):
     from scipy.optimize._lsq.common import scale_for_robust_loss_function
     from scipy.optimize._lsq.least_squares import construct_loss_function
 
-    from jaxlsq.core.losses import loss_scaled_jacobian, robust_cost_of
+    from jaxlsq._testing import loss_scaled_jacobian, robust_cost
 
     rng = np.random.default_rng(3)
     f = rng.standard_normal(50) * np.r_[np.full(45, 0.1), np.full(5, 3.0)]
@@ -257,12 +257,12 @@ def test_loss_rescaled_jacobian_matches_scipy(loss):
     host = loss_scaled_jacobian(jac, f, loss, 0.7, xp=np)
     assert isinstance(host, np.ndarray)
     np.testing.assert_allclose(host, ref, rtol=1e-12)
-    cost = robust_cost_of(f, loss, 0.7, xp=np)
+    cost = robust_cost(f, loss, 0.7, xp=np)
     assert cost == pytest.approx(0.5 * np.sum(rho[0]), rel=1e-13)
 
 
 def test_covariance_rules_against_numpy():
-    from jaxlsq.fitting.statistics import covariance
+    from jaxlsq._testing import covariance
 
     rng = np.random.default_rng(4)
     jac = rng.standard_normal((20, 4))
@@ -309,7 +309,7 @@ def test_covariance_rules_against_numpy():
 def test_covariance_derivative_matches_finite_differences():
     # (J^T J)^+ along a path J + t dJ of constant rank: full rank, repeated singular
     # values (where differentiating through an SVD gives NaN), and rank-deficient
-    from jaxlsq.fitting.statistics import _gram_pinv
+    from jaxlsq._testing import gram_pinv
 
     rng = np.random.default_rng(5)
     q, _ = np.linalg.qr(rng.standard_normal((20, 3)))
@@ -335,10 +335,10 @@ def test_covariance_derivative_matches_finite_differences():
                 return jac + t * step
 
             djac = step
-        _, (dcov, _) = jax.jvp(_gram_pinv, (jnp.asarray(jac),), (jnp.asarray(djac),))
+        _, (dcov, _) = jax.jvp(gram_pinv, (jnp.asarray(jac),), (jnp.asarray(djac),))
         h = 1e-6
-        plus = np.asarray(_gram_pinv(jnp.asarray(path(h)))[0])
-        minus = np.asarray(_gram_pinv(jnp.asarray(path(-h)))[0])
+        plus = np.asarray(gram_pinv(jnp.asarray(path(h)))[0])
+        minus = np.asarray(gram_pinv(jnp.asarray(path(-h)))[0])
         fd = (plus - minus) / (2 * h)
         assert np.all(np.isfinite(np.asarray(dcov)))
         np.testing.assert_allclose(np.asarray(dcov), fd, atol=1e-7 * np.abs(fd).max())
@@ -399,7 +399,7 @@ def test_report_contents_and_html():
 
 
 def test_param_names_from_pytree_paths():
-    from jaxlsq.fitting.checks import param_names
+    from jaxlsq._testing import param_names
 
     assert param_names({"w": jnp.zeros(2), "b": 0.0}) == ("b", "w[0]", "w[1]")
     assert param_names(jnp.zeros(3)) == ("p[0]", "p[1]", "p[2]")
@@ -527,12 +527,12 @@ def test_chunked_batch_of_fits_with_lax_map_equals_vmap():
 
 
 def test_percent_never_rounds_a_partial_count_to_100():
-    from jaxlsq.fitting.report import _percent
+    from jaxlsq._testing import percent
 
-    assert _percent(np.r_[np.ones(4999, bool), False]) == ">99.9%"
-    assert _percent(np.r_[np.zeros(4999, bool), True]) == "<0.1%"
-    assert _percent(np.ones(10, bool)) == "100.0%"
-    assert _percent(np.r_[np.ones(3, bool), False]) == "75.0%"
+    assert percent(np.r_[np.ones(4999, bool), False]) == ">99.9%"
+    assert percent(np.r_[np.zeros(4999, bool), True]) == "<0.1%"
+    assert percent(np.ones(10, bool)) == "100.0%"
+    assert percent(np.r_[np.ones(3, bool), False]) == "75.0%"
 
 
 def test_grad_of_params_and_stderr_matches_finite_differences():

@@ -20,9 +20,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 from scipy.optimize._numdiff import approx_derivative
 
 from jaxlsq import HostFallbackWarning
+from jaxlsq._testing import TERMINATION_MESSAGES, approx_jacobian
 from jaxlsq.scipy import curve_fit, least_squares
-from jaxlsq.scipy.differences import approx_jacobian
-from jaxlsq.scipy.lsq_result import TERMINATION_MESSAGES
 
 T = np.linspace(0.0, 3.0, 30)
 Y = 2.0 * np.exp(-1.5 * T) + 0.5 + 0.01 * np.sin(9 * T)

@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlsq.core.linearization import (
+from jaxlsq import SolveOptions
+from jaxlsq._testing import (
     DenseJacobian,
     JacobianStrategy,
     Linearization,
     linearize_dense,
+    run_lm,
 )
-from jaxlsq.core.loop import run_lm
-from jaxlsq.core.options import SolveOptions
 
 X = jnp.linspace(0.0, 4.0, 40)
 Y = 3.0 * jnp.exp(-1.3 * X) + 0.5 + 0.01 * jnp.sin(17.0 * X)

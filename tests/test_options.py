@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import jaxlsq
-from jaxlsq._testing import count_compiles
-from jaxlsq.core.options import STATIC_OPTIONS, TRACED_OPTIONS, SolveOptions
+from jaxlsq import SolveOptions
+from jaxlsq._testing import STATIC_OPTIONS, TRACED_OPTIONS, count_compiles
 
 X = jnp.linspace(0.0, 4.0, 30)
 P0 = jnp.array([1.0, 1.0, 0.0])

@@ -18,7 +18,7 @@ import pytest
 import scipy.optimize as so
 
 import jaxlsq
-from jaxlsq._testing import count_compiles
+from jaxlsq._testing import count_compiles, forward_difference, leastsq_messages
 from jaxlsq.scipy import (
     NONFINITE_IER,
     HostFallbackWarning,
@@ -26,8 +26,6 @@ from jaxlsq.scipy import (
     curve_fit,
     leastsq,
 )
-from jaxlsq.scipy._leastsq import _messages
-from jaxlsq.scipy.host import forward_difference
 
 pytestmark = pytest.mark.filterwarnings("ignore::jaxlsq.scipy.HostFallbackWarning")
 
@@ -215,7 +213,7 @@ def test_ier_and_message_match_scipy(kw):
     ref = _scipy_ier(kw)
     if ref[4] in TOO_SMALL:  # which rounding-level test trips first: same class
         assert ours[4] in TOO_SMALL
-        assert ours[3] == _messages(0.0, 0.0, 0.0, 0)[ours[4]]
+        assert ours[3] == leastsq_messages(0.0, 0.0, 0.0, 0)[ours[4]]
     else:
         assert ours[4] == ref[4]
         assert ours[3] == ref[3]
@@ -240,7 +238,7 @@ def test_tolerances_too_small_class(start):
     ref = so.leastsq(lin_np, x0, args=(A_LIN, Y), Dfun=lin_jac, full_output=True, **kw)
     # 6, 7 and 8 differ in which rounding-level test trips first: same class
     assert ref[4] in TOO_SMALL and ours[4] in TOO_SMALL
-    assert ours[3] == _messages(0.0, 0.0, 0.0, 0)[ours[4]]
+    assert ours[3] == leastsq_messages(0.0, 0.0, 0.0, 0)[ours[4]]
     np.testing.assert_allclose(ours[0], ref[0], rtol=1e-9)
 
 
@@ -258,7 +256,7 @@ def test_maxfev_default_depends_on_dfun(with_dfun, monkeypatch):
     """scipy's default maxfev: 200 (n + 1) evaluations without Dfun, 100 (n + 1)
     with; what reaches the solver's options (a spy around SolveOptions.build)."""
     import jaxlsq.scipy.run as shim_run
-    from jaxlsq.core.options import SolveOptions
+    from jaxlsq import SolveOptions
 
     seen = []
 
@@ -776,7 +774,7 @@ def _qrfac_reference(a):
 
 
 def test_minpack_qr_is_bit_for_bit_the_numpy_scalar_algorithm():
-    from jaxlsq.scipy.host import covariance_from_r, minpack_qr, qrfac
+    from jaxlsq._testing import covariance_from_r, minpack_qr, qrfac
 
     rng = np.random.default_rng(3)
     mats = []
@@ -830,17 +828,17 @@ def test_host_callbacks_carry_float64_as_bits():
     # JAX converts callback operands and results to the default dtypes of the thread
     # that runs the callback (float32 there when it does not see enable_x64): the
     # host path passes float64 as uint32 pairs, which no conversion touches
-    from jaxlsq.scipy.host import _from_bits, _to_bits
+    from jaxlsq._testing import from_bits, to_bits
 
     v = np.array([0.1, -0.0, 5e-324, np.inf, -np.nan, 1e308, np.pi])
-    bits = _to_bits(v)
+    bits = to_bits(v)
     assert bits.dtype == np.uint32 and bits.shape == (v.size, 2)
-    np.testing.assert_array_equal(_from_bits(bits).view(np.uint64), v.view(np.uint64))
+    np.testing.assert_array_equal(from_bits(bits).view(np.uint64), v.view(np.uint64))
     with jax.enable_x64(True):
         traced = jax.jit(lambda x: jax.lax.bitcast_convert_type(x, jnp.uint32))(v)
     np.testing.assert_array_equal(np.asarray(traced), bits)
     m = np.arange(6.0).reshape(2, 3)
-    np.testing.assert_array_equal(_from_bits(_to_bits(m)), m)
+    np.testing.assert_array_equal(from_bits(to_bits(m)), m)
 
 
 def test_warnings_are_exported_from_the_package():

@@ -255,8 +255,8 @@ def test_float32_keeps_dtype_and_converges():
 
 
 def test_loop_state_keeps_shape_and_dtype():
-    from jaxlsq.core.loop import run_lm
-    from jaxlsq.core.options import SolveOptions
+    from jaxlsq import SolveOptions
+    from jaxlsq._testing import run_lm
 
     for dtype in (jnp.float32, jnp.float64):
         x = X50.astype(dtype)
@@ -383,7 +383,7 @@ def test_non_callable_fun_raises():
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
 @pytest.mark.parametrize("condition", [1.0, 1e6, 1e12])
 def test_small_svd_matches_lapack(n, condition):
-    from jaxlsq.core.unrolled import householder_r, jacobi_svd
+    from jaxlsq._testing import householder_r, jacobi_svd
 
     rng = np.random.default_rng(n)
     a = rng.standard_normal((40, n)) @ np.diag(np.logspace(0, -np.log10(condition), n))
@@ -401,9 +401,7 @@ def test_small_svd_matches_lapack(n, condition):
 def test_batched_factorisation_gives_the_same_steps_as_lapack():
     """The vmapped (Householder + Jacobi) and single (LAPACK) SVD paths agree on
     every damped step, whatever their ordering and signs of singular vectors."""
-    from jaxlsq.core.factorize import factorize
-    from jaxlsq.core.linearization import linearize_dense
-    from jaxlsq.core.steps import damped_step
+    from jaxlsq._testing import damped_step, factorize, linearize_dense
 
     rng = np.random.default_rng(0)
     jac = rng.standard_normal((6, 30, 4)) @ np.diag([1.0, 1e-3, 1e3, 1e-6])
@@ -438,8 +436,7 @@ def test_batched_factorisation_gives_the_same_steps_as_lapack():
 def test_unrolled_damped_solve_matches_numpy(n):
     """The unrolled LDL^T solve of (M + par I) c = g, and lmpar's q = c^T (M + par
     I)^-1 c, against numpy; a zero row of M (frozen column) gives c = 0 there."""
-    from jaxlsq.core.factorize import StepSystem
-    from jaxlsq.core.steps import _damped_coefficients
+    from jaxlsq._testing import StepSystem, damped_coefficients
 
     rng = np.random.default_rng(10 + n)
     a = rng.standard_normal((40, n))
@@ -456,7 +453,7 @@ def test_unrolled_damped_solve_matches_numpy(n):
         jnp.broadcast_to(jnp.asarray(m), (4, n, n)),
         jnp.broadcast_to(jnp.asarray(g), (4, n)),
     )
-    cs, qs = jax.vmap(_damped_coefficients)(batch, jnp.asarray(pars))
+    cs, qs = jax.vmap(damped_coefficients)(batch, jnp.asarray(pars))
     for par, c, q in zip(pars, np.asarray(cs), np.asarray(qs), strict=True):
         damped = m[np.ix_(free, free)] + par * np.eye(len(free))
         expected = np.zeros(n)
@@ -471,9 +468,9 @@ def test_unrolled_damped_solve_matches_numpy(n):
     flat = StepSystem(jnp.eye(n), jnp.asarray(w), jnp.asarray(g))
     dense = flat._replace(m=jnp.diag(flat.m))
     for par in (0.0, 0.5):
-        expected = [np.asarray(t) for t in _damped_coefficients(flat, par)]
-        single = _damped_coefficients(dense, par)
-        batched = jax.vmap(_damped_coefficients, in_axes=(0, None))(
+        expected = [np.asarray(t) for t in damped_coefficients(flat, par)]
+        single = damped_coefficients(dense, par)
+        batched = jax.vmap(damped_coefficients, in_axes=(0, None))(
             jax.tree_util.tree_map(lambda t: t[None], dense), par
         )
         for x, y, z in zip(expected, single, batched, strict=True):
@@ -484,9 +481,7 @@ def test_unrolled_damped_solve_matches_numpy(n):
 def _batched_and_single_steps(jac, diag, f, active=None):
     """Damped steps (B, 4, n) from the vmapped factorisation and, per lane, from the
     single-matrix (LAPACK) one."""
-    from jaxlsq.core.factorize import factorize
-    from jaxlsq.core.linearization import linearize_dense
-    from jaxlsq.core.steps import damped_step
+    from jaxlsq._testing import damped_step, factorize, linearize_dense
 
     pars = (0.0, 1e-4, 1.0, 1e3)
     if active is None:
@@ -508,20 +503,20 @@ def _batched_and_single_steps(jac, diag, f, active=None):
 def test_gram_path_flags_conditioning():
     """The Gram path is trusted only when the scaled Gram matrix has condition number
     <= 1/sqrt(eps) on its non-zero rows; exact zero rows (frozen columns) are fine."""
-    from jaxlsq.core.factorize import _scaled_gram
+    from jaxlsq._testing import scaled_gram
 
     rng = np.random.default_rng(1)
     a = rng.standard_normal((30, 3))
     ones = np.ones(3)
-    assert bool(_scaled_gram(jnp.asarray(a.T @ a), ones)[1])
+    assert bool(scaled_gram(jnp.asarray(a.T @ a), ones)[1])
     ill = a @ np.diag([1.0, 1.0, 1e-5])  # condition 1e5: squared 1e10 > 1/sqrt(eps)
-    assert not bool(_scaled_gram(jnp.asarray(ill.T @ ill), ones)[1])
+    assert not bool(scaled_gram(jnp.asarray(ill.T @ ill), ones)[1])
     frozen = a.copy()
     frozen[:, 1] = 0.0
-    assert bool(_scaled_gram(jnp.asarray(frozen.T @ frozen), ones)[1])
+    assert bool(scaled_gram(jnp.asarray(frozen.T @ frozen), ones)[1])
     nan = a.T @ a
     nan[0, 0] = np.nan
-    assert not bool(_scaled_gram(jnp.asarray(nan), ones)[1])
+    assert not bool(scaled_gram(jnp.asarray(nan), ones)[1])
 
 
 def test_gram_path_gives_the_same_steps_as_lapack():

@@ -247,10 +247,17 @@ def _small_system_batched(axis_size, in_batched, jac_t, diag, gram, gs, active):
 
     gram_system = StepSystem(eye, scaled, gs)
 
-    def svd_path(_):
+    def with_svd_lanes(_):
         v, s = _batched_svd(jac_t, diag)
         spectrum = jax.vmap(_truncated_spectrum, in_axes=(0, 0, 0, None))
-        return _as_matrix(spectrum(v, s, gs, size))
+        svd_system = _as_matrix(spectrum(v, s, gs, size))
+        return jax.tree_util.tree_map(
+            lambda a, b: jnp.where(
+                well_conditioned.reshape((-1,) + (1,) * (a.ndim - 1)), a, b
+            ),
+            gram_system,
+            svd_system,
+        )
 
     # Each lane takes its own path, so its steps do not depend on its neighbours:
     # the Gram system where it is well conditioned, the SVD elsewhere. The SVDs
@@ -258,14 +265,7 @@ def _small_system_batched(axis_size, in_batched, jac_t, diag, gram, gs, active):
     # when some running lane needs one; every lane's SVD is its own (per-lane
     # code, and JAX's batched while_loop leaves converged lanes unchanged).
     need_svd = jnp.any(~well_conditioned & active)
-    svd_system = lax.cond(need_svd, svd_path, lambda _: gram_system, None)
-    out = jax.tree_util.tree_map(
-        lambda a, b: jnp.where(
-            well_conditioned.reshape((-1,) + (1,) * (a.ndim - 1)), a, b
-        ),
-        gram_system,
-        svd_system,
-    )
+    out = lax.cond(need_svd, with_svd_lanes, lambda _: gram_system, None)
     return out, StepSystem(True, True, True)
 
 

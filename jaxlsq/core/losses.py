@@ -39,25 +39,31 @@ LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
 _SERIES_Z = 1e-3
 
 
-def _rho_over_z(z: jax.Array, loss: str) -> jax.Array:
-    """``rho(z) / z`` for ``z >= 0`` (shape of ``z``), equal to 1 at ``z = 0``."""
+def rho_over_z(z, loss: str, xp=jnp):
+    """``rho(z) / z`` for ``z >= 0`` (shape of ``z``), equal to 1 at ``z = 0``.
+
+    The one definition of each loss: `rho` is ``z * rho_over_z(z)``, the loop's
+    residual transform is ``f * sqrt(rho_over_z(z))``. Written so that neither the
+    value nor its derivatives (of any order, under AD) divide 0 by 0 or cancel near
+    ``z = 0``. ``xp`` is the array namespace (``numpy`` for host-side values).
+    """
     if loss == "linear":
-        return jnp.ones_like(z)
+        return xp.ones_like(z)
     if loss == "soft_l1":  # 2 (sqrt(1+z) - 1) / z, rationalised: no cancellation
-        return 2 / (jnp.sqrt(1 + z) + 1)
+        return 2 / (xp.sqrt(1 + z) + 1)
     if loss == "huber":
         big = z > 1
-        z_big = jnp.where(big, z, 1)  # keep the untaken branch finite for AD
-        return jnp.where(big, (2 * jnp.sqrt(z_big) - 1) / z_big, 1)
+        z_big = xp.where(big, z, 1)  # keep the untaken branch finite for AD
+        return xp.where(big, (2 * xp.sqrt(z_big) - 1) / z_big, 1)
     small = z < _SERIES_Z
-    z_big = jnp.where(small, 1, z)
+    z_big = xp.where(small, 1, z)
     if loss == "cauchy":  # log1p(z) / z = 1 - z/2 + z^2/3 - z^3/4 + z^4/5 ...
         series = 1 - z * (1 / 2 - z * (1 / 3 - z * (1 / 4 - z / 5)))
-        return jnp.where(small, series, jnp.log1p(z_big) / z_big)
+        return xp.where(small, series, xp.log1p(z_big) / z_big)
     if loss == "arctan":  # arctan(z) / z = 1 - z^2/3 + z^4/5 - z^6/7 ...
         z2 = z * z
         series = 1 - z2 * (1 / 3 - z2 * (1 / 5 - z2 / 7))
-        return jnp.where(small, series, jnp.arctan(z_big) / z_big)
+        return xp.where(small, series, xp.arctan(z_big) / z_big)
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
@@ -82,13 +88,15 @@ def robust_residuals(f: jax.Array, loss: str, f_scale: jax.Array) -> jax.Array:
     if loss == "linear":
         return f
     z = (f / f_scale) ** 2
-    return f * jnp.sqrt(_rho_over_z(z, loss))
+    return f * jnp.sqrt(rho_over_z(z, loss))
 
 
-def robust_cost(f: jax.Array, loss: str, f_scale: jax.Array) -> jax.Array:
-    """scipy's ``0.5 * f_scale**2 * sum(rho((f / f_scale)**2))`` for residuals ``f``."""
-    r = robust_residuals(f, loss, f_scale)
-    return 0.5 * jnp.sum(r * r)
+def robust_cost(f, loss: str, f_scale, xp=jnp):
+    """scipy's ``0.5 * f_scale**2 * sum(rho((f / f_scale)**2))`` for residuals ``f``
+    (m,): the loop's cost and the scipy shims' reported one (``xp=numpy``)."""
+    if loss == "linear":
+        return 0.5 * xp.sum(f * f)
+    return 0.5 * xp.sum(f * f * rho_over_z((f / f_scale) ** 2, loss, xp))
 
 
 def rho(z, loss: str, xp=jnp):
@@ -103,27 +111,27 @@ def rho(z, loss: str, xp=jnp):
     xp : module, default ``jax.numpy``
         The array namespace: ``numpy`` for host-side results (the scipy shims'
         reported values), ``jax.numpy`` inside programs. One implementation, both.
+
+    Notes
+    -----
+    ``rho`` itself is ``z * rho_over_z(z)`` (the loss's one definition); the
+    derivatives are written out here, as scipy writes them.
     """
+    value = z * rho_over_z(z, loss, xp)
     if loss == "linear":
-        return z, xp.ones_like(z), xp.zeros_like(z)
+        return value, xp.ones_like(z), xp.zeros_like(z)
     if loss == "soft_l1":
         t = 1 + z
-        return 2 * (t**0.5 - 1), t**-0.5, -0.5 * t**-1.5
+        return value, t**-0.5, -0.5 * t**-1.5
     if loss == "huber":
         big = z > 1
         zb = xp.where(big, z, 1)  # keep the untaken branch finite (and its AD)
-        return (
-            xp.where(big, 2 * zb**0.5 - 1, z),
-            xp.where(big, zb**-0.5, 1),
-            xp.where(big, -0.5 * zb**-1.5, 0),
-        )
+        return value, xp.where(big, zb**-0.5, 1), xp.where(big, -0.5 * zb**-1.5, 0)
     if loss == "cauchy":
         t = 1 + z
-        return xp.log1p(z), 1 / t, -1 / t**2
-    if loss == "arctan":
-        t = 1 + z * z
-        return xp.arctan(z), 1 / t, -2 * z / t**2
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        return value, 1 / t, -1 / t**2
+    t = 1 + z * z  # arctan
+    return value, 1 / t, -2 * z / t**2
 
 
 #: scipy's floor on the robust Jacobian's row weights (float64 eps, any dtype).
@@ -142,11 +150,3 @@ def loss_scaled_jacobian(jac, f, loss: str, f_scale, xp=jnp):
     scale = rho1 + 2 * (rho2 / f_scale**2) * f**2
     scale = xp.where(scale < _WEIGHT_FLOOR, _WEIGHT_FLOOR, scale)
     return jac * xp.sqrt(scale)[:, None]
-
-
-def robust_cost_of(f, loss: str, f_scale, xp=jnp):
-    """scipy's cost ``0.5 * f_scale**2 * sum(rho((f / f_scale)**2))`` from its own
-    formula for rho (what the shims report; `robust_cost` is the loop's)."""
-    if loss == "linear":
-        return 0.5 * xp.sum(f * f)
-    return 0.5 * f_scale**2 * xp.sum(rho((f / f_scale) ** 2, loss, xp)[0])

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ..core.losses import loss_scaled_jacobian, robust_cost_of
+from ..core.losses import loss_scaled_jacobian, robust_cost
 from ..core.status import MESSAGES, Status
 from . import host as _host
 from .differences import _Difference, _UserCall
@@ -256,7 +256,7 @@ def _least_squares(
         if f0 is None:
             with jax.enable_x64(True):
                 f0 = np.ravel(np.asarray(fun_w(x0, *call_args), dtype=float))
-        initial_cost = float(robust_cost_of(f0, loss, float(f_scale), xp=np))
+        initial_cost = float(robust_cost(f0, loss, float(f_scale), xp=np))
         print(result.message)
         print(
             f"Function evaluations {result.nfev}, initial cost {initial_cost:.4e}, "
