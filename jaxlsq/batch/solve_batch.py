@@ -326,8 +326,15 @@ def _mesh(devices) -> jax.sharding.Mesh | None:
 def broadcast_axes(in_axes: Any, tree: Any, names: str = "(x0, args)") -> Any:
     """``in_axes`` expanded to one entry (int or None) per leaf of ``tree`` (whose
     parts ``names`` names, for the error message)."""
-    if in_axes is None or isinstance(in_axes, int):
-        return jax.tree_util.tree_map(lambda _: in_axes, tree)
+    for entry in jax.tree_util.tree_leaves(in_axes):  # (None entries are no leaves)
+        if isinstance(entry, bool) or not isinstance(entry, (int, np.integer)):
+            raise ValueError(
+                f"in_axes entries must be integers (an axis) or None, got {entry!r} "
+                f"in in_axes={in_axes!r}"
+            )
+    if in_axes is None or isinstance(in_axes, (int, np.integer)):
+        axis = None if in_axes is None else int(in_axes)
+        return jax.tree_util.tree_map(lambda _: axis, tree)
     try:
         return jax.tree_util.tree_map(
             lambda axis, sub: jax.tree_util.tree_map(lambda _: axis, sub),

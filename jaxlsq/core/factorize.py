@@ -88,6 +88,7 @@ def factorize(
     diag: jax.Array,
     method: str,
     active: jax.Array | bool = True,
+    unit: jax.Array | None = None,
 ) -> StepSystem:
     """The `StepSystem` of the scaled Jacobian ``Js = J / diag``.
 
@@ -102,10 +103,16 @@ def factorize(
     active : bool Array, shape ()
         False for a fit that has stopped (its lane of a batch is computed but
         discarded): it never makes the batch compute an SVD.
+    unit : Array, shape (), optional
+        When given, ``lin.jtf`` is ``J^T (f / unit)`` (``unit`` a power of 2; see
+        `jaxlsq.core.loop.with_linearization`): ``g`` is ``(lin.jtf / diag) *
+        unit``, which does not underflow where ``J^T f`` would.
     """
     n = lin.jtf.shape[0]
     eps = jnp.finfo(lin.jtf.dtype).eps
     gs = lin.jtf / diag  # Js^T f without forming Js
+    if unit is not None:  # lin.jtf is J^T (f / unit): scaled back after dividing
+        gs = gs * unit
     jac_t = lin.jac_t
     if method == "svd" and jac_t is None and lin.r is not None:
         # A factor R (R^T R = J^T J) has J's right singular vectors and values.
@@ -114,21 +121,32 @@ def factorize(
     if method == "svd" and jac_t is not None:
         m = jac_t.shape[1]
         if n <= SMALL_N:
-            gram = lin.gram if lin.gram is not None else gram_matrix(jac_t)
-            return _small_system(jac_t, diag, gram, gs, jnp.asarray(active))
+            gram, gram_diag = _gram_and_diag(lin, diag)
+            active = jnp.asarray(active)
+            return _small_system(jac_t, diag, gram, gram_diag, gs, active)
         # n > SMALL_N: LAPACK (under vmap, one matrix at a time).
         v, s = _right_svd_unbatched(jac_t, diag)
         return _truncated_spectrum(v, s, gs, max(m, n))
     if method in ("svd", "eigh"):  # the normal equations (the only data for "svd")
         size = n if jac_t is None else max(jac_t.shape)
-        gram = lin.gram
-        if gram is None:
-            gram = gram_matrix(jac_t) if jac_t is not None else lin.r.T @ lin.r
-        w, v = jnp.linalg.eigh(gram / jnp.outer(diag, diag))
+        gram, gram_diag = _gram_and_diag(lin, diag)
+        w, v = jnp.linalg.eigh(gram / jnp.outer(gram_diag, gram_diag))
         # Eigenvalues of the Gram matrix carry absolute error ~ eps * w_max.
         keep = w > eps * size * w[-1]
         return StepSystem(v, jnp.where(keep, w, 0), jnp.where(keep, v.T @ gs, 0))
     raise ValueError(f"linear_solver must be one of {LINEAR_SOLVERS}, got {method!r}")
+
+
+def _gram_and_diag(lin: Linearization, diag: jax.Array):
+    """``(G, d)`` with ``G / outer(d, d)`` the scaled Gram matrix ``Js^T Js``:
+    ``lin.gram`` and ``diag / lin.gram_scale`` (exact: powers of 2), or the Gram
+    matrix formed here from J^T or R and ``diag``."""
+    if lin.gram is None:
+        jac_t = lin.jac_t
+        return (gram_matrix(jac_t) if jac_t is not None else lin.r.T @ lin.r), diag
+    if lin.gram_scale is None:
+        return lin.gram, diag
+    return lin.gram, diag / lin.gram_scale
 
 
 def _truncated_spectrum(v, s, gs, size) -> StepSystem:
@@ -194,6 +212,7 @@ def _small_system(
     jac_t: jax.Array,
     diag: jax.Array,
     gram: jax.Array,
+    gram_diag: jax.Array,
     gs: jax.Array,
     active: jax.Array,
 ) -> StepSystem:
@@ -203,8 +222,9 @@ def _small_system(
     that XLA vectorises across the batch; ``custom_vmap`` picks the implementation
     by whether the call is batched, which tracing alone cannot see:
 
-    * usually, the normal equations themselves: ``V = I``, ``M = gram / (d d^T)``,
-      ``g = gs`` (the damped solves are then unrolled LDL^T factorisations, no
+    * usually, the normal equations themselves: ``V = I``, ``M = gram / (d d^T)``
+      with ``d = gram_diag`` (``gram`` may be of J's columns divided by powers of
+      2, ``gram_diag`` then ``diag`` divided by the same), ``g = gs`` (the damped solves are then unrolled LDL^T factorisations, no
       eigen-decomposition at all). The Gram matrix squares the condition number, so
       this is used only for a lane that is well conditioned: ``kappa(M) <=
       1/sqrt(eps)`` on its non-zero rows, by the bound ``||M||_F ||M^-1||_F``, so
@@ -232,16 +252,19 @@ def _as_matrix(system: StepSystem) -> StepSystem:
 
 
 @_small_system.def_vmap
-def _small_system_batched(axis_size, in_batched, jac_t, diag, gram, gs, active):
-    if not any(in_batched[:4]):  # one matrix for every lane
+def _small_system_batched(
+    axis_size, in_batched, jac_t, diag, gram, gram_diag, gs, active
+):
+    if not any(in_batched[:5]):  # one matrix for every lane
         return _small_system_unbatched(jac_t, diag, gs), StepSystem(False, False, False)
 
-    jac_t, diag, gram, gs, active = (
+    inputs = (jac_t, diag, gram, gram_diag, gs, active)
+    jac_t, diag, gram, gram_diag, gs, active = (
         _with_batch_axis(x, b, axis_size)
-        for x, b in zip((jac_t, diag, gram, gs, active), in_batched, strict=True)
+        for x, b in zip(inputs, in_batched, strict=True)
     )
     size = max(jac_t.shape[-2:])
-    scaled, well_conditioned = jax.vmap(_scaled_gram)(gram, diag)
+    scaled, well_conditioned = jax.vmap(_scaled_gram)(gram, gram_diag)
     n = gs.shape[-1]
     eye = jnp.broadcast_to(jnp.eye(n, dtype=gs.dtype), (axis_size, n, n))
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 #: String values accepted by ``solve(..., jac=...)``; a callable is accepted too.
 JAC_MODES = ("auto", "fwd", "rev")
@@ -31,7 +32,9 @@ def make_jacobian(
     jac
         ``"auto"`` (forward mode when ``n <= m``, which a well-posed least-squares
         problem always has; reverse otherwise), ``"fwd"``, ``"rev"``, or a callable
-        ``jac(x) -> array`` with ``m * n`` entries (already bound to ``args``).
+        ``jac(x) -> array`` (already bound to ``args``) of shape (m, n) or
+        ``residual_shape + param_shape`` (what ``jax.jacfwd`` gives; see
+        `check_jacobian_shape`).
     m, n
         Number of residuals and of parameters.
     dtype
@@ -40,7 +43,9 @@ def make_jacobian(
     if callable(jac):
 
         def user_jacobian(x):
-            return jnp.reshape(jnp.asarray(jac(x), dtype), (m, n))
+            out = jnp.asarray(jac(x), dtype)
+            check_jacobian_shape(out.shape, m, n)
+            return jnp.reshape(out, (m, n))
 
         return user_jacobian
     if jac == "auto":
@@ -50,3 +55,19 @@ def make_jacobian(
     if jac == "rev":
         return jax.jacrev(flat_fun)
     raise ValueError(f"jac must be one of {JAC_MODES} or a callable, got {jac!r}")
+
+
+def check_jacobian_shape(shape: tuple, m: int, n: int) -> None:
+    """Raise ``ValueError`` naming ``jac`` unless ``shape`` is (m, n) or splits into
+    leading axes of m entries and trailing axes of n (``residual_shape +
+    param_shape``, as ``jax.jacfwd`` of the unflattened function gives). A
+    transposed (n, m) Jacobian is refused (when m != n), never reshaped."""
+    sizes = [int(np.prod(shape[:k])) for k in range(len(shape) + 1)]
+    total = sizes[-1]
+    if total == m * n and any(s == m and total // max(s, 1) == n for s in sizes):
+        return
+    raise ValueError(
+        f"jac must return the (m, n) = ({m}, {n}) Jacobian (residuals by parameters, "
+        f"or residual_shape + param_shape), got an array of shape {tuple(shape)}"
+        + (" (transposed?)" if tuple(shape) == (n, m) else "")
+    )

@@ -11,12 +11,18 @@ The contract of a Jacobian strategy
 -----------------------------------
 A strategy is a callable ``strategy(x, f) -> (Linearization, carry)``:
 
-* ``x`` (n,) the point, ``f`` (m,) the residuals there (already evaluated by the
-  loop: a strategy must not count or re-evaluate them);
-* the `Linearization` holds ``jtf`` and ``col_norms`` always, and at least one of
-  ``jac_t`` (the dense J^T, n x m), ``r`` (an n x n factor with ``R^T R = J^T J``)
-  or ``gram`` (``J^T J``); the step solver uses the most accurate one present
-  (``jac_t``, then ``r``, then ``gram``). Every array must be finite where J is;
+* ``x`` (n,) the point, ``f`` (m,) the residuals there divided by a power of 2
+  near their largest entry (already evaluated by the loop: a strategy must not
+  count or re-evaluate them; the loop scales so that ``J^T f`` cannot underflow
+  where J is tiny, and scales back exactly);
+* the `Linearization` holds ``jtf`` (``J^T f`` of the ``f`` given) and
+  ``col_norms`` always, and at least one of ``jac_t`` (the dense J^T, n x m),
+  ``r`` (an n x n factor with ``R^T R = J^T J``) or ``gram`` (``J^T J``, or that
+  of J's columns divided by the powers of 2 in ``gram_scale``); the step solver
+  uses the most accurate one present (``jac_t``, then ``r``, then ``gram``).
+  Column norms and Gram matrices should be formed from scaled columns (as
+  `linearize_dense` does) so that J's entries beyond 1e±154 neither overflow nor
+  underflow when squared. Every array must be finite where J is;
   the loop stops with ``Status.NONFINITE`` when ``jtf`` or ``col_norms`` is not;
 * ``carry`` is what the strategy keeps for the solution (`jaxlsq.Solution.jac`):
   the dense J (m, n), or None for a strategy that never holds J whole.
@@ -46,6 +52,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from .unrolled import gram_matrix
 
@@ -65,12 +72,18 @@ class Linearization(NamedTuple):
     col_norms : Array, shape (n,)
         Euclidean norms of the columns of J.
     gram : Array, shape (n, n), or None
-        ``J^T J``.
+        ``Jc^T Jc`` of ``Jc = J / gram_scale`` (``J^T J`` itself when
+        ``gram_scale`` is None).
     jac_t : Array, shape (n, m), or None
         J^T itself (row ``j`` is ``dr/dx_j``: reductions over the residuals then
         run along the minor axis, which XLA vectorises across a batch).
     r : Array, shape (n, n), or None
         A square factor with ``R^T R = J^T J`` (R of a QR factorisation).
+    gram_scale : Array, shape (n,), or None
+        Powers of 2 that divide J's columns in ``gram`` (near each column's
+        largest entry): ``J^T J = gram * outer(gram_scale, gram_scale)`` exactly
+        where that is in range, and ``gram`` neither overflows nor underflows
+        where it is not.
     """
 
     jtf: jax.Array
@@ -78,6 +91,7 @@ class Linearization(NamedTuple):
     gram: jax.Array | None = None
     jac_t: jax.Array | None = None
     r: jax.Array | None = None
+    gram_scale: jax.Array | None = None
 
     def without(self, frozen: jax.Array | None) -> Linearization:
         """The linearization of J with the columns ``frozen`` (n,) bool set to 0
@@ -100,6 +114,7 @@ class Linearization(NamedTuple):
             gram=gram,
             jac_t=rows(self.jac_t),
             r=r,
+            gram_scale=self.gram_scale,
         )
 
     def jac_dot(self, step: jax.Array, f: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -114,6 +129,8 @@ class Linearization(NamedTuple):
         if self.r is not None:
             rs = self.r @ step
             return fjp, jnp.dot(rs, rs)
+        if self.gram_scale is not None:  # J s = Jc (gram_scale * s)
+            step = step * self.gram_scale
         return fjp, jnp.maximum(step @ (self.gram @ step), 0)
 
     def is_finite(self) -> jax.Array:
@@ -135,10 +152,32 @@ def linearize_dense(jac: jax.Array, f: jax.Array) -> Linearization:
     """
     jac_t = jac.T
     jtf = jnp.sum(jac_t * f, axis=1)
+    # Squares of the columns by a power of 2 near their largest entry: exact (the
+    # same bits) wherever J^T J is in range, and no overflow or underflow where a
+    # column's entries are beyond ~1e±154 (float64; ~1e±19 in float32), whose
+    # squares would be inf or 0 (MINPACK's enorm scales for the same reason).
+    scale = power_of_two(jnp.max(jnp.abs(jac_t), axis=1))  # (n,)
+    scaled = jac_t / scale[:, None]
     if jac_t.shape[0] > SMALL_N:
-        return Linearization(jtf, jnp.sqrt(jnp.sum(jac_t * jac_t, axis=1)), None, jac_t)
-    gram = gram_matrix(jac_t)
-    return Linearization(jtf, jnp.sqrt(jnp.diagonal(gram)), gram, jac_t)
+        col_norms = scale * jnp.sqrt(jnp.sum(scaled * scaled, axis=1))
+        return Linearization(jtf, col_norms, None, jac_t)
+    gram = gram_matrix(scaled)
+    col_norms = scale * jnp.sqrt(jnp.diagonal(gram))
+    return Linearization(jtf, col_norms, gram, jac_t, gram_scale=scale)
+
+
+def power_of_two(v: jax.Array) -> jax.Array:
+    """The power of 2 at or just below each ``|v|`` (same shape): ``v`` keeps only
+    its exponent bits, so dividing by it is exact and leaves ``|v|`` in [1, 2).
+    1 where ``v`` is 0, subnormal or not finite. (Three integer ops per entry:
+    cheaper to compile and run than ``frexp``/``ldexp``.)"""
+    info = jnp.finfo(v.dtype)
+    int_type = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[v.dtype.itemsize]
+    mask = ((1 << info.nexp) - 1) << info.nmant
+    mask = jnp.asarray(mask, int_type)
+    bits = lax.bitcast_convert_type(v, int_type) & mask
+    ok = (bits != 0) & (bits != mask)  # exponent field 0: 0/subnormal; all 1s: inf/NaN
+    return jnp.where(ok, lax.bitcast_convert_type(bits, v.dtype), 1)
 
 
 class JacobianStrategy:

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .factorize import factorize
-from .linearization import Linearization, as_strategy
+from .linearization import Linearization, as_strategy, power_of_two
 from .options import SolveOptions
 from .status import Status
 from .steps import scaled_jacobian_norm, trust_region_par
@@ -79,8 +79,21 @@ class LMState(NamedTuple):
 
 
 def _norm(v: jax.Array) -> jax.Array:
-    """Euclidean norm that is +inf (never NaN) when ``v`` holds a non-finite entry."""
-    return jnp.where(jnp.all(jnp.isfinite(v)), jnp.linalg.norm(v), jnp.inf)
+    """Euclidean norm of ``v`` (m,), +inf (never NaN) when ``v`` holds a non-finite
+    entry. Scaled by the largest entry, as MINPACK's ``enorm``: finite residuals
+    whose sum of squares overflows (or underflows) still have a finite, accurate
+    norm, so the loop's ratios of norms stay meaningful. (Scaled by a power of 2:
+    where the plain norm is in range, this is bit for bit the same.)"""
+    largest = jnp.max(jnp.abs(v))
+    scale = power_of_two(largest)  # exact: in range, bit for bit the plain norm
+    scaled = v / scale
+    norm = scale * jnp.sqrt(jnp.sum(scaled * scaled))
+    return jnp.where(jnp.isfinite(largest), norm, jnp.inf)
+
+
+def _residual_unit(f: jax.Array) -> jax.Array:
+    """The power of 2 above ``max |f|`` (1 for f == 0 or non-finite f)."""
+    return power_of_two(jnp.max(jnp.abs(f)))
 
 
 def _positive_or_one(v: jax.Array) -> jax.Array:
@@ -131,6 +144,8 @@ def lm_init(
     options_ok = (ftol >= 0) & (xtol >= 0) & (gtol >= 0) & (factor > 0) & (max_nfev > 0)
     if user_diag is not None:
         options_ok &= jnp.all(user_diag > 0)
+    if options.loss != "linear":  # (f_scale is ignored by the linear loss)
+        options_ok &= jnp.asarray(options.f_scale, dtype) > 0
     lower, upper = _bounds(options, dtype)
     if lower is not None:
         # NaN bounds fail both comparisons, so they are improper input too.
@@ -165,8 +180,15 @@ def lm_init(
 def with_linearization(jacobian, st: LMState) -> tuple[LMState, Linearization]:
     """The linearization at ``st.x`` from the Jacobian strategy ``jacobian`` (or an
     ``x -> J`` function; see `jaxlsq.core.linearization`), and the state holding its
-    carry (the dense J) as ``st.jac``. NaN/inf in J stops the fit."""
-    lin, carry = as_strategy(jacobian)(st.x, st.f)
+    carry (the dense J) as ``st.jac``. NaN/inf in J stops the fit.
+
+    The strategy is handed ``f / u`` with ``u`` the power of 2 above ``max |f|``,
+    and ``jtf`` of the result is ``J^T (f / u)``: the gtol test's cosines come from
+    it without underflow (``J^T f`` itself underflows to 0 long before J does when
+    ``f`` and ``J`` are tiny, which would read as a converged gradient). The loop
+    multiplies by ``u`` for the steps: exact wherever ``J^T f`` is in range.
+    """
+    lin, carry = as_strategy(jacobian)(st.x, st.f / _residual_unit(st.f))
     finite = lin.is_finite() if carry is None else jnp.all(jnp.isfinite(carry))
     keep = finite | (st.status == int(Status.IMPROPER_INPUT))
     status = jnp.where(keep, st.status, _code(Status.NONFINITE))
@@ -228,27 +250,32 @@ def lm_iteration(
     evaluated, lin = with_linearization(jacobian, st)
     st = evaluated._replace(njev=jnp.where(fresh, evaluated.njev, st.njev))
     # The loop sees J without its frozen columns (the frozen test reads J^T f).
+    # lin.jtf is J^T (f / u) (see with_linearization): its signs are J^T f's, and
+    # the cosines, the step system and the projected steps' model terms below are
+    # formed from it and f / u, exactly J^T f's wherever that is in range.
+    unit = _residual_unit(st.f)
     lin = lin.without(frozen_columns(st.x, lin.jtf))
-    jtf, acnorm = lin.jtf, lin.col_norms
+    jtf_unit, acnorm = lin.jtf, lin.col_norms
     first = fresh & (st.njev == 1)  # a resumed first iteration keeps its radius
     if user_diag is None:  # MINPACK mode 1: column norms, zero columns scaled by 1
         diag = jnp.where(first, _positive_or_one(acnorm), st.diag)
         diag = jnp.maximum(diag, acnorm)
     else:  # mode 2: the user's fixed scaling
         diag = jnp.asarray(user_diag, dtype)
-    xnorm0 = jnp.linalg.norm(diag * st.x)
+    xnorm0 = _norm(diag * st.x)
     delta0 = jnp.where(xnorm0 > 0, factor * xnorm0, factor)
     st = st._replace(
         xnorm=jnp.where(first, xnorm0, st.xnorm),
         delta=jnp.where(first, delta0, st.delta),
     )
     # gtol test: largest |cos| between f and a column of J (0 when f == 0).
-    fnorm_safe = _positive_or_one(st.fnorm)
-    cosines = jnp.abs(jtf) / (_positive_or_one(acnorm) * fnorm_safe)
+    # (from J^T (f / u) and ||f|| / u: no underflow where J^T f would have one)
+    fnorm_safe = _positive_or_one(st.fnorm / unit)
+    cosines = jnp.abs(jtf_unit) / (_positive_or_one(acnorm) * fnorm_safe)
     cosines = jnp.where(acnorm > 0, cosines, 0)
     gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
     status = jnp.where(_running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
-    system = factorize(lin, diag, options.linear_solver, _running(st))
+    system = factorize(lin, diag, options.linear_solver, _running(st), unit)
     st = st._replace(diag=diag, gnorm=gnorm, status=status)
 
     def trial(st: LMState) -> LMState:
@@ -256,7 +283,7 @@ def lm_iteration(
         par, z = trust_region_par(system, st.delta, st.par)
         step = z / diag
         x_trial = st.x + step
-        pnorm = jnp.linalg.norm(z)
+        pnorm = _norm(z)
         # Predicted relative reduction and directional derivative, in lmpar's
         # closed form (valid for the unprojected damped step).
         fnorm = _positive_or_one(st.fnorm)
@@ -269,10 +296,12 @@ def lm_iteration(
             clipped = jnp.any(projected != x_trial)
             x_trial = projected
             actual_step = x_trial - st.x
-            f_jp, jp_jp = lin.jac_dot(actual_step, st.f)  # f . J s, ||J s||^2
-            fjp = f_jp / fnorm**2
-            pnorm = jnp.where(clipped, jnp.linalg.norm(diag * actual_step), pnorm)
-            prered = jnp.where(clipped, -2 * fjp - jp_jp / fnorm**2, prered)
+            # f . J s and ||J s||^2, both over u^2 (as fnorm_u^2): no underflow
+            f_jp, jp_jp = lin.jac_dot(actual_step / unit, st.f / unit)
+            fnorm_u = fnorm / unit
+            fjp = f_jp / fnorm_u**2
+            pnorm = jnp.where(clipped, _norm(diag * actual_step), pnorm)
+            prered = jnp.where(clipped, -2 * fjp - jp_jp / fnorm_u**2, prered)
             dirder = jnp.where(clipped, fjp, dirder)
         # Before the first accepted step the radius never exceeds the step tried.
         delta = jnp.where(st.n_iter == 0, jnp.minimum(st.delta, pnorm), st.delta)
@@ -304,7 +333,7 @@ def lm_iteration(
         x = jnp.where(accepted, x_trial, st.x)
         f = jnp.where(accepted, f_trial, st.f)
         fnorm_new = jnp.where(accepted, fnorm1, st.fnorm)
-        xnorm = jnp.where(accepted, jnp.linalg.norm(diag * x_trial), st.xnorm)
+        xnorm = jnp.where(accepted, _norm(diag * x_trial), st.xnorm)
 
         # Convergence tests, then the "tolerance too small" tests; later ones win,
         # exactly in lmder's order.

@@ -74,9 +74,11 @@ def solve(
         down-weight a point. Must be > 0. Ignored for ``"linear"``.
     jac : {"auto", "fwd", "rev"} or callable, default "auto"
         How the Jacobian is computed: forward-mode (``jax.jacfwd``, best for
-        ``n <= m``), reverse-mode, or a callable ``jac(params, *args)`` returning an
-        array with ``m * n`` entries, reshaped to (m, n) in the order of
-        ``jax.flatten_util.ravel_pytree(params)``.
+        ``n <= m``), reverse-mode, or a callable ``jac(params, *args)`` returning the
+        (m, n) Jacobian (columns in the order of
+        ``jax.flatten_util.ravel_pytree(params)``) or, for array ``params``, the
+        ``residual_shape + params.shape`` array that ``jax.jacfwd`` gives. Any other
+        shape (a transposed one included) raises ``ValueError`` naming ``jac``.
     ftol : float, default ``10 * eps`` of the working dtype (2.2e-15 in float64,
         1.2e-6 in float32)
         Stop when both the actual and predicted relative reductions of the sum of
@@ -329,7 +331,11 @@ def assemble_solution(
         robust_f, slope = model.robust_with_slope(f, f_scale)
         cost = 0.5 * jnp.sum(robust_f * robust_f)
         grad = jac_.T @ (slope * robust_f)
-    status = st.status
+    # Never a success with a non-finite cost or point (e.g. a sum of squares that
+    # overflows although every residual is finite): NONFINITE instead.
+    succeeded = (st.status >= int(Status.FTOL)) & (st.status <= int(Status.GTOL))
+    finite = jnp.isfinite(cost) & jnp.all(jnp.isfinite(x))
+    status = jnp.where(succeeded & ~finite, int(Status.NONFINITE), st.status)
     return Solution(
         params=model.unravel(x),
         residuals=f,

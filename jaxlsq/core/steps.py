@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .factorize import StepSystem
+from .linearization import power_of_two
 from .unrolled import ldl, unit_lower_solve, unit_upper_solve
 
 # Moré's lmpar stops after this many Newton iterations on ``par``.
@@ -92,10 +93,13 @@ def scaled_jacobian_norm(system: StepSystem, z: jax.Array) -> jax.Array:
     The predicted reduction needs ``||J p|| = ||Js z||``; this avoids another pass
     over the m x n Jacobian for every trial step.
     """
-    y = system.v.T @ z
+    # z scaled by a power of 2 first (exact): its squares neither underflow nor
+    # overflow when the step is tiny or huge.
+    scale = power_of_two(jnp.max(jnp.abs(z)))
+    y = system.v.T @ (z / scale)
     if system.m.ndim == y.ndim:
-        return jnp.sqrt(jnp.sum(system.m * y * y))
-    return jnp.sqrt(jnp.maximum(y @ (system.m @ y), 0))
+        return scale * jnp.sqrt(jnp.sum(system.m * y * y))
+    return scale * jnp.sqrt(jnp.maximum(y @ (system.m @ y), 0))
 
 
 def damped_step(system: StepSystem, par: jax.Array) -> jax.Array:
@@ -127,6 +131,13 @@ def trust_region_par(system: StepSystem, delta: jax.Array, par0: jax.Array):
     z : Array, shape (n,)
         The scaled step ``D p`` for that ``par``.
     """
+    # The problem is homogeneous: (g, delta) -> (g / s, delta / s) leaves par
+    # unchanged and scales the step by 1 / s. With s the power of 2 above delta
+    # (exact), the norms and squares below are of order 1 whatever the scale of
+    # the problem, and in range the result is bit for bit the unscaled one.
+    scale = power_of_two(delta)
+    system = system._replace(g=system.g / scale)
+    delta = delta / scale
     dtype = system.g.dtype
     dwarf = jnp.finfo(dtype).tiny
     zero = jnp.zeros((), dtype)
@@ -175,4 +186,4 @@ def trust_region_par(system: StepSystem, delta: jax.Array, par0: jax.Array):
     start = (par, parl0, paru0, fp0, gauss_newton_ok, jnp.zeros((), jnp.int32), coef0)
     par, *_, coef = lax.while_loop(cond, body, start)
     par = jnp.where(gauss_newton_ok, zero, par)
-    return par, -(system.v @ coef)
+    return par, -(system.v @ coef) * scale

@@ -104,30 +104,41 @@ def flat_like(tree: Any, x0: Any, n: int, dtype, name: str) -> jax.Array:
 
     ``tree`` is a scalar (same value for every parameter), a flat (n,) array, or a
     pytree with the structure of ``x0`` whose leaves broadcast to the matching leaves
-    of ``x0``.
+    of ``x0``. Its leaves must be booleans for a bool ``dtype`` (a mask: ``1.0`` or
+    ``"no"`` is not one) and real numbers otherwise; anything else raises
+    ``ValueError`` naming ``name``.
     """
     if not jax.tree_util.tree_leaves(tree):
         raise ValueError(f"{name} must not be empty")
+    leaves_in = jax.tree_util.tree_leaves(tree)
+    for leaf in leaves_in:
+        _check_leaf_kind(leaf, dtype, name)
     # numpy for concrete values: eager jnp ops cost ~10 us each on every call
-    traced = any(
-        isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(tree)
-    )
+    traced = any(isinstance(v, jax.core.Tracer) for v in leaves_in)
     xp = jnp if traced else np
+    x0_def = jax.tree_util.tree_structure(x0)
+    if isinstance(tree, (list, tuple)) and jax.tree_util.treedef_is_leaf(x0_def):
+        try:  # an array x0: a list is one array
+            tree = xp.stack([xp.asarray(v) for v in tree])
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{name}: a list for an array x0 must be one flat array of the n={n} "
+                f"parameters (or a scalar), got {tree!r:.80}"
+            ) from err
+        leaves_in = [tree]
     if not _is_container(tree):
         if np.ndim(tree) == 0:
             return xp.full((n,), tree, dtype)
         if np.shape(tree) == (n,):  # already flat, in ravel_pytree order
             return xp.asarray(tree, dtype)
-    x0_def = jax.tree_util.tree_structure(x0)
-    try:
-        leaves = x0_def.flatten_up_to(tree)
-    except (ValueError, TypeError) as err:
+    tree_def = jax.tree_util.tree_structure(tree)
+    if tree_def != x0_def:
         raise ValueError(
-            f"{name} must be a scalar or have the structure of x0 ({x0_def}), got "
-            f"{jax.tree_util.tree_structure(tree)}"
-        ) from err
+            f"{name} must be a scalar, a flat array of the n={n} parameters or have "
+            f"the structure of x0 ({x0_def}), got {tree_def}"
+        )
     flat = []
-    for leaf, ref in zip(leaves, jax.tree_util.tree_leaves(x0), strict=True):
+    for leaf, ref in zip(leaves_in, jax.tree_util.tree_leaves(x0), strict=True):
         try:
             flat.append(xp.ravel(xp.broadcast_to(xp.asarray(leaf, dtype), ref.shape)))
         except (ValueError, TypeError) as err:
@@ -136,6 +147,23 @@ def flat_like(tree: Any, x0: Any, n: int, dtype, name: str) -> jax.Array:
                 f"matching x0 leaf of shape {ref.shape}"
             ) from err
     return xp.concatenate(flat)
+
+
+def _check_leaf_kind(leaf: Any, dtype, name: str) -> None:
+    """Raise naming ``name`` unless ``leaf`` holds booleans (for a bool ``dtype``)
+    or real numbers (otherwise)."""
+    kind = getattr(leaf, "dtype", None)
+    kind = np.asarray(leaf).dtype.kind if kind is None else np.dtype(kind).kind
+    want_bool = np.dtype(dtype) == np.bool_
+    allowed = "b" if want_bool else "biuf"
+    if kind not in allowed:
+        what = "booleans (True = fixed)" if want_bool else "real numbers"
+        raise ValueError(
+            f"{name} must hold {what}, got a leaf {leaf!r:.60}"
+            if kind in "OSU"
+            else f"{name} must hold {what}, got a leaf of dtype "
+            f"{getattr(leaf, 'dtype', np.asarray(leaf).dtype)}"
+        )
 
 
 def _is_container(tree: Any) -> bool:

@@ -23,7 +23,7 @@ from .checks import (
 from .fit import fit_solve_options
 from .result import FitResult
 from .statistics import fit_result
-from .weights import Residuals, sigma_kind
+from .weights import Residuals, sigma_kind, sigma_transform
 
 #: Default ``in_axes`` for ``(x, y, p0, sigma)``: one abscissa, one curve per row of
 #: ``y``, one starting point and one ``sigma`` for all.
@@ -135,6 +135,8 @@ def fit_batch(
 
     y = jnp.moveaxis(as_data(y, dtype), y_axis, 0)
     p0 = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), p0)
+    if sigma_axis is None and kind is not None:  # shared: fit's checks, eagerly
+        sigma_transform(sigma, y1, dtype)
     transform, transform_axis = _transforms(kind, sigma, sigma_axis, y1, dtype)
     residual_fn = Residuals(model, kind)
     sols = solve_batch(

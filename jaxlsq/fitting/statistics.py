@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.factorize import right_svd
 from ..core.losses import loss_scaled_jacobian
+from ..core.status import Status
 from .result import FitResult
 from .weights import whiten
 
@@ -52,7 +53,7 @@ def fit_result(
         cov_jac = loss_scaled_jacobian(jac, f, loss, f_scale)
         cov_chisq = 2 * sol.cost
     cov, corr = covariance(cov_jac, cov_chisq, fixed_np, absolute_sigma)
-    stderr_flat = _safe_sqrt(jnp.diagonal(cov))
+    stderr_flat = _stderr(jnp.diagonal(cov))
     _, unravel = jax.flatten_util.ravel_pytree(sol.params)
 
     dtype = f.dtype
@@ -70,6 +71,14 @@ def fit_result(
     r_squared = jnp.where(pos, 1 - chisq / jnp.where(pos, sst, 1), jnp.nan)
 
     best_fit = jnp.asarray(residual_fn.model(x, sol.params)).astype(dtype)
+    # A traced sigma (per curve in a batch, or under jit) is checked here, as the
+    # eager path checks a concrete one: not > 0 or not finite is improper input
+    # (a negative sigma would otherwise act as its absolute value).
+    status, success = sol.status, sol.success
+    if residual_fn.kind == "1d":
+        weights_ok = jnp.all((transform > 0) & jnp.isfinite(transform))
+        status = jnp.where(weights_ok, status, int(Status.IMPROPER_INPUT))
+        success = success & weights_ok
     active = getattr(sol, "active_mask", None)
     if active is None:
         active = jnp.zeros((n,), jnp.int32)
@@ -86,8 +95,8 @@ def fit_result(
         cost=sol.cost,
         residuals=jnp.reshape(f, y.shape),
         best_fit=jnp.reshape(best_fit, y.shape),
-        status=sol.status,
-        success=sol.success,
+        status=status,
+        success=success,
         nfev=sol.nfev,
         njev=sol.njev,
         n_iter=sol.n_iter,
@@ -128,8 +137,10 @@ def covariance(
 
     Notes
     -----
-    ``(J^T J)^+`` from one SVD of ``J`` (`_gram_pinv`) with scipy ``curve_fit``'s
-    cutoff: singular values ``<= max(m, n) * eps * s_max`` are dropped. A dropped
+    ``(J^T J)^+`` from one SVD (`_gram_pinv`) of ``J`` with its columns scaled to
+    unit norm (so the result does not depend on the parameters' units), with scipy
+    ``curve_fit``'s cutoff: singular values ``<= max(m, n) * eps * s_max`` are
+    dropped. A dropped
     direction has infinite variance: every free parameter with a component in it
     (diagonal of the null-space projector above ``eps``; a projector, so
     independent of the SVD's choice of basis) gets ``inf`` rows and columns; the
@@ -143,7 +154,15 @@ def covariance(
     jac_free = jnp.where(free[None, :], jac, 0)
     finite = jnp.all(jnp.isfinite(jac_free))
     jac_free = jnp.where(finite, jac_free, 0)
-    cov0, null_diag = _gram_pinv(jac_free)
+    # Columns scaled to unit norm before the SVD and its cutoff, unscaled after:
+    # (J^T J)^+ = D^-1 (Js^T Js)^+ D^-1 with J = Js D, so the covariance does not
+    # depend on the parameters' units (a parameter of size 1e12 beside one of 1e-12
+    # must not look rank-deficient). The projector's diagonal is unchanged by D.
+    col2 = jnp.sum(jac_free * jac_free, axis=0)
+    pos = col2 > 0
+    col = jnp.where(pos, jnp.sqrt(jnp.where(pos, col2, 1)), 1)
+    cov0, null_diag = _gram_pinv(jac_free / col)
+    cov0 = cov0 / (col[:, None] * col[None, :])
     bad = free & ((null_diag > eps) | ~finite)
 
     if absolute_sigma:
@@ -206,9 +225,13 @@ def _gram_pinv_jvp(primals, tangents):
     return (cov0, null_diag), (dcov, jnp.zeros_like(null_diag))
 
 
-def _safe_sqrt(v):
+def _stderr(v):
+    """Standard errors from variances ``v`` (n,): ``sqrt(v)``; 0 where ``v`` is 0
+    (a fixed parameter) and NaN where it is NaN (a failed fit never claims zero
+    uncertainty). The where-guards keep the derivative finite at 0."""
     pos = v > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, v, 1)), 0)
+    root = jnp.where(pos, jnp.sqrt(jnp.where(pos, v, 1)), 0)
+    return jnp.where(jnp.isnan(v), v, root)
 
 
 @jax.jit
