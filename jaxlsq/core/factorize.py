@@ -224,8 +224,9 @@ def _small_system(
 
     * usually, the normal equations themselves: ``V = I``, ``M = gram / (d d^T)``
       with ``d = gram_diag`` (``gram`` may be of J's columns divided by powers of
-      2, ``gram_diag`` then ``diag`` divided by the same), ``g = gs`` (the damped solves are then unrolled LDL^T factorisations, no
-      eigen-decomposition at all). The Gram matrix squares the condition number, so
+      2, ``gram_diag`` then ``diag`` divided by the same), ``g = gs`` (the damped
+      solves are then unrolled LDL^T factorisations, no eigen-decomposition at
+      all). The Gram matrix squares the condition number, so
       this is used only for a lane that is well conditioned: ``kappa(M) <=
       1/sqrt(eps)`` on its non-zero rows, by the bound ``||M||_F ||M^-1||_F``, so
       the steps are accurate to ``sqrt(eps)`` relative. Exactly-zero rows come
