@@ -3,9 +3,11 @@
 The package is layered; imports point down only (see README, "How it is built"):
 ``scipy`` (scipy's contract) -> ``fitting`` (curve fitting) -> ``batch`` (many
 fits) -> ``core`` (options, the LM loop, steps, losses, implicit differentiation).
-This module only re-exports the public API.
+This module only re-exports the public API (after `jaxlsq._jax_import`, which
+imports JAX without changing numpy's global random state).
 """
 
+from . import _jax_import  # noqa: F401  (first of all: see its docstring)
 from .batch.lanes import finite_lanes, masked_mean, where_lanes
 from .batch.solve_batch import solve_batch
 from .core.options import SolveOptions
@@ -16,7 +18,6 @@ from .fitting.fit_batch import fit_batch
 from .fitting.result import FitResult
 from .scipy import (
     HostFallbackWarning,
-    OptimizeWarning,
     curve_fit,
     least_squares,
     leastsq,
@@ -42,3 +43,11 @@ __all__ = [
     "where_lanes",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "OptimizeWarning":  # scipy's class when installed, looked up lazily
+        from .scipy.errors import optimize_warning
+
+        return optimize_warning()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -330,6 +330,8 @@ ERROR_CASES = {
     "lb>=ub": dict(bounds=([0, 1, 0], [1, 1, 1])),
     "infeasible": dict(bounds=(2, 10)),
     "x0-nan": dict(x0=np.array([np.nan, 1, 0])),
+    "x0-inf": dict(x0=np.array([np.inf, 1, 0])),
+    "x0-inf-host": dict(x0=np.array([np.inf, 1, 0]), host=True),
     "x_scale-value": dict(x_scale=[1, -1, 1]),
     "x_scale-shape": dict(x_scale=[1, 2]),
     "x_scale-str": dict(x_scale="bogus"),
@@ -373,6 +375,17 @@ def test_tolerance_below_eps_warns_like_scipy():
     assert [str(w.message) for w in our_w] == [str(w.message) for w in ref_w]
     assert our_w[0].filename == __file__
     assert ours.success
+
+
+def test_negative_tolerance_warns_and_acts_as_zero_like_scipy():
+    """scipy warns about ftol=-1 (below eps) and fits on: the test never fires."""
+    with pytest.warns(UserWarning) as ref_w:
+        ref = so.least_squares(res_np, X0, ftol=-1.0, args=(T, Y))
+    with pytest.warns(UserWarning) as our_w:
+        ours = least_squares(res_jnp, X0, ftol=-1.0, args=(T, Y))
+    assert [str(w.message) for w in our_w] == [str(w.message) for w in ref_w]
+    assert ours.success and ref.success
+    assert_allclose(ours.x, ref.x, rtol=1e-6)
 
 
 def test_callback_with_lm_warns_like_scipy():

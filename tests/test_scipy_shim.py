@@ -845,3 +845,30 @@ def test_warnings_are_exported_from_the_package():
     assert jaxlsq.HostFallbackWarning is HostFallbackWarning
     assert jaxlsq.OptimizeWarning is OptimizeWarning
     assert {"HostFallbackWarning", "OptimizeWarning"} <= set(jaxlsq.__all__)
+
+
+def test_optimize_warning_is_scipys_class():
+    """One import line switched: the user's scipy warning filters still apply."""
+    assert jaxlsq.OptimizeWarning is so.OptimizeWarning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error")
+        warnings.filterwarnings("ignore", category=so.OptimizeWarning)
+        _, pcov = curve_fit(model_jnp, X[:3], Y[:3])  # no variance estimate
+    assert np.all(np.isinf(pcov))
+
+
+def test_import_keeps_numpys_random_state_and_does_not_import_scipy():
+    """Importing JAX draws from numpy's global generator; jaxlsq puts it back, so
+    a seeded script gets the same data with jaxlsq as with scipy. scipy.optimize
+    (~0.7 s) is not imported until a warning or the class is asked for."""
+    code = (
+        "import sys, numpy as np; np.random.seed(0); "
+        "from jaxlsq.scipy import curve_fit; "
+        "print(repr(np.random.rand()), 'scipy.optimize' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        check=True,
+    ).stdout.split()  # fmt: skip
+    seeded = np.random.RandomState(0).rand()  # noqa: NPY002 (the global one's draw)
+    assert out == [repr(seeded), "False"]

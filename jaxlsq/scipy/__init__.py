@@ -27,7 +27,7 @@ needed (it is the tests' oracle).
 from ._curve_fit import curve_fit
 from ._least_squares import least_squares
 from ._leastsq import NONFINITE_IER, leastsq
-from .errors import HostFallbackWarning, OptimizeWarning
+from .errors import HostFallbackWarning, optimize_warning
 
 __all__ = [
     "NONFINITE_IER",
@@ -37,3 +37,9 @@ __all__ = [
     "least_squares",
     "leastsq",
 ]
+
+
+def __getattr__(name: str):
+    if name == "OptimizeWarning":  # scipy's class, looked up on first use
+        return optimize_warning()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ import numpy as np
 from ..fitting.statistics import gram_pseudo_inverse
 from ..fitting.weights import Residuals, WeightedJacobian
 from ._leastsq import _LEASTSQ_SUCCESS, _leastsq
-from .errors import OptimizeWarning
+from .errors import optimize_warning
 from .lsq_solve import _least_squares
 
 # ----------------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def curve_fit(
     if warn_cov:
         warnings.warn(
             "Covariance of the parameters could not be estimated",
-            category=OptimizeWarning,
+            category=optimize_warning(),
             stacklevel=2,
         )
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.status import MESSAGES, Status
 from . import host as _host
-from .errors import HostFallbackWarning, OptimizeWarning  # noqa: F401
+from .errors import HostFallbackWarning  # noqa: F401
 from .plan import _plan
 from .run import run_fit
 

@@ -94,6 +94,9 @@ def _least_squares(
 
     diag = _check_x_scale(x_scale, x0)
     ftol, xtol, gtol = _check_tolerances(ftol, xtol, gtol, method, stacklevel + 1)
+    # scipy warns about a tolerance below eps and uses it as given: a negative one
+    # then never fires, exactly as 0 (our options refuse negative tolerances).
+    ftol, xtol, gtol = (max(float(t), 0.0) for t in (ftol, xtol, gtol))
 
     # -- what jaxlsq does not do -------------------------------------------------------
     if callable(loss):
@@ -222,7 +225,12 @@ def _least_squares(
 
     status_j = Status(out["status"])
     f, jac_x = out["fun"][:m], out["jac"][:m]
-    if status_j == Status.NONFINITE and out["nfev"] <= 1 and not np.all(np.isfinite(f)):
+    # scipy evaluates fun(x0) first and raises if that is not finite (a non-finite
+    # x0 included: the loop reports that as improper input, with f = fun(x0)).
+    at_start = (
+        status_j in (Status.NONFINITE, Status.IMPROPER_INPUT) and out["nfev"] <= 1
+    )
+    if at_start and not np.all(np.isfinite(f)):
         raise ValueError("Residuals are not finite in the initial point.")
     status = STATUS_FROM_JAXLSQ[status_j]
     message = MESSAGES[status_j] if status_j in _OWN_MESSAGE else (
