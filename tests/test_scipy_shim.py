@@ -872,3 +872,42 @@ def test_import_keeps_numpys_random_state_and_does_not_import_scipy():
     ).stdout.split()  # fmt: skip
     seeded = np.random.RandomState(0).rand()  # noqa: NPY002 (the global one's draw)
     assert out == [repr(seeded), "False"]
+
+
+class _UserError(Exception):
+    pass
+
+
+def _failing_after(n_calls, *, shrink=False):
+    calls = [0]
+
+    def f(p, x, y):
+        calls[0] += 1
+        if calls[0] > n_calls:
+            if shrink:
+                return model_np(x, *p)[:-1] - y[:-1]
+            raise _UserError(f"raised at call {calls[0]}")
+        return model_np(x, *p) - y
+
+    return f
+
+
+@pytest.mark.parametrize("shim", ["leastsq", "least_squares"])
+def test_host_residual_errors_surface_as_the_users_own(shim):
+    """scipy propagates what the user's function raises; so does the host path
+    (not JAX's JaxRuntimeError around it), and a residual that changes size
+    mid-fit raises scipy's ValueError."""
+    run = {
+        "leastsq": lambda f: leastsq(f, X0, args=(X, Y)),
+        "least_squares": lambda f: jaxlsq.least_squares(f, X0, args=(X, Y)),
+    }[shim]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HostFallbackWarning)
+        with pytest.raises(_UserError, match="raised at call 6"):
+            run(_failing_after(5))
+        with pytest.raises(ValueError, match="changed size between calls"):
+            run(_failing_after(4, shrink=True))
+    with pytest.raises(_UserError):
+        so.leastsq(_failing_after(5), X0, args=(X, Y))
+    with pytest.raises(ValueError, match="changed size between calls"):
+        so.leastsq(_failing_after(4, shrink=True), X0, args=(X, Y))

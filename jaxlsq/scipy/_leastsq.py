@@ -282,14 +282,11 @@ def _leastsq(
             fit = run_fit(func, x0, args, m, "leastsq", jac=plan.jac, **options)
             nfev, njev = fit.nfev, fit.njev
         else:
-            token, ctx = _host.HostProblem.open(args, epsfcn)
-            try:
+            with _host.HostProblem.call(args, epsfcn) as (token, ctx):
                 fit = run_fit(
                     plan.host.fun, x0, (np.int32(token),), m, "leastsq",
                     jac=plan.host.jac, **options,
                 )  # fmt: skip
-            finally:
-                _host.HostProblem.close(token)
             nfev, njev = ctx.nfev, ctx.njev
 
     status = fit.status

@@ -136,9 +136,18 @@ class _Difference:
     def __call__(self, func, x, fx):  # ``func`` (counted by the loop) is not used
         self.njev += 1
         jac = approx_jacobian(
-            self.user_fun, x, fx[: self.m], self.method, self.rel_step,
+            self._checked, x, fx[: self.m], self.method, self.rel_step,
             self.lb, self.ub, self.out_dtype, self.workers,
         )  # fmt: skip
         if self.pad:
             jac = np.concatenate([jac, np.zeros((self.pad, x.size))])
         return jac
+
+    def _checked(self, x):
+        out = self.user_fun(x)
+        if np.size(out) != self.m:
+            raise ValueError(
+                "The array returned by a function changed size between calls "
+                f"({np.size(out)} values here, {self.m} at x0)"
+            )
+        return out

@@ -16,6 +16,7 @@ Everything here is numpy; scipy is not needed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -192,6 +193,9 @@ class _CallContext:
         self.njev = 0  # calls of Dfun
         self.last_x: np.ndarray | None = None
         self.last_f: np.ndarray | None = None
+        # The first exception the user's functions raised inside a callback: JAX
+        # reports it as its own runtime error, `HostProblem.call` re-raises this.
+        self.error: BaseException | None = None
 
 
 _CONTEXTS: dict[int, _CallContext] = {}
@@ -260,6 +264,23 @@ class HostProblem:
     def close(token: int) -> None:
         _CONTEXTS.pop(token, None)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def call(args: tuple, epsfcn: float, difference=None):
+        """``with HostProblem.call(args, epsfcn) as (token, ctx):`` -- `open` and
+        `close` around one fit; an exception the user's function raised on the
+        host comes out as itself (as scipy propagates it), not as JAX's
+        ``JaxRuntimeError`` that wraps it."""
+        token, ctx = HostProblem.open(args, epsfcn, difference)
+        try:
+            yield token, ctx
+        except Exception:
+            if ctx.error is not None:
+                raise ctx.error from None
+            raise
+        finally:
+            HostProblem.close(token)
+
     # -- host side ---------------------------------------------------------------------
 
     def _residuals(self, ctx: _CallContext, x: np.ndarray) -> np.ndarray:
@@ -267,28 +288,36 @@ class HostProblem:
             return ctx.last_f
         f = np.asarray(self.func(np.array(x), *ctx.args), dtype=np.float64).ravel()
         ctx.nfev += 1
-        if f.size != self.m:
-            raise ValueError(
-                f"func returned {f.size} values at one point and {self.m} at x0; "
-                "the number of residuals must not change during the fit"
-            )
+        self._check_size(f)
         ctx.last_x = np.array(x)
         ctx.last_f = f
         return f
 
+    def _check_size(self, f: np.ndarray) -> None:
+        if f.size != self.m:
+            raise ValueError(
+                "The array returned by a function changed size between calls "
+                f"({f.size} values here, {self.m} at x0)"
+            )
+
     def _host_fun(self, x, token):
         ctx = _CONTEXTS[int(token)]
-        return _to_bits(self._residuals(ctx, _from_bits(x)))
+        with _keep_error(ctx):
+            return _to_bits(self._residuals(ctx, _from_bits(x)))
 
     def _host_jac(self, x, token):
         ctx = _CONTEXTS[int(token)]
-        x = _from_bits(x)
+        with _keep_error(ctx):
+            return self._jacobian(ctx, _from_bits(x))
+
+    def _jacobian(self, ctx: _CallContext, x: np.ndarray):
         if self.dfun is None:
             fx = self._residuals(ctx, x)
 
             def func(xh):
                 out = np.asarray(self.func(np.array(xh), *ctx.args), dtype=np.float64)
                 ctx.nfev += 1
+                self._check_size(out)
                 return out.ravel()
 
             if ctx.difference is not None:
@@ -319,6 +348,17 @@ class HostProblem:
             self._host_jac, shape, _bits_of(x), token, vmap_method="sequential"
         )
         return lax.bitcast_convert_type(bits, jnp.float64)
+
+
+@contextlib.contextmanager
+def _keep_error(ctx: _CallContext):
+    """Record the first exception of a callback in ``ctx`` (and let it propagate)."""
+    try:
+        yield
+    except Exception as err:
+        if ctx.error is None:
+            ctx.error = err
+        raise
 
 
 # float64 crosses the callback boundary as uint32 pairs: JAX converts callback operands

@@ -212,14 +212,11 @@ def _least_squares(
                     plan.out_dtype, workers, m, pad,
                 )  # fmt: skip
             problem = _host.HostProblem.get(loop_fun, host_jac, False, m + pad, n)
-            token, ctx = _host.HostProblem.open(call_args, EPS, difference)
-            try:
+            with _host.HostProblem.call(call_args, EPS, difference) as (token, ctx):
                 out = run_fit(
                     problem.fun, x0, (np.int32(token),), m + pad, "least_squares",
                     jac=problem.jac, loss=loss, **options,
                 )._asdict()  # fmt: skip
-            finally:
-                _host.HostProblem.close(token)
             nfev = ctx.nfev
             njev = ctx.njev if difference is None else difference.njev
 
