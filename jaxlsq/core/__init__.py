@@ -12,6 +12,7 @@ Modules, each with one job (nothing here imports from ``batch``, ``fitting`` or
 * `factorize`: the damped-step factorisations (`StepSystem`);
 * `steps`: damped steps and MINPACK's lmpar from a `StepSystem`;
 * `unrolled`: small dense linear algebra unrolled for batches;
+* `scaling`: exact power-of-2 scaling, MINPACK-style norms (no over/underflow);
 * `loop`: the Levenberg-Marquardt iteration (the only solver ``while_loop``);
 * `implicit`: implicit differentiation of a solution;
 * `solve`: the `jaxlsq.solve` entry point (checks, then the jitted loop);

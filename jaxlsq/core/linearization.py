@@ -52,8 +52,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from .scaling import power_of_two, scaled_norm
 from .unrolled import gram_matrix
 
 #: Up to this many parameters the Gram matrix is formed with every linearization
@@ -156,28 +156,13 @@ def linearize_dense(jac: jax.Array, f: jax.Array) -> Linearization:
     # same bits) wherever J^T J is in range, and no overflow or underflow where a
     # column's entries are beyond ~1e±154 (float64; ~1e±19 in float32), whose
     # squares would be inf or 0 (MINPACK's enorm scales for the same reason).
+    if jac_t.shape[0] > SMALL_N:
+        return Linearization(jtf, scaled_norm(jac_t, axis=1), None, jac_t)
     scale = power_of_two(jnp.max(jnp.abs(jac_t), axis=1))  # (n,)
     scaled = jac_t / scale[:, None]
-    if jac_t.shape[0] > SMALL_N:
-        col_norms = scale * jnp.sqrt(jnp.sum(scaled * scaled, axis=1))
-        return Linearization(jtf, col_norms, None, jac_t)
     gram = gram_matrix(scaled)
     col_norms = scale * jnp.sqrt(jnp.diagonal(gram))
     return Linearization(jtf, col_norms, gram, jac_t, gram_scale=scale)
-
-
-def power_of_two(v: jax.Array) -> jax.Array:
-    """The power of 2 at or just below each ``|v|`` (same shape): ``v`` keeps only
-    its exponent bits, so dividing by it is exact and leaves ``|v|`` in [1, 2).
-    1 where ``v`` is 0, subnormal or not finite. (Three integer ops per entry:
-    cheaper to compile and run than ``frexp``/``ldexp``.)"""
-    info = jnp.finfo(v.dtype)
-    int_type = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[v.dtype.itemsize]
-    mask = ((1 << info.nexp) - 1) << info.nmant
-    mask = jnp.asarray(mask, int_type)
-    bits = lax.bitcast_convert_type(v, int_type) & mask
-    ok = (bits != 0) & (bits != mask)  # exponent field 0: 0/subnormal; all 1s: inf/NaN
-    return jnp.where(ok, lax.bitcast_convert_type(bits, v.dtype), 1)
 
 
 class JacobianStrategy:

@@ -49,8 +49,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from .factorize import factorize
-from .linearization import Linearization, as_strategy, power_of_two
+from .linearization import Linearization, as_strategy
 from .options import SolveOptions
+from .scaling import residual_unit
+from .scaling import scaled_norm as _norm
 from .status import Status
 from .steps import scaled_jacobian_norm, trust_region_par
 
@@ -76,24 +78,6 @@ class LMState(NamedTuple):
     njev: jax.Array
     n_iter: jax.Array
     status: jax.Array
-
-
-def _norm(v: jax.Array) -> jax.Array:
-    """Euclidean norm of ``v`` (m,), +inf (never NaN) when ``v`` holds a non-finite
-    entry. Scaled by the largest entry, as MINPACK's ``enorm``: finite residuals
-    whose sum of squares overflows (or underflows) still have a finite, accurate
-    norm, so the loop's ratios of norms stay meaningful. (Scaled by a power of 2:
-    where the plain norm is in range, this is bit for bit the same.)"""
-    largest = jnp.max(jnp.abs(v))
-    scale = power_of_two(largest)  # exact: in range, bit for bit the plain norm
-    scaled = v / scale
-    norm = scale * jnp.sqrt(jnp.sum(scaled * scaled))
-    return jnp.where(jnp.isfinite(largest), norm, jnp.inf)
-
-
-def _residual_unit(f: jax.Array) -> jax.Array:
-    """The power of 2 above ``max |f|`` (1 for f == 0 or non-finite f)."""
-    return power_of_two(jnp.max(jnp.abs(f)))
 
 
 def _positive_or_one(v: jax.Array) -> jax.Array:
@@ -177,18 +161,20 @@ def lm_init(
     )
 
 
-def with_linearization(jacobian, st: LMState) -> tuple[LMState, Linearization]:
+def with_linearization(
+    jacobian, st: LMState, unit: jax.Array
+) -> tuple[LMState, Linearization]:
     """The linearization at ``st.x`` from the Jacobian strategy ``jacobian`` (or an
     ``x -> J`` function; see `jaxlsq.core.linearization`), and the state holding its
     carry (the dense J) as ``st.jac``. NaN/inf in J stops the fit.
 
-    The strategy is handed ``f / u`` with ``u`` the power of 2 above ``max |f|``,
+    The strategy is handed ``f / u`` with ``u = unit``, `residual_unit` of ``f``,
     and ``jtf`` of the result is ``J^T (f / u)``: the gtol test's cosines come from
     it without underflow (``J^T f`` itself underflows to 0 long before J does when
     ``f`` and ``J`` are tiny, which would read as a converged gradient). The loop
     multiplies by ``u`` for the steps: exact wherever ``J^T f`` is in range.
     """
-    lin, carry = as_strategy(jacobian)(st.x, st.f / _residual_unit(st.f))
+    lin, carry = as_strategy(jacobian)(st.x, st.f / unit)
     finite = lin.is_finite() if carry is None else jnp.all(jnp.isfinite(carry))
     keep = finite | (st.status == int(Status.IMPROPER_INPUT))
     status = jnp.where(keep, st.status, _code(Status.NONFINITE))
@@ -247,13 +233,13 @@ def lm_iteration(
     # batch's most-rejecting lane (1.9x the fits/s on 2-D Gaussians with the default
     # tolerances; same iterates, nfev and njev).
     fresh = ~st.jac_current
-    evaluated, lin = with_linearization(jacobian, st)
+    unit = residual_unit(st.f)  # once: the strategy's f / u and the steps below
+    evaluated, lin = with_linearization(jacobian, st, unit)
     st = evaluated._replace(njev=jnp.where(fresh, evaluated.njev, st.njev))
     # The loop sees J without its frozen columns (the frozen test reads J^T f).
     # lin.jtf is J^T (f / u) (see with_linearization): its signs are J^T f's, and
     # the cosines, the step system and the projected steps' model terms below are
     # formed from it and f / u, exactly J^T f's wherever that is in range.
-    unit = _residual_unit(st.f)
     lin = lin.without(frozen_columns(st.x, lin.jtf))
     jtf_unit, acnorm = lin.jtf, lin.col_norms
     first = fresh & (st.njev == 1)  # a resumed first iteration keeps its radius

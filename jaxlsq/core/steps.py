@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .factorize import StepSystem
-from .linearization import power_of_two
+from .scaling import power_of_two
 from .unrolled import ldl, unit_lower_solve, unit_upper_solve
 
 # Moré's lmpar stops after this many Newton iterations on ``par``.

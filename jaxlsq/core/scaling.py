@@ -1,0 +1,46 @@
+"""Exact scaling by powers of 2: norms and squares that neither overflow nor underflow.
+
+MINPACK's ``enorm`` scales before squaring so that a vector whose sum of squares
+is beyond the float range still has an accurate norm. Here every such scaling
+divides by a power of 2, which is exact: where the unscaled arithmetic is in range
+the result is bit for bit the same, and where it is not the result is still right.
+Used by the linearization (column norms, Gram matrix), the step solver (lmpar's
+radius, ``||Js z||``) and the loop (``||f||``, step and point norms, ``f / u``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def power_of_two(v: jax.Array) -> jax.Array:
+    """The power of 2 at or just below each ``|v|`` (same shape): ``v`` keeps only
+    its exponent bits, so dividing by it is exact and leaves ``|v|`` in [1, 2).
+    1 where ``v`` is 0, subnormal or not finite. (Three integer ops per entry:
+    cheaper to compile and run than ``frexp``/``ldexp``.)"""
+    info = jnp.finfo(v.dtype)
+    int_type = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[v.dtype.itemsize]
+    mask = jnp.asarray(((1 << info.nexp) - 1) << info.nmant, int_type)
+    bits = lax.bitcast_convert_type(v, int_type) & mask
+    ok = (bits != 0) & (bits != mask)  # exponent field 0: 0/subnormal; all 1s: inf/NaN
+    return jnp.where(ok, lax.bitcast_convert_type(bits, v.dtype), 1)
+
+
+def scaled_norm(v: jax.Array, axis: int | None = None) -> jax.Array:
+    """Euclidean norm of ``v`` (over ``axis``; all of it by default), +inf (never
+    NaN) where ``v`` holds a non-finite entry. Scaled by the power of 2 of the
+    largest entry first, as MINPACK's ``enorm`` scales: finite entries whose squares
+    overflow (or underflow) still give a finite, accurate norm."""
+    largest = jnp.max(jnp.abs(v), axis=axis, keepdims=True)
+    scale = power_of_two(largest)
+    scaled = v / scale
+    norm = jnp.squeeze(scale, axis) * jnp.sqrt(jnp.sum(scaled * scaled, axis=axis))
+    return jnp.where(jnp.isfinite(jnp.squeeze(largest, axis)), norm, jnp.inf)
+
+
+def residual_unit(f: jax.Array) -> jax.Array:
+    """The power of 2 of ``max |f|`` (1 for f == 0 or non-finite f): the loop hands
+    strategies ``f / unit`` (see `jaxlsq.core.loop.with_linearization`)."""
+    return power_of_two(jnp.max(jnp.abs(f)))
