@@ -85,8 +85,71 @@ def test_exponential_from_an_overflowing_start_is_never_a_success_at_x0():
     )
     assert int(sol.status) == Status.MAX_NFEV and ier == 5
     np.testing.assert_allclose(float(sol.params[0]), x_mp[0], rtol=1e-9)
+    # Run to the end, both reach the exact minimum p = 1/2 (zero residuals). Before
+    # the step system was rescaled (see the next test), jaxlsq stopped at p = 0.533
+    # with cost 3515 and status 3: a false success.
     full = jaxlsq.solve(res, jnp.array([36.0]))
-    assert float(full.params[0]) < 36.0 and np.isfinite(float(full.cost))
+    x_mp, _, _, _, ier = so.leastsq(
+        lambda p: np.exp(p[0] * t) - y,
+        [36.0],
+        Dfun=lambda p: (t * np.exp(p[0] * t))[:, None],
+        full_output=True,
+        maxfev=5000,
+    )
+    assert ier in (1, 2, 3, 4) and bool(full.success)
+    np.testing.assert_allclose(float(full.params[0]), 0.5, rtol=1e-10)
+    np.testing.assert_allclose(x_mp[0], 0.5, rtol=1e-10)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_jacobian_that_shrinks_by_1e150_is_no_false_convergence(batched):
+    """r = exp(p t) from p = 36: J shrinks by ~1e155 on the way down, while
+    MINPACK's diag (the largest column norm so far) does not, so Js = J / diag
+    ~ 1e-153 and its squares (Gram matrix, singular values squared) underflow.
+    The step system is built for Js / s (s a power of 2): the fit reaches the
+    infimum 1/2 (the residual at t = 0 is 1 for every p), as MINPACK (QR, no
+    squares) does. Before, it stopped at p = 0.44 with cost 1.3e4, 'success'."""
+    t = np.linspace(0, 10, 30)
+    x_mp, _, info, _, ier = so.leastsq(
+        lambda p: np.exp(p[0] * t),
+        [36.0],
+        Dfun=lambda p: (t * np.exp(p[0] * t))[:, None],
+        full_output=True,
+        maxfev=2000,
+    )
+    cost_mp = 0.5 * np.sum(info["fvec"] ** 2)
+    assert ier in (1, 2, 3, 4) and abs(cost_mp - 0.5) < 1e-9
+    if batched:  # n = 1: the batched Gram path, next to an ordinary lane
+        res = lambda p, a: a * jnp.exp(p[0] * t)  # noqa: E731
+        sol = jaxlsq.solve_batch(res, jnp.array([[36.0], [5.0]]), (jnp.ones(2),))
+        cost, success = float(sol.cost[0]), bool(sol.success[0])
+        assert bool(sol.success[1]) and abs(float(sol.cost[1]) - 0.5) < 1e-9
+    else:
+        sol = jaxlsq.solve(lambda p: jnp.exp(p[0] * t), jnp.array([36.0]))
+        cost, success = float(sol.cost), bool(sol.success)
+    assert success and abs(cost - 0.5) < 1e-9
+
+
+def test_a_shrinking_jacobian_in_float32():
+    """The same in float32 (k = 32 there): exp(p t) from p = 8 overflows the sum of
+    squares at x0 and J then shrinks by ~1e35. The infimum is 1/2; float32's
+    tolerances stop within 1e-3 of it. Before: p = 3.6, cost 9e30, 'success'."""
+    t = jnp.linspace(0, 10, 20, dtype=jnp.float32)
+    sol = jaxlsq.solve(lambda p: jnp.exp(p[0] * t), jnp.array([8.0], jnp.float32))
+    assert sol.params.dtype == jnp.float32
+    assert bool(sol.success) and abs(float(sol.cost) - 0.5) < 5e-4
+
+
+def test_reciprocal_ends_where_its_jacobian_is_exactly_zero():
+    """r = 1/p has its infimum 0 at p -> inf. The fit follows it until p^2
+    overflows, where J = -1/p^2 is exactly 0 and the cost underflows to 0: a zero
+    gradient in floating point, which MINPACK's gtol test (a zero column has
+    cosine 0) calls converged. A success is only ever reported there, at a cost
+    of 0 to the float range; scipy runs out of evaluations on the way (ier 5)."""
+    sol = jaxlsq.solve(lambda p: 1 / p, jnp.array([1.0]))
+    assert int(sol.status) == Status.GTOL and bool(sol.success)
+    assert float(sol.jac[0, 0]) == 0.0 and float(sol.cost) < 1e-300
+    assert np.square(np.float64(sol.params[0])) == np.inf  # where p^2 overflows
 
 
 def test_success_always_has_a_finite_cost_and_params():

@@ -242,6 +242,7 @@ def _result_state(row: dict, flat_x0: jax.Array) -> LMState:
         diag=jnp.ones_like(flat_x0),
         delta=zero,
         par=zero,
+        jac_unit=jnp.ones_like(zero),
         xnorm=zero,
         gnorm=zero,
         nfev=row["nfev"],

@@ -51,7 +51,7 @@ from jax import lax
 from .factorize import factorize
 from .linearization import Linearization, as_strategy
 from .options import SolveOptions
-from .scaling import residual_unit
+from .scaling import jacobian_unit, residual_unit
 from .scaling import scaled_norm as _norm
 from .status import Status
 from .steps import scaled_jacobian_norm, trust_region_par
@@ -61,6 +61,7 @@ class LMState(NamedTuple):
     """Carry of the outer loop. ``f`` belongs to ``x``; ``jac`` does when
     ``jac_current`` (it is stale after an accepted step until the next evaluation).
 
+    ``par`` is in the units of ``Js / jac_unit`` (`jacobian_unit`).
     Shapes: x (n,), f (m,), jac (m, n), diag (n,); everything else ().
     """
 
@@ -72,6 +73,7 @@ class LMState(NamedTuple):
     diag: jax.Array
     delta: jax.Array
     par: jax.Array
+    jac_unit: jax.Array
     xnorm: jax.Array
     gnorm: jax.Array
     nfev: jax.Array
@@ -152,6 +154,7 @@ def lm_init(
         diag=jnp.ones((n,), dtype),
         delta=jnp.zeros((), dtype),
         par=jnp.zeros((), dtype),
+        jac_unit=jnp.ones((), dtype),
         xnorm=jnp.zeros((), dtype),
         gnorm=jnp.zeros((), dtype),
         nfev=jnp.ones((), jnp.int32),
@@ -261,20 +264,25 @@ def lm_iteration(
     cosines = jnp.where(acnorm > 0, cosines, 0)
     gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
     status = jnp.where(_running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
-    system = factorize(lin, diag, options.linear_solver, _running(st), unit)
-    st = st._replace(diag=diag, gnorm=gnorm, status=status)
+    # The step system is of Js / s (s = jac_unit, exact, 1 in range): in its units
+    # z' = s z, delta' = s delta and par' = par / s^2 (st.par is carried in them).
+    s = jacobian_unit(acnorm, diag)
+    system = factorize(lin, diag * s, options.linear_solver, _running(st), unit)
+    par0 = st.par * (st.jac_unit / s) ** 2
+    st = st._replace(diag=diag, gnorm=gnorm, status=status, par=par0, jac_unit=s)
 
     def trial(st: LMState) -> LMState:
         """One damped step from ``st.x``: accepted or rejected, then lmder's tests."""
-        par, z = trust_region_par(system, st.delta, st.par)
-        step = z / diag
+        par, z_s = trust_region_par(system, st.delta * s, st.par)
+        step = z_s / (diag * s)
         x_trial = st.x + step
-        pnorm = _norm(z)
+        znorm_s = _norm(z_s)
+        pnorm = znorm_s / s
         # Predicted relative reduction and directional derivative, in lmpar's
         # closed form (valid for the unprojected damped step).
         fnorm = _positive_or_one(st.fnorm)
-        temp1 = scaled_jacobian_norm(system, z) / fnorm  # ||J step|| / ||f||
-        temp2 = jnp.sqrt(par) * pnorm / fnorm
+        temp1 = scaled_jacobian_norm(system, z_s) / fnorm  # ||J step|| / ||f||
+        temp2 = jnp.sqrt(par) * znorm_s / fnorm
         prered = temp1**2 + 2 * temp2**2
         dirder = -(temp1**2 + temp2**2)
         if bounded:  # project onto the box; recompute the model if that bit

@@ -44,3 +44,21 @@ def residual_unit(f: jax.Array) -> jax.Array:
     """The power of 2 of ``max |f|`` (1 for f == 0 or non-finite f): the loop hands
     strategies ``f / unit`` (see `jaxlsq.core.loop.with_linearization`)."""
     return power_of_two(jnp.max(jnp.abs(f)))
+
+
+def jacobian_unit(col_norms: jax.Array, diag: jax.Array) -> jax.Array:
+    """The power of 2 of ``max_j col_norms_j / diag_j``, the scale of the scaled
+    Jacobian ``Js = J / diag``, where it lies outside ``[2^-k, 2^k]`` with ``k`` a
+    quarter of the dtype's exponent range (256 for float64, 32 for float32); else 1.
+
+    The step system squares Js (its Gram matrix or singular values), so a Js far
+    from 1 underflows or overflows even where J and diag are in range: MINPACK's
+    ``diag`` never decreases, and a J that shrank by 1e150 during a fit gives
+    ``Js ~ 1e-150``, whose squares vanish (steps of 0: a false convergence). The
+    loop builds the system for ``Js / unit`` instead (exact); inside the range
+    nothing changes, bit for bit.
+    """
+    ratio = jnp.max(jnp.where(diag > 0, col_norms / diag, 0))
+    unit = power_of_two(ratio)
+    limit = 2.0 ** (jnp.finfo(ratio.dtype).maxexp // 4)
+    return jnp.where((unit * limit < 1) | (unit > limit), unit, 1).astype(ratio.dtype)
