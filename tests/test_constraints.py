@@ -198,6 +198,56 @@ def test_robust_fit_matches_scipy(loss):
     np.testing.assert_allclose(sol.grad, 0, atol=1e-6)
 
 
+def _cubic_soft_l1(xp):
+    """scipy's example of a callable loss, rho(z) = 3 ((1 + z)^(1/3) - 1), with
+    rows (rho, rho', rho'') in numpy (for scipy) or jax.numpy (for the loop)."""
+
+    def loss(z):
+        t = 1 + z
+        return xp.stack([3 * (t ** (1 / 3) - 1), t ** (-2 / 3), -2 / 3 * t ** (-5 / 3)])
+
+    return loss
+
+
+def test_callable_loss_matches_scipy_and_differentiates():
+    loss = _cubic_soft_l1(jnp)
+    x0 = jnp.array([2.0, 1.0, 0.3])
+
+    @jax.jit
+    def fit(y):
+        return jaxlsq.solve(decay, x0, (X, y), loss=loss, f_scale=0.1, **TIGHT)
+
+    sol = fit(Y_OUTLIERS)
+    ref = scipy_fit(Y_OUTLIERS, x0=x0, loss=_cubic_soft_l1(np), f_scale=0.1, **TIGHT)
+    assert sol.success, sol.message
+    np.testing.assert_allclose(sol.params, ref.x, rtol=1e-6)
+    np.testing.assert_allclose(float(sol.cost), ref.cost, rtol=1e-10)
+    np.testing.assert_allclose(sol.grad, 0, atol=1e-6)
+    # implicit derivative d params[1] / d y[3] against central differences (the
+    # cost is smooth there: h ~ eps^(1/3) leaves an error ~ 1e-10 relative)
+    grad = jax.grad(lambda y: fit(y).params[1])(Y_OUTLIERS)[3]
+    h = 1e-5
+    e3 = jnp.zeros_like(Y_OUTLIERS).at[3].set(h)
+    fd = (fit(Y_OUTLIERS + e3).params[1] - fit(Y_OUTLIERS - e3).params[1]) / (2 * h)
+    np.testing.assert_allclose(float(grad), float(fd), rtol=1e-5)
+
+
+def test_callable_loss_transform_is_smooth_at_zero():
+    """rho / z from the rows is 0 / 0 at z = 0: its Taylor form is used there, so
+    d f_robust / d f = sqrt(rho'(0)) = 1 and the second derivative is finite."""
+    from jaxlsq._testing import robust_residuals
+
+    g = jax.grad(lambda f: robust_residuals(f, _cubic_soft_l1(jnp), 0.1))
+    assert float(g(0.0)) == pytest.approx(1.0)
+    assert np.isfinite(float(jax.grad(g)(0.0)))
+    for f in (1e-4, 0.3):  # either side of the switch (z = eps^(1/3) ~ 6e-6)
+        z = (f / 0.1) ** 2
+        rho1 = (1 + z) ** (-2 / 3)
+        rho = 3 * ((1 + z) ** (1 / 3) - 1)
+        # d/df [sign(f) f_scale sqrt(rho(z))] = rho'(z) sqrt(z / rho(z))
+        assert float(g(f)) == pytest.approx(rho1 * np.sqrt(z / rho), rel=1e-9)
+
+
 def test_robust_loss_with_user_jacobian():
     def jac(p, x, y):
         e = jnp.exp(-p[1] * x)

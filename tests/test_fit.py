@@ -212,14 +212,28 @@ def test_fixed_parameter_equals_fit_of_reduced_model():
     assert "k: 1.3 (fixed)" in res.report()
 
 
-def test_robust_loss_matches_least_squares_and_curve_fit():
+def _cubic_soft_l1(xp):
+    """A callable loss (scipy's convention: rows rho, rho', rho'' of z)."""
+
+    def cubic(z):
+        t = 1 + z
+        return xp.stack([3 * (t ** (1 / 3) - 1), t ** (-2 / 3), -2 / 3 * t ** (-5 / 3)])
+
+    return cubic
+
+
+@pytest.mark.parametrize("name", ["soft_l1", "callable"])
+def test_robust_loss_matches_least_squares_and_curve_fit(name):
     x, y, _ = decay_data()
     y = y.copy()
     y[::7] += 0.5  # outliers
-    res = fit(decay, x, y, P0, loss="soft_l1", f_scale=0.05)
+    loss, ref_loss = (name, name) if name != "callable" else (
+        _cubic_soft_l1(jnp), _cubic_soft_l1(np)
+    )  # fmt: skip
+    res = fit(decay, x, y, P0, loss=loss, f_scale=0.05)
     ref = least_squares(
         lambda p: decay_np(x, *p) - y, [1.0, 1.0, 0.0], jac=lambda p: decay_jac(x, *p),
-        loss="soft_l1", f_scale=0.05, ftol=1e-15, xtol=1e-15, gtol=1e-15,
+        loss=ref_loss, f_scale=0.05, ftol=1e-15, xtol=1e-15, gtol=1e-15,
     )  # fmt: skip
     order = [0, 2, 1]
     assert bool(res.success)
@@ -228,13 +242,14 @@ def test_robust_loss_matches_least_squares_and_curve_fit():
     np.testing.assert_allclose(float(res.chisq), np.sum(ref.fun**2), rtol=1e-8)
     # covariance: curve_fit's trf rule (loss-rescaled J, scaled by 2 cost / dof)
     _, pcov = curve_fit(
-        decay_np, x, y, p0=[1.0, 1.0, 0.0], method="trf", loss="soft_l1",
+        decay_np, x, y, p0=[1.0, 1.0, 0.0], method="trf", loss=ref_loss,
         f_scale=0.05, jac=decay_jac, ftol=1e-15, xtol=1e-15, gtol=1e-15,
     )  # fmt: skip
     np.testing.assert_allclose(
         np.asarray(res.covariance), pcov[np.ix_(order, order)], rtol=1e-6
     )
-    assert "soft_l1 (robust cost = " in res.report()
+    shown = "soft_l1" if name == "soft_l1" else "cubic"
+    assert f"{shown} (robust cost = " in res.report()
 
 
 @pytest.mark.parametrize("loss", ["soft_l1", "huber", "cauchy", "arctan"])

@@ -30,7 +30,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-#: Values accepted by ``loss=``.
+#: Names accepted by ``loss=`` (a callable is accepted too: see `rho_over_z`).
 LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
 
 # Below this z, log1p(z)/z and arctan(z)/z are evaluated from their Taylor series: the
@@ -39,14 +39,29 @@ LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
 _SERIES_Z = 1e-3
 
 
-def rho_over_z(z, loss: str, xp=jnp):
+def check_loss(name: str, loss) -> None:
+    """Raise ValueError naming ``name`` unless ``loss`` is one of `LOSSES` or a
+    callable."""
+    if not callable(loss) and loss not in LOSSES:
+        raise ValueError(f"{name} must be one of {LOSSES} or a callable, got {loss!r}")
+
+
+def rho_over_z(z, loss, xp=jnp):
     """``rho(z) / z`` for ``z >= 0`` (shape of ``z``), equal to 1 at ``z = 0``.
 
     The one definition of each loss: `rho` is ``z * rho_over_z(z)``, the loop's
     residual transform is ``f * sqrt(rho_over_z(z))``. Written so that neither the
     value nor its derivatives (of any order, under AD) divide 0 by 0 or cancel near
     ``z = 0``. ``xp`` is the array namespace (``numpy`` for host-side values).
+
+    ``loss`` is one of `LOSSES`, or a callable with scipy's convention:
+    ``loss(z)`` (z of shape (m,)) returns an array (3, m) of ``rho(z)``,
+    ``rho'(z)`` and ``rho''(z)``. In the loop it must be traceable by JAX (the
+    scipy shims run a numpy one on the host); its derivatives come from AD of
+    the rows it returns.
     """
+    if callable(loss):
+        return _callable_rho_over_z(z, loss, xp)
     if loss == "linear":
         return xp.ones_like(z)
     if loss == "soft_l1":  # 2 (sqrt(1+z) - 1) / z, rationalised: no cancellation
@@ -67,15 +82,26 @@ def rho_over_z(z, loss: str, xp=jnp):
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
-def robust_residuals(f: jax.Array, loss: str, f_scale: jax.Array) -> jax.Array:
+def _callable_rho_over_z(z, loss, xp):
+    """`rho_over_z` of a user's ``loss``. For ``z <= eps^(1/3)`` its Taylor form
+    ``rho'(z) - z rho''(z) / 2`` (error O(z^2) <= eps^(2/3)) replaces ``rho / z``:
+    no 0 / 0 at ``z = 0``, and no worse than the error ``eps / z`` a closed-form
+    ``rho`` (say ``2 (sqrt(1 + z) - 1)``) has there by cancellation."""
+    rows = xp.asarray(loss(z))
+    small = z <= xp.finfo(rows.dtype).eps ** (1 / 3)
+    z_safe = xp.where(small, 1, z)
+    return xp.where(small, rows[1] - z * rows[2] / 2, rows[0] / z_safe)
+
+
+def robust_residuals(f: jax.Array, loss, f_scale: jax.Array) -> jax.Array:
     """Transformed residuals whose half sum of squares is the robust cost.
 
     Parameters
     ----------
     f : Array, shape (m,)
         Raw residuals.
-    loss : str
-        One of `LOSSES`.
+    loss : str or callable
+        One of `LOSSES`, or a callable (see `rho_over_z`).
     f_scale : Array, shape ()
         Soft margin between inlier and outlier residuals (units of ``f``), > 0.
 
@@ -91,7 +117,7 @@ def robust_residuals(f: jax.Array, loss: str, f_scale: jax.Array) -> jax.Array:
     return f * jnp.sqrt(rho_over_z(z, loss))
 
 
-def robust_cost(f, loss: str, f_scale, xp=jnp):
+def robust_cost(f, loss, f_scale, xp=jnp):
     """scipy's ``0.5 * f_scale**2 * sum(rho((f / f_scale)**2))`` for residuals ``f``
     (m,): the loop's cost and the scipy shims' reported one (``xp=numpy``)."""
     if loss == "linear":
@@ -99,15 +125,15 @@ def robust_cost(f, loss: str, f_scale, xp=jnp):
     return 0.5 * xp.sum(f * f * rho_over_z((f / f_scale) ** 2, loss, xp))
 
 
-def rho(z, loss: str, xp=jnp):
+def rho(z, loss, xp=jnp):
     """scipy's ``rho(z)`` and its first two derivatives, ``(rho, rho', rho'')``.
 
     Parameters
     ----------
     z : array, ``z >= 0``
         Squared scaled residuals ``(f / f_scale)**2``.
-    loss : str
-        One of `LOSSES`.
+    loss : str or callable
+        One of `LOSSES`, or a callable: its own three rows (see `rho_over_z`).
     xp : module, default ``jax.numpy``
         The array namespace: ``numpy`` for host-side results (the scipy shims'
         reported values), ``jax.numpy`` inside programs. One implementation, both.
@@ -117,6 +143,9 @@ def rho(z, loss: str, xp=jnp):
     ``rho`` itself is ``z * rho_over_z(z)`` (the loss's one definition); the
     derivatives are written out here, as scipy writes them.
     """
+    if callable(loss):
+        rows = xp.asarray(loss(z))
+        return rows[0], rows[1], rows[2]
     value = z * rho_over_z(z, loss, xp)
     if loss == "linear":
         return value, xp.ones_like(z), xp.zeros_like(z)
@@ -138,7 +167,7 @@ def rho(z, loss: str, xp=jnp):
 _WEIGHT_FLOOR = 2.220446049250313e-16
 
 
-def loss_scaled_jacobian(jac, f, loss: str, f_scale, xp=jnp):
+def loss_scaled_jacobian(jac, f, loss, f_scale, xp=jnp):
     """scipy's ``scale_for_robust_loss_function``: the rows of ``jac`` (m, n)
     scaled by ``sqrt(max(rho' + 2 rho'' f**2 / f_scale**2, eps))`` with rho of
     ``z = (f / f_scale)**2`` (f: (m,) raw residuals). ``J^T J`` of the result is

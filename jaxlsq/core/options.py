@@ -30,7 +30,7 @@ import numpy as np
 from .factorize import LINEAR_SOLVERS
 from .implicit import ADJOINTS
 from .jacobian import JAC_MODES
-from .losses import LOSSES
+from .losses import check_loss
 from .validate import check_bounds, check_concrete, flat_bounds, flat_like
 
 
@@ -84,7 +84,7 @@ class SolveOptions:
 
     jac: str | Callable = _option("auto", static=True, check=_jac_mode)
     linear_solver: str = _option("svd", static=True, allowed=LINEAR_SOLVERS)
-    loss: str = _option("linear", static=True, allowed=LOSSES)
+    loss: str | Callable = _option("linear", static=True, check=check_loss)
     adjoint: str = _option("implicit", static=True, allowed=ADJOINTS)
     ftol: Any = _option(None, static=False, check=_nonnegative)
     xtol: Any = _option(None, static=False, check=_nonnegative)

@@ -65,10 +65,12 @@ def solve(
         ``bounds``. The model is not rewritten: fixed parameters still enter
         ``fun``, their Jacobian columns are simply ignored by the steps. Default:
         nothing fixed.
-    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"}, default "linear"
-        Robust loss with scipy ``least_squares``' definition: the fit minimises
-        ``0.5 * f_scale**2 * sum(rho((r / f_scale)**2))`` (see
-        `jaxlsq.core.losses`), and ``Solution.cost`` is that value.
+    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"} or callable
+        Robust loss with scipy ``least_squares``' definition (default "linear"):
+        the fit minimises ``0.5 * f_scale**2 * sum(rho((r / f_scale)**2))`` (see
+        `jaxlsq.core.losses`), and ``Solution.cost`` is that value. A callable
+        follows scipy's convention, ``loss(z)`` for z (m,) returning rows
+        ``rho, rho', rho''`` (3, m), and must be traceable by JAX.
     f_scale : float, default 1.0
         Residual scale (units of the residuals) at which a robust loss starts to
         down-weight a point. Must be > 0. Ignored for ``"linear"``.
@@ -218,7 +220,7 @@ class Model(NamedTuple):
     ----------
     unravel : callable
         Flat parameters (n,) -> the pytree structure of ``x0``.
-    loss : str
+    loss : str or callable
     raw_residual_fn : callable
         ``(x, args) -> fun(unravel(x), *args)`` flattened to (m,), in the working
         dtype.

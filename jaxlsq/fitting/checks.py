@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
-from ..core.losses import LOSSES
+from ..core.losses import check_loss
 from ..core.validate import check_concrete, flat_like, one_output
 
 
@@ -19,8 +19,7 @@ def check_fit_call(model, loss, f_scale, solve_options) -> None:
     """The checks of `fit`'s arguments that do not depend on the data."""
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    check_loss("loss", loss)
     check_concrete(f_scale, "f_scale", lambda v: np.all(v > 0), "must be > 0")
     if callable(solve_options.get("jac")):
         raise TypeError(

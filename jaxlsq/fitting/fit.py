@@ -100,8 +100,10 @@ def fit(
     fixed : pytree of bool like ``p0``, or flat bool array (n,), optional
         ``True`` holds a parameter at its ``p0`` value (standard error 0; it does not
         count in ``nfree``). Must be concrete (it sets the number of free parameters).
-    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"}, default "linear"
-        Robust loss of scipy ``least_squares`` applied to the weighted residuals.
+    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"} or callable
+        Robust loss of scipy ``least_squares`` applied to the weighted residuals
+        (default "linear"); a callable ``loss(z) -> (3, m)`` rows ``rho, rho',
+        rho''`` as scipy's, traceable by JAX.
         With a robust loss the covariance is curve_fit's (``method="trf"``): the
         loss-rescaled Jacobian, scaled by ``2 * cost / dof``.
     f_scale : float, default 1.0

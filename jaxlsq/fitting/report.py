@@ -72,7 +72,7 @@ def _statistics_rows(r) -> list[tuple[str, str]]:
         ("R-squared", _g(r.r_squared)),
     ]
     if r.loss != "linear":
-        rows.append(("loss", f"{r.loss} (robust cost = {_g(r.cost)})"))
+        rows.append(("loss", f"{_loss_name(r.loss)} (robust cost = {_g(r.cost)})"))
     if r.n_starts > 1:
         rows.append(("starts", f"{int(r.n_success)} of {r.n_starts} succeeded"))
     rows.append(("status", _status_text(int(r.status))))
@@ -262,7 +262,7 @@ def _batch_content(result):
         ("# variables", str(r.nfree)),
     ]
     if r.loss != "linear":
-        head.append(("loss", r.loss))
+        head.append(("loss", _loss_name(r.loss)))
     if r.n_starts > 1:
         n_ok = np.asarray(r.n_success).reshape(-1)
         head.append(
@@ -322,3 +322,8 @@ def batch_report_html(result) -> str:
         parts.append("<h4>Fit statistics (successful fits)</h4>")
         parts.append(_table(_STAT_HEADERS, stat_rows))
     return "\n".join(parts)
+
+
+def _loss_name(loss) -> str:
+    """A loss's name for the report: the string, or a callable's ``__name__``."""
+    return loss if isinstance(loss, str) else getattr(loss, "__name__", repr(loss))

@@ -92,9 +92,12 @@ def least_squares(
         1 / x_scale``; "jac" is MINPACK's automatic scaling (running maximum of the
         Jacobian's column norms). ``None`` is "jac" for every method (scipy: "jac"
         for "lm", 1 for trf/dogbox; MINPACK's loop is designed around its scaling).
-    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"}, default "linear"
-        Robust loss, scipy's definitions (see `jaxlsq.core.losses`); callables are not
-        supported. Not with "lm" (as scipy).
+    loss : {"linear", "soft_l1", "huber", "cauchy", "arctan"} or callable
+        Robust loss, scipy's definitions (see `jaxlsq.core.losses`); default
+        "linear". A callable ``loss(z)`` (z (m,)) returns rows ``rho, rho', rho''``
+        (3, m), as scipy's: traced by JAX when it can be, else (numpy, rows filled
+        in place) run on the host, its derivatives taken from its own rows. Not
+        with "lm" (as scipy).
     f_scale : float, default 1.0
         Soft margin between inlier and outlier residuals; must be > 0 for a robust
         loss (scipy does not check it).
@@ -150,9 +153,9 @@ def least_squares(
         below eps; ``fun`` not 1-D or not finite at ``x0``; ``jac`` of the wrong
         shape. Also ``f_scale <= 0`` with a robust loss.
     NotImplementedError
-        ``jac_sparsity``, ``tr_solver="lsmr"``, non-empty ``tr_options``, a callable
-        ``loss``, ``callback`` with trf/dogbox, an integer ``workers``, a
-        LinearOperator from ``jac``.
+        ``jac_sparsity``, ``tr_solver="lsmr"``, non-empty ``tr_options``,
+        ``callback`` with trf/dogbox, an integer ``workers``, a LinearOperator from
+        ``jac``.
 
     Warns
     -----

@@ -6,6 +6,7 @@ compiled loop serves every call with the same functions."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -138,3 +139,60 @@ def _check_jac_shape(shape, m: int, n: int) -> None:
             f"The return value of `jac` has wrong shape: expected {(m, n)}, "
             f"actual {shape}."
         )
+
+
+def _loop_loss(loss, m: int):
+    """The ``loss`` the loop gets for scipy's callable ``loss`` (z (m,) -> rows
+    ``rho, rho', rho''`` (3, m)): the callable itself where JAX can trace it, else
+    a `_HostLoss`. A string loss is returned as it is. Raises scipy-style
+    ValueError naming ``loss`` when the rows do not have shape (3, m)."""
+    if not callable(loss):
+        return loss
+    spec = jax.ShapeDtypeStruct((m,), jnp.float64)
+    try:
+        shape = tuple(jax.eval_shape(lambda z: jnp.asarray(loss(z)), spec).shape)
+        loop_loss = loss
+    except Exception:  # numpy inside (in-place rows, say): the host
+        shape = np.shape(loss(np.zeros(m)))
+        loop_loss = _HostLoss(loss)
+    if shape != (3, m):
+        raise ValueError(
+            f"`loss` must return an array of shape (3, m) = {(3, m)} (rows rho, "
+            f"rho', rho''), got {shape}."
+        )
+    return loop_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostLoss:
+    """A numpy ``loss`` for the compiled loop: evaluated on the host (a
+    ``pure_callback``, one per residual evaluation), differentiated from its own
+    rows (``d rho = rho' dz``, ``d rho' = rho'' dz``), as scipy uses them. Equal per
+    ``loss``, so one compiled loop serves every call with it."""
+
+    loss: Callable
+
+    def __call__(self, z):
+        return _host_rows(self.loss, z)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _host_rows(loss, z):
+    """``loss(z)`` (3, m) computed on the host, in ``z``'s dtype."""
+    shape = jax.ShapeDtypeStruct((3, *z.shape), z.dtype)
+
+    def on_host(z_):  # (the dtype from the trace: this may run on another thread)
+        z_ = np.asarray(z_, dtype=shape.dtype)
+        return np.asarray(loss(z_), dtype=shape.dtype).reshape(shape.shape)
+
+    return jax.pure_callback(on_host, shape, z, vmap_method="sequential")
+
+
+@_host_rows.defjvp
+def _host_rows_jvp(loss, primals, tangents):
+    (z,), (dz,) = primals, tangents
+    rows = _host_rows(loss, z)
+    # The third derivative is not known: taken as 0. It enters only the loop's
+    # Jacobian of the transformed residuals, near z = 0 and to O(z): never the
+    # cost or the result.
+    return rows, jnp.stack([rows[1] * dz, rows[2] * dz, jnp.zeros_like(dz)])

@@ -15,7 +15,14 @@ from ..core.losses import loss_scaled_jacobian, robust_cost
 from ..core.status import MESSAGES, Status
 from . import host as _host
 from .differences import _Difference, _UserCall
-from .lsq_functions import _Bound, _check_jac_shape, _Padded, _split_static, _trace_jac
+from .lsq_functions import (
+    _Bound,
+    _check_jac_shape,
+    _loop_loss,
+    _Padded,
+    _split_static,
+    _trace_jac,
+)
 from .lsq_result import (
     _OWN_MESSAGE,
     STATUS_FROM_JAXLSQ,
@@ -99,11 +106,6 @@ def _least_squares(
     ftol, xtol, gtol = (max(float(t), 0.0) for t in (ftol, xtol, gtol))
 
     # -- what jaxlsq does not do -------------------------------------------------------
-    if callable(loss):
-        raise NotImplementedError(
-            "jaxlsq.least_squares: a callable `loss` is not supported; use one of "
-            f"{_LOSSES} (or scipy.optimize.least_squares)."
-        )
     if loss != "linear" and not float(f_scale) > 0:
         raise ValueError(f"`f_scale` must be positive, got {f_scale!r}.")
     if jac_sparsity is not None:
@@ -184,6 +186,7 @@ def _least_squares(
         if pad and isinstance(loop_jac, _Bound):
             loop_jac = _Padded(jac_w, pad, n)
         bounded = bool(np.any((lb > -np.inf) | (ub < np.inf)))
+        loop_loss = _loop_loss(loss, m + pad)
         options = dict(
             ftol=float(ftol), xtol=float(xtol), gtol=float(gtol),
             max_nfev=int(max_nfev), factor=_FACTOR[method], diag=diag,
@@ -197,7 +200,7 @@ def _least_squares(
                 m + pad,
                 "least_squares",
                 jac=loop_jac,
-                loss=loss,
+                loss=loop_loss,
                 **options,
             )._asdict()
             nfev, njev = out["nfev"], out["njev"]
@@ -215,7 +218,7 @@ def _least_squares(
             with _host.HostProblem.call(call_args, EPS, difference) as (token, ctx):
                 out = run_fit(
                     problem.fun, x0, (np.int32(token),), m + pad, "least_squares",
-                    jac=problem.jac, loss=loss, **options,
+                    jac=problem.jac, loss=loop_loss, **options,
                 )._asdict()  # fmt: skip
             nfev = ctx.nfev
             njev = ctx.njev if difference is None else difference.njev
