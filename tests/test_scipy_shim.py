@@ -425,6 +425,34 @@ def test_untraceable_functions_run_on_the_host_and_warn_once():
     assert not np.allclose(x2, x)
 
 
+def test_side_effecting_model_runs_on_the_host():
+    """A jax.numpy model that stores its last parameters on itself (a tracer, when
+    JAX traces it) is caught by the leak check of the first trace and runs on the
+    host, with the hint: same fit as the numpy model under scipy, and what it
+    stores afterwards is a number, not a leaked tracer."""
+
+    def model(x, a, b, c):
+        model.last = a
+        return a * jnp.exp(-b * x) + c
+
+    def model_np(x, a, b, c):
+        return a * np.exp(-b * x) + c
+
+    with pytest.warns(HostFallbackWarning):
+        popt, pcov = curve_fit(model, X, Y, p0=X0)
+    ref_popt, ref_pcov = so.curve_fit(model_np, X, Y, p0=X0)
+    # the host path is MINPACK's lmdif on float64 values (x64 on in the callback,
+    # whatever thread runs it; float32 would be ~1e-4 off). jnp.exp and np.exp
+    # differ in the last bit, forward differences make that ~1e-8 in J, and both
+    # stop at curve_fit's xtol = 1.5e-8: the same point to ~1e-8
+    np.testing.assert_allclose(popt, ref_popt, rtol=1e-7)
+    # (pcov: the host path's, as for a numpy model, ~1e-4 from scipy's; see
+    # test_curve_fit_bounds_host_model_matches_scipy)
+    np.testing.assert_allclose(pcov, ref_pcov, rtol=1e-4)
+    assert not isinstance(model.last, jax.core.Tracer)
+    assert float(model.last) == pytest.approx(popt[0], rel=1e-6)
+
+
 def test_host_path_accepts_non_array_args():
     def model(p, x, y, kind):
         assert kind == "exp"

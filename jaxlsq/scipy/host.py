@@ -300,14 +300,16 @@ class HostProblem:
                 f"({f.size} values here, {self.m} at x0)"
             )
 
+    # (x64 on: this thread may not be the caller's, and a residual written with
+    # jax.numpy that landed here, a side-effecting one say, must compute in float64)
     def _host_fun(self, x, token):
         ctx = _CONTEXTS[int(token)]
-        with _keep_error(ctx):
+        with _keep_error(ctx), jax.enable_x64(True):
             return _to_bits(self._residuals(ctx, _from_bits(x)))
 
     def _host_jac(self, x, token):
         ctx = _CONTEXTS[int(token)]
-        with _keep_error(ctx):
+        with _keep_error(ctx), jax.enable_x64(True):
             return self._jacobian(ctx, _from_bits(x))
 
     def _jacobian(self, ctx: _CallContext, x: np.ndarray):

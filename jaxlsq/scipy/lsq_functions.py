@@ -12,8 +12,10 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ..core.caches import JAC_TRACES as _JAC_TRACES
+from .host import _bits_of, _from_bits, _to_bits
 from .plan import _args_signature, _hashable
 
 
@@ -178,14 +180,17 @@ class _HostLoss:
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _host_rows(loss, z):
-    """``loss(z)`` (3, m) computed on the host, in ``z``'s dtype."""
-    shape = jax.ShapeDtypeStruct((3, *z.shape), z.dtype)
+    """``loss(z)`` (3, m) computed on the host in float64 (z crosses as its bits,
+    as the host residuals do: see `jaxlsq.scipy.host`)."""
+    shape = jax.ShapeDtypeStruct((3, *z.shape, 2), jnp.uint32)
 
-    def on_host(z_):  # (the dtype from the trace: this may run on another thread)
-        z_ = np.asarray(z_, dtype=shape.dtype)
-        return np.asarray(loss(z_), dtype=shape.dtype).reshape(shape.shape)
+    def on_host(bits):
+        with jax.enable_x64(True):  # a jax.numpy loss computes in float64 here too
+            rows = np.asarray(loss(_from_bits(bits)), dtype=np.float64)
+        return _to_bits(rows.reshape(shape.shape[:-1]))
 
-    return jax.pure_callback(on_host, shape, z, vmap_method="sequential")
+    bits = jax.pure_callback(on_host, shape, _bits_of(z), vmap_method="sequential")
+    return lax.bitcast_convert_type(bits, jnp.float64).astype(z.dtype)
 
 
 @_host_rows.defjvp

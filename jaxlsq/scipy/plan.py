@@ -118,7 +118,8 @@ def _try_jax_plan(func, Dfun, col_deriv, x0, args):
     n = x0.size
     spec = jax.ShapeDtypeStruct((n,), jnp.float64)
     try:
-        out = jax.eval_shape(func, spec, *args)
+        with jax.checking_leaks():  # side effects keep tracers: the host path
+            out = jax.eval_shape(func, spec, *args)
         leaves = jax.tree_util.tree_leaves(out)
         if len(leaves) != 1 or not jnp.issubdtype(leaves[0].dtype, jnp.floating):
             return None, TypeError("func does not return one floating-point array")
