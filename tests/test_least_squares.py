@@ -210,7 +210,23 @@ def test_callable_loss_errors():
         so.least_squares(res_np, X0, loss=cubic_soft_l1_np, method="lm", args=(T, Y))
     assert str(e.value) == str(ref.value)
     with pytest.raises(ValueError, match=r"`loss` must return an array of shape \(3"):
-        least_squares(res_jnp, X0, loss=lambda z: z, args=(T, Y))
+        least_squares(res_jnp, X0, loss=lambda z: jnp.stack([z, z]), args=(T, Y))
+    with pytest.raises(ValueError, match="rho alone only from a loss JAX can trace"):
+        least_squares(res_jnp, X0, loss=lambda z: np.log1p(z), args=(T, Y))
+
+
+def test_traceable_loss_may_return_rho_alone():
+    """jaxlsq's extension: a JAX-traceable loss may return rho alone (shape of z);
+    rho' and rho'' come from autodiff. Same cost function, so the same fit as
+    with the rows written out, to rounding."""
+    kw = dict(f_scale=0.3, args=(T, Y_OUT), **TIGHT)
+    alone = least_squares(
+        res_jnp, X0, loss=lambda z: 3 * ((1 + z) ** (1 / 3) - 1), **kw
+    )
+    rows = least_squares(res_jnp, X0, loss=cubic_soft_l1_jnp, **kw)
+    assert_allclose(alone.x, rows.x, rtol=1e-12)
+    assert_allclose(alone.cost, rows.cost, rtol=1e-14)
+    assert_allclose(alone.jac, rows.jac, rtol=1e-12, atol=1e-15)
 
 
 def test_x_scale_matches_scipy():

@@ -55,6 +55,7 @@ CASES = {
     "diag": (jnp.array([1.0, 100.0, 0.01]), "changes"),
     "bounds": ((-np.inf, np.array([np.inf, 1.0, np.inf])), "changes"),
     "fixed": (np.array([False, False, True]), "changes"),
+    "nfev_per_jac": (3, "changes"),  # nfev grows by 3 per Jacobian
     "loss": ("cauchy", "changes"),
     "f_scale": (0.05, "changes"),  # with loss="soft_l1", see below
     "jac": ("rev", "same"),
@@ -176,6 +177,8 @@ def test_unknown_option_is_named(entry):
         ("ftol", -1.0, "ftol must be >= 0"),
         ("max_nfev", 2.5, "max_nfev must be an integer"),
         ("max_nfev", 0, "max_nfev must be > 0"),
+        ("nfev_per_jac", -1, "nfev_per_jac must be >= 0"),
+        ("nfev_per_jac", 1.5, "nfev_per_jac must be an integer"),
         ("factor", 0.0, "factor must be > 0"),
         ("f_scale", -1.0, "f_scale must be > 0"),
         ("loss", "l2", "loss must be one of"),
@@ -266,4 +269,5 @@ def test_solve_options_is_a_pytree_with_static_structure():
     tree = jax.tree_util.tree_structure
     assert tree(a) == tree(b) and tree(a) != tree(c)
     leaves = jax.tree_util.tree_leaves(a)
-    assert leaves == [1e-3, 10.0, 1.0]  # ftol, factor, f_scale (None: no leaf)
+    # ftol, nfev_per_jac, factor, f_scale (None: no leaf)
+    assert leaves == [1e-3, 0, 10.0, 1.0]

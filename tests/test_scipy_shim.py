@@ -425,6 +425,22 @@ def test_untraceable_functions_run_on_the_host_and_warn_once():
     assert not np.allclose(x2, x)
 
 
+@pytest.mark.parametrize("maxfev", [5, 12, 20])
+def test_host_path_maxfev_counts_difference_calls_as_lmdif(maxfev):
+    """Without Dfun the host path is MINPACK's lmdif: its n forward-difference
+    calls per Jacobian count against maxfev, so a short budget stops at scipy's
+    iterate with scipy's ier (before, only the loop's own calls counted and the
+    fit ran on). nfev counts every call: lmdif's, plus the n of the Jacobian at
+    the returned x (see leastsq's Notes)."""
+    n = len(X0)
+    ours = leastsq(exp_np, X0, args=(X, Y), maxfev=maxfev, full_output=True)
+    ref = so.leastsq(exp_np, X0, args=(X, Y), maxfev=maxfev, full_output=True)
+    assert ours[4] == ref[4] == 5 and ours[3] == ref[3]
+    # the same iterates but for the SVD's rounding against MINPACK's QR
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-7)
+    assert ours[2]["nfev"] == ref[2]["nfev"] + n
+
+
 def test_side_effecting_model_runs_on_the_host():
     """A jax.numpy model that stores its last parameters on itself (a tracer, when
     JAX traces it) is caught by the leak check of the first trace and runs on the

@@ -241,6 +241,16 @@ def test_traced_bad_option_reports_improper_input():
     solve = jax.jit(lambda ftol: jaxlsq.solve(expdecay, P0, args=(X50, y), ftol=ftol))
     assert int(solve(-1.0).status) == Status.IMPROPER_INPUT
     assert bool(solve(1e-10).success)
+    per_jac = jax.jit(
+        lambda k: jaxlsq.solve(expdecay, P0, args=(X50, y), nfev_per_jac=k)
+    )
+    assert int(per_jac(-1).status) == Status.IMPROPER_INPUT
+    plain, counted = jaxlsq.solve(expdecay, P0, args=(X50, y)), per_jac(3)
+    # the same fit, with 3 more evaluations counted per Jacobian of the loop (njev
+    # also counts the one at the returned point, when it had to be evaluated)
+    np.testing.assert_array_equal(counted.params, plain.params)
+    extra, njev = int(counted.nfev) - int(plain.nfev), int(plain.njev)
+    assert extra % 3 == 0 and extra // 3 in (njev - 1, njev)
 
 
 def test_float32_keeps_dtype_and_converges():

@@ -128,6 +128,7 @@ def lm_init(
     # program holds one copy of the Jacobian inside the loop and one after it.
     f0 = flat_fun(x0)
     options_ok = (ftol >= 0) & (xtol >= 0) & (gtol >= 0) & (factor > 0) & (max_nfev > 0)
+    options_ok &= jnp.asarray(options.nfev_per_jac) >= 0
     if user_diag is not None:
         options_ok &= jnp.all(user_diag > 0)
     if options.loss != "linear":  # (f_scale is ignored by the linear loss)
@@ -238,7 +239,10 @@ def lm_iteration(
     fresh = ~st.jac_current
     unit = residual_unit(st.f)  # once: the strategy's f / u and the steps below
     evaluated, lin = with_linearization(jacobian, st, unit)
-    st = evaluated._replace(njev=jnp.where(fresh, evaluated.njev, st.njev))
+    jac_cost = jnp.where(fresh, jnp.asarray(options.nfev_per_jac, jnp.int32), 0)
+    st = evaluated._replace(
+        njev=jnp.where(fresh, evaluated.njev, st.njev), nfev=st.nfev + jac_cost
+    )
     # The loop sees J without its frozen columns (the frozen test reads J^T f).
     # lin.jtf is J^T (f / u) (see with_linearization): its signs are J^T f's, and
     # the cosines, the step system and the projected steps' model terms below are

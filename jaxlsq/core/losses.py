@@ -56,9 +56,10 @@ def rho_over_z(z, loss, xp=jnp):
 
     ``loss`` is one of `LOSSES`, or a callable with scipy's convention:
     ``loss(z)`` (z of shape (m,)) returns an array (3, m) of ``rho(z)``,
-    ``rho'(z)`` and ``rho''(z)``. In the loop it must be traceable by JAX (the
-    scipy shims run a numpy one on the host); its derivatives come from AD of
-    the rows it returns.
+    ``rho'(z)`` and ``rho''(z)``, or ``rho(z)`` alone (its derivatives then by
+    autodiff: `loss_rows`). In the loop it must be traceable by JAX (the scipy
+    shims run a numpy one on the host); the loop's Jacobian comes from AD of the
+    rows.
     """
     if callable(loss):
         return _callable_rho_over_z(z, loss, xp)
@@ -87,10 +88,27 @@ def _callable_rho_over_z(z, loss, xp):
     ``rho'(z) - z rho''(z) / 2`` (error O(z^2) <= eps^(2/3)) replaces ``rho / z``:
     no 0 / 0 at ``z = 0``, and no worse than the error ``eps / z`` a closed-form
     ``rho`` (say ``2 (sqrt(1 + z) - 1)``) has there by cancellation."""
-    rows = xp.asarray(loss(z))
+    rows = loss_rows(loss, z, xp)
     small = z <= xp.finfo(rows.dtype).eps ** (1 / 3)
     z_safe = xp.where(small, 1, z)
     return xp.where(small, rows[1] - z * rows[2] / 2, rows[0] / z_safe)
+
+
+def loss_rows(loss, z, xp=jnp):
+    """The rows ``rho, rho', rho''`` (3, m) of a callable ``loss`` at ``z`` (m,): as
+    it returns them (scipy's convention), or, for a loss that returns ``rho``
+    alone (shape of ``z``; it must then be elementwise and traceable by JAX), its
+    derivatives by autodiff."""
+    rows = loss(z)
+    if xp.shape(rows) != xp.shape(z):
+        return xp.asarray(rows)
+    ones = jnp.ones_like(jnp.asarray(z))
+
+    def d_rho(z_):
+        return jax.jvp(loss, (z_,), (ones,))[1]
+
+    rho1, rho2 = jax.jvp(d_rho, (jnp.asarray(z),), (ones,))
+    return xp.asarray(jnp.stack([jnp.asarray(rows), rho1, rho2]))
 
 
 def robust_residuals(f: jax.Array, loss, f_scale: jax.Array) -> jax.Array:
@@ -144,7 +162,7 @@ def rho(z, loss, xp=jnp):
     derivatives are written out here, as scipy writes them.
     """
     if callable(loss):
-        rows = xp.asarray(loss(z))
+        rows = loss_rows(loss, z, xp)
         return rows[0], rows[1], rows[2]
     value = z * rho_over_z(z, loss, xp)
     if loss == "linear":

@@ -51,11 +51,18 @@ def _positive(name, value):
 
 
 def _positive_int(name, value):
-    if value is None:
-        return
+    _integer(name, value)
+    _positive(name, value)
+
+
+def _nonnegative_int(name, value):
+    _integer(name, value)
+    _nonnegative(name, value)
+
+
+def _integer(name, value):
     if isinstance(value, numbers.Number) and not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
-    _positive(name, value)
 
 
 def _jac_mode(name, value):
@@ -71,8 +78,9 @@ class SolveOptions:
 
     Static (select code): ``jac``, ``linear_solver``, ``loss``, ``adjoint``.
     Traced (values; never recompile): ``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
-    ``factor``, ``f_scale``, ``diag``, ``bounds``, ``fixed``. Whether ``diag``,
-    ``bounds`` or ``fixed`` is given at all (None or not) is static.
+    ``nfev_per_jac``, ``factor``, ``f_scale``, ``diag``, ``bounds``, ``fixed``.
+    Whether ``diag``, ``bounds`` or ``fixed`` is given at all (None or not) is
+    static.
 
     As built from user keywords, ``None`` tolerances and ``max_nfev`` mean "the
     default for this problem", and ``bounds``/``fixed``/``diag`` are in the user's
@@ -90,6 +98,7 @@ class SolveOptions:
     xtol: Any = _option(None, static=False, check=_nonnegative)
     gtol: Any = _option(None, static=False, check=_nonnegative)
     max_nfev: Any = _option(None, static=False, check=_positive_int)
+    nfev_per_jac: Any = _option(0, static=False, check=_nonnegative_int)
     factor: Any = _option(10.0, static=False, check=_positive)
     f_scale: Any = _option(1.0, static=False, check=_positive)
     diag: Any = _option(None, static=False)
@@ -192,6 +201,7 @@ class SolveOptions:
             factor=scalar("factor"),
             f_scale=scalar("f_scale"),
             max_nfev=scalar("max_nfev", jnp.int32),
+            nfev_per_jac=xp.asarray(self.nfev_per_jac, jnp.int32),
             diag=diag,
             bounds=bounds,
             fixed=fixed,

@@ -70,7 +70,8 @@ def solve(
         the fit minimises ``0.5 * f_scale**2 * sum(rho((r / f_scale)**2))`` (see
         `jaxlsq.core.losses`), and ``Solution.cost`` is that value. A callable
         follows scipy's convention, ``loss(z)`` for z (m,) returning rows
-        ``rho, rho', rho''`` (3, m), and must be traceable by JAX.
+        ``rho, rho', rho''`` (3, m), or ``rho`` (m,) alone (derivatives by
+        autodiff), and must be traceable by JAX.
     f_scale : float, default 1.0
         Residual scale (units of the residuals) at which a robust loss starts to
         down-weight a point. Must be > 0. Ignored for ``"linear"``.
@@ -101,6 +102,10 @@ def solve(
     max_nfev : int, default ``500 * (n + 1)``
         Maximum number of residual evaluations (status 5 when reached). Five times
         lmder's default: curved valleys such as NIST Bennett5 need ~760 evaluations.
+    nfev_per_jac : int, default 0
+        Residual evaluations that one Jacobian costs, added to ``nfev`` and counted
+        against ``max_nfev`` for each Jacobian (e.g. ``n`` for your own forward
+        differences, as MINPACK's ``lmdif`` counts them). 0 for exact Jacobians.
     factor : float, default 10.0
         Initial trust-region radius, relative to the scaled norm of ``x0``. MINPACK
         uses 100; from 100 the first step of NIST BoxBOD (start 1) jumps onto a

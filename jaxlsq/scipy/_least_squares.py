@@ -96,8 +96,9 @@ def least_squares(
         Robust loss, scipy's definitions (see `jaxlsq.core.losses`); default
         "linear". A callable ``loss(z)`` (z (m,)) returns rows ``rho, rho', rho''``
         (3, m), as scipy's: traced by JAX when it can be, else (numpy, rows filled
-        in place) run on the host, its derivatives taken from its own rows. Not
-        with "lm" (as scipy).
+        in place) run on the host, its derivatives taken from its own rows. A
+        traceable loss may return ``rho`` (m,) alone: its derivatives by autodiff
+        (a jaxlsq extension). Not with "lm" (as scipy).
     f_scale : float, default 1.0
         Soft margin between inlier and outlier residuals; must be > 0 for a robust
         loss (scipy does not check it).

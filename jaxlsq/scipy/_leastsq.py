@@ -128,9 +128,9 @@ def leastsq(
     maxfev : int, default 0
         Maximum number of calls of ``func``; ``<= 0`` means ``200 * (n + 1)`` without
         ``Dfun`` and ``100 * (n + 1)`` with it. On the JAX path only residual
-        evaluations exist (the Jacobian is exact); on the host path the limit applies
-        to the LM loop's residual evaluations and the forward-difference calls are
-        counted in ``infodict["nfev"]`` but not against ``maxfev`` (see Notes).
+        evaluations exist (the Jacobian is exact); on the host path the n
+        forward-difference calls per Jacobian count against it, as in MINPACK's
+        ``lmdif``.
     epsfcn : float, optional
         Forward-difference step: ``sqrt(max(epsfcn, eps)) * |x_j|`` (host path
         without ``Dfun`` only). Default: machine epsilon of ``func``'s output dtype.
@@ -282,6 +282,8 @@ def _leastsq(
             fit = run_fit(func, x0, args, m, "leastsq", jac=plan.jac, **options)
             nfev, njev = fit.nfev, fit.njev
         else:
+            if Dfun is None:  # lmdif counts its n difference calls per Jacobian
+                options["nfev_per_jac"] = n
             with _host.HostProblem.call(args, epsfcn) as (token, ctx):
                 fit = run_fit(
                     plan.host.fun, x0, (np.int32(token),), m, "leastsq",

@@ -145,22 +145,26 @@ def _check_jac_shape(shape, m: int, n: int) -> None:
 
 def _loop_loss(loss, m: int):
     """The ``loss`` the loop gets for scipy's callable ``loss`` (z (m,) -> rows
-    ``rho, rho', rho''`` (3, m)): the callable itself where JAX can trace it, else
-    a `_HostLoss`. A string loss is returned as it is. Raises scipy-style
-    ValueError naming ``loss`` when the rows do not have shape (3, m)."""
+    ``rho, rho', rho''`` (3, m)): the callable itself where JAX can trace it
+    (which may then return ``rho`` (m,) alone: its derivatives by autodiff),
+    else a `_HostLoss`. A string loss is returned as it is. Raises ValueError
+    naming ``loss`` for any other shape."""
     if not callable(loss):
         return loss
     spec = jax.ShapeDtypeStruct((m,), jnp.float64)
     try:
         shape = tuple(jax.eval_shape(lambda z: jnp.asarray(loss(z)), spec).shape)
+        if shape == (m,):
+            return loss
         loop_loss = loss
     except Exception:  # numpy inside (in-place rows, say): the host
         shape = np.shape(loss(np.zeros(m)))
         loop_loss = _HostLoss(loss)
     if shape != (3, m):
+        alone = " (rho alone only from a loss JAX can trace)" if shape == (m,) else ""
         raise ValueError(
             f"`loss` must return an array of shape (3, m) = {(3, m)} (rows rho, "
-            f"rho', rho''), got {shape}."
+            f"rho', rho''){alone}, got {shape}."
         )
     return loop_loss
 
