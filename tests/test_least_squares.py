@@ -215,6 +215,17 @@ def test_callable_loss_errors():
         least_squares(res_jnp, X0, loss=lambda z: np.log1p(z), args=(T, Y))
 
 
+def test_repeated_calls_with_a_callable_loss_do_not_recompile():
+    from jaxlsq._testing import count_compiles
+
+    kw = dict(f_scale=0.3, args=(T, Y_OUT))
+    for loss in (cubic_soft_l1_jnp, cubic_soft_l1_np):
+        _host(least_squares, res_jnp, X0, loss=loss, **kw)
+        with count_compiles() as compiles:
+            _host(least_squares, res_jnp, X0 + 0.1, loss=loss, **kw)
+        assert compiles[0] == 0, loss.__name__
+
+
 def test_traceable_loss_may_return_rho_alone():
     """jaxlsq's extension: a JAX-traceable loss may return rho alone (shape of z);
     rho' and rho'' come from autodiff. Same cost function, so the same fit as

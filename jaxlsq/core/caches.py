@@ -101,7 +101,18 @@ JAC_TRACES = BoundedCache(512)
 #: problem, so its bound methods stay equal and nothing recompiles).
 HOST_PROBLEMS = BoundedCache(256)
 
-ALL = (RESIDUAL_SIZES, SHIM_PLANS, HOST_WARNED, JAC_TRACES, HOST_PROBLEMS)
+#: (loss, m) -> the loss `least_squares`' loop gets for a callable loss (itself, or
+#: its host wrapper): traced once, not on every call.
+LOSS_TRACES = BoundedCache(256)
+
+ALL = (
+    RESIDUAL_SIZES,
+    SHIM_PLANS,
+    HOST_WARNED,
+    JAC_TRACES,
+    HOST_PROBLEMS,
+    LOSS_TRACES,
+)
 
 
 def clear_all() -> None:

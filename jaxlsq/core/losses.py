@@ -27,6 +27,8 @@ divide 0 by 0 at ``z = 0`` (series near 0 where the closed form cancels).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -102,13 +104,19 @@ def loss_rows(loss, z, xp=jnp):
     rows = loss(z)
     if xp.shape(rows) != xp.shape(z):
         return xp.asarray(rows)
-    ones = jnp.ones_like(jnp.asarray(z))
+    return xp.asarray(_rows_by_autodiff(loss, z))
+
+
+@functools.partial(jax.jit, static_argnums=0)  # (one dispatch, also for host values)
+def _rows_by_autodiff(loss, z):
+    """``rho, rho', rho''`` (3, m) of an elementwise ``rho`` at ``z`` (m,)."""
+    ones = jnp.ones_like(z)
 
     def d_rho(z_):
         return jax.jvp(loss, (z_,), (ones,))[1]
 
-    rho1, rho2 = jax.jvp(d_rho, (jnp.asarray(z),), (ones,))
-    return xp.asarray(jnp.stack([jnp.asarray(rows), rho1, rho2]))
+    rho1, rho2 = jax.jvp(d_rho, (z,), (ones,))
+    return jnp.stack([loss(z), rho1, rho2])
 
 
 def robust_residuals(f: jax.Array, loss, f_scale: jax.Array) -> jax.Array:

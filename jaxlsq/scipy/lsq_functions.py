@@ -15,6 +15,7 @@ import numpy as np
 from jax import lax
 
 from ..core.caches import JAC_TRACES as _JAC_TRACES
+from ..core.caches import LOSS_TRACES as _LOSS_TRACES
 from .host import _bits_of, _from_bits, _to_bits
 from .plan import _args_signature, _hashable
 
@@ -151,6 +152,17 @@ def _loop_loss(loss, m: int):
     naming ``loss`` for any other shape."""
     if not callable(loss):
         return loss
+    key = (loss, m) if _hashable(loss) else None
+    cached = _LOSS_TRACES.get(key) if key is not None else None
+    if cached is None:
+        cached = _trace_loss(loss, m)
+        if key is not None:
+            _LOSS_TRACES.put(key, cached)
+    return cached
+
+
+def _trace_loss(loss, m: int):
+    """`_loop_loss` of a callable ``loss``, uncached."""
     spec = jax.ShapeDtypeStruct((m,), jnp.float64)
     try:
         shape = tuple(jax.eval_shape(lambda z: jnp.asarray(loss(z)), spec).shape)
