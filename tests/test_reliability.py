@@ -64,6 +64,19 @@ def test_overflowing_sum_of_squares_never_succeeds_at_an_infinite_cost():
     assert not bool(sol.success) and int(sol.status) == Status.NONFINITE
 
 
+def _lmder_exp(t, y, maxfev):
+    """scipy's lmder (``leastsq`` with the exact ``Dfun``) on ``exp(p t) - y`` from
+    p = 36: ``(x, infodict, ier)``."""
+    x, _, info, _, ier = so.leastsq(
+        lambda p: np.exp(p[0] * t) - y,
+        [36.0],
+        Dfun=lambda p: (t * np.exp(p[0] * t))[:, None],
+        full_output=True,
+        maxfev=maxfev,
+    )
+    return x, info, ier
+
+
 def test_exponential_from_an_overflowing_start_is_never_a_success_at_x0():
     """r = exp(p t) - exp(t / 2) from p = 36: ||f||^2 ~ 1e313 overflows at x0.
     Before, every trial looked equally bad and the fit reported success at x0
@@ -76,26 +89,14 @@ def test_exponential_from_an_overflowing_start_is_never_a_success_at_x0():
         return jnp.exp(p[0] * t) - y
 
     sol = jaxlsq.solve(res, jnp.array([36.0]), max_nfev=340)
-    x_mp, _, info, _, ier = so.leastsq(
-        lambda p: np.exp(p[0] * t) - y,
-        [36.0],
-        Dfun=lambda p: (t * np.exp(p[0] * t))[:, None],
-        full_output=True,
-        maxfev=340,
-    )
+    x_mp, _, ier = _lmder_exp(t, y, maxfev=340)
     assert int(sol.status) == Status.MAX_NFEV and ier == 5
     np.testing.assert_allclose(float(sol.params[0]), x_mp[0], rtol=1e-9)
     # Run to the end, both reach the exact minimum p = 1/2 (zero residuals). Before
     # the step system was rescaled (see the next test), jaxlsq stopped at p = 0.533
     # with cost 3515 and status 3: a false success.
     full = jaxlsq.solve(res, jnp.array([36.0]))
-    x_mp, _, _, _, ier = so.leastsq(
-        lambda p: np.exp(p[0] * t) - y,
-        [36.0],
-        Dfun=lambda p: (t * np.exp(p[0] * t))[:, None],
-        full_output=True,
-        maxfev=5000,
-    )
+    x_mp, _, ier = _lmder_exp(t, y, maxfev=5000)
     assert ier in (1, 2, 3, 4) and bool(full.success)
     np.testing.assert_allclose(float(full.params[0]), 0.5, rtol=1e-10)
     np.testing.assert_allclose(x_mp[0], 0.5, rtol=1e-10)
@@ -110,13 +111,7 @@ def test_a_jacobian_that_shrinks_by_1e150_is_no_false_convergence(batched):
     infimum 1/2 (the residual at t = 0 is 1 for every p), as MINPACK (QR, no
     squares) does. Before, it stopped at p = 0.44 with cost 1.3e4, 'success'."""
     t = np.linspace(0, 10, 30)
-    x_mp, _, info, _, ier = so.leastsq(
-        lambda p: np.exp(p[0] * t),
-        [36.0],
-        Dfun=lambda p: (t * np.exp(p[0] * t))[:, None],
-        full_output=True,
-        maxfev=2000,
-    )
+    _, info, ier = _lmder_exp(t, 0.0, maxfev=2000)
     cost_mp = 0.5 * np.sum(info["fvec"] ** 2)
     assert ier in (1, 2, 3, 4) and abs(cost_mp - 0.5) < 1e-9
     if batched:  # n = 1: the batched Gram path, next to an ordinary lane

@@ -172,11 +172,10 @@ def with_linearization(
     ``x -> J`` function; see `jaxlsq.core.linearization`), and the state holding its
     carry (the dense J) as ``st.jac``. NaN/inf in J stops the fit.
 
-    The strategy is handed ``f / u`` with ``u = unit``, `residual_unit` of ``f``,
-    and ``jtf`` of the result is ``J^T (f / u)``: the gtol test's cosines come from
-    it without underflow (``J^T f`` itself underflows to 0 long before J does when
-    ``f`` and ``J`` are tiny, which would read as a converged gradient). The loop
-    multiplies by ``u`` for the steps: exact wherever ``J^T f`` is in range.
+    The strategy is handed ``f / u`` (``u = unit``, `residual_unit` of ``f``), so
+    ``lin.jtf`` is ``J^T (f / u)``: the gtol cosines come from it without the
+    underflow of ``J^T f`` (tiny f and J would read as a converged gradient); the
+    steps multiply by ``u`` (exact wherever ``J^T f`` is in range).
     """
     lin, carry = as_strategy(jacobian)(st.x, st.f / unit)
     finite = lin.is_finite() if carry is None else jnp.all(jnp.isfinite(carry))
@@ -243,10 +242,8 @@ def lm_iteration(
     st = evaluated._replace(
         njev=jnp.where(fresh, evaluated.njev, st.njev), nfev=st.nfev + jac_cost
     )
-    # The loop sees J without its frozen columns (the frozen test reads J^T f).
-    # lin.jtf is J^T (f / u) (see with_linearization): its signs are J^T f's, and
-    # the cosines, the step system and the projected steps' model terms below are
-    # formed from it and f / u, exactly J^T f's wherever that is in range.
+    # The loop sees J without its frozen columns (the frozen test reads J^T f; lin.jtf
+    # is J^T (f / u), with J^T f's signs: see with_linearization).
     lin = lin.without(frozen_columns(st.x, lin.jtf))
     jtf_unit, acnorm = lin.jtf, lin.col_norms
     first = fresh & (st.njev == 1)  # a resumed first iteration keeps its radius
@@ -261,8 +258,8 @@ def lm_iteration(
         xnorm=jnp.where(first, xnorm0, st.xnorm),
         delta=jnp.where(first, delta0, st.delta),
     )
-    # gtol test: largest |cos| between f and a column of J (0 when f == 0).
-    # (from J^T (f / u) and ||f|| / u: no underflow where J^T f would have one)
+    # gtol test: largest |cos| between f and a column of J (0 when f == 0), from
+    # J^T (f / u) and ||f|| / u: no underflow where J^T f would have one.
     fnorm_safe = _positive_or_one(st.fnorm / unit)
     cosines = jnp.abs(jtf_unit) / (_positive_or_one(acnorm) * fnorm_safe)
     cosines = jnp.where(acnorm > 0, cosines, 0)
@@ -271,14 +268,15 @@ def lm_iteration(
     # The step system is of Js / s (s = jac_unit, exact, 1 in range): in its units
     # z' = s z, delta' = s delta and par' = par / s^2 (st.par is carried in them).
     s = jacobian_unit(acnorm, diag)
-    system = factorize(lin, diag * s, options.linear_solver, _running(st), unit)
+    diag_s = diag * s
+    system = factorize(lin, diag_s, options.linear_solver, _running(st), unit)
     par0 = st.par * (st.jac_unit / s) ** 2
     st = st._replace(diag=diag, gnorm=gnorm, status=status, par=par0, jac_unit=s)
 
     def trial(st: LMState) -> LMState:
         """One damped step from ``st.x``: accepted or rejected, then lmder's tests."""
         par, z_s = trust_region_par(system, st.delta * s, st.par)
-        step = z_s / (diag * s)
+        step = z_s / diag_s
         x_trial = st.x + step
         znorm_s = _norm(z_s)
         pnorm = znorm_s / s
@@ -315,16 +313,12 @@ def lm_iteration(
         # Radius update (lmder): shrink on a poor step, double on a good one.
         shrink = ratio <= 0.25
         denom = dirder + 0.5 * actred
-        temp = jnp.where(
-            actred >= 0, 0.5, 0.5 * dirder / jnp.where(denom != 0, denom, -1)
-        )
+        safe_denom = jnp.where(denom != 0, denom, -1)
+        temp = jnp.where(actred >= 0, 0.5, 0.5 * dirder / safe_denom)
         temp = jnp.where((0.1 * fnorm1 >= st.fnorm) | (temp < 0.1), 0.1, temp)
         grow = ~shrink & ((par == 0) | (ratio >= 0.75))
-        delta = jnp.where(
-            shrink,
-            temp * jnp.minimum(delta, pnorm / 0.1),
-            jnp.where(grow, pnorm / 0.5, delta),
-        )
+        grown = jnp.where(grow, pnorm / 0.5, delta)
+        delta = jnp.where(shrink, temp * jnp.minimum(delta, pnorm / 0.1), grown)
         par = jnp.where(shrink, par / temp, jnp.where(grow, 0.5 * par, par))
 
         accepted = ratio >= 1e-4
