@@ -7,6 +7,11 @@ compile time (``lower().compile()`` of a fresh jit, best of ``--repeat``; noisy)
     python benchmarks/program_size.py [--repeat 3]
 
 Run it for two trees side by side (``PYTHONPATH=<tree>``) to compare versions.
+
+``--emitters`` compiles each program twice more, side by side: with XLA's default
+CPU fusion emitters and with the classic ones (``xla_cpu_use_fusion_emitters=False``,
+the flag the test suite runs with, `tests.XLA_TEST_FLAGS`), and prints compile and
+warm run times of both (best of ``--repeat``).
 """
 
 from __future__ import annotations
@@ -58,11 +63,44 @@ def instructions(hlo_text: str) -> int:
     )
 
 
+def _best(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def emitters(repeat: int) -> None:
+    """Compile and warm run times with the default and the classic CPU emitters."""
+    print("| program | emitters | compile s | warm run ms |")
+    print("|---|---|---:|---:|")
+    for name, (fn, args) in programs().items():
+        for label, options in (
+            ("default", None),
+            ("classic", {"xla_cpu_use_fusion_emitters": False}),
+        ):
+            compile_s, compiled = float("inf"), None
+            for _ in range(repeat):
+                lowered = jax.jit(lambda *a, fn=fn: fn(*a)).lower(*args)
+                start = time.perf_counter()
+                compiled = lowered.compile(compiler_options=options)
+                compile_s = min(compile_s, time.perf_counter() - start)
+            run_s = _best(lambda c=compiled, a=args: c(*a), 5 * repeat)
+            print(f"| {name} | {label} | {compile_s:.2f} | {1e3 * run_s:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    repeat = parser.parse_args().repeat
+    parser.add_argument("--emitters", action="store_true")
+    ns = parser.parse_args()
+    repeat = ns.repeat
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}")
+    if ns.emitters:
+        emitters(repeat)
+        return
     print(f"| program | XLA instructions | compile s (best of {repeat}) |")
     print("|---|---:|---:|")
     for name, (fn, args) in programs().items():

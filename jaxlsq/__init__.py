@@ -10,6 +10,7 @@ imports JAX without changing numpy's global random state).
 from . import _jax_import  # noqa: F401  (first of all: see its docstring)
 from .batch.lanes import finite_lanes, masked_mean, where_lanes
 from .batch.solve_batch import solve_batch
+from .core.compiler import CPU_COMPILER_OPTIONS, enable_compilation_cache
 from .core.options import SolveOptions
 from .core.solve import solve
 from .core.status import MESSAGES, Solution, Status
@@ -24,6 +25,7 @@ from .scipy import (
 )
 
 __all__ = [
+    "CPU_COMPILER_OPTIONS",
     "MESSAGES",
     "FitResult",
     "HostFallbackWarning",
@@ -32,6 +34,7 @@ __all__ = [
     "SolveOptions",
     "Status",
     "curve_fit",
+    "enable_compilation_cache",
     "finite_lanes",
     "fit",
     "fit_batch",

@@ -1,10 +1,18 @@
 """Test configuration: float64 for the oracle comparisons (tests own this flag; the
 library never touches it), and deterministic property-based tests (hypothesis draws
-the same examples on every run, so CI cannot turn red by chance)."""
+the same examples on every run, so CI cannot turn red by chance), and the XLA flags
+of ``tests.XLA_TEST_FLAGS`` (faster compiles), unless the caller set ``XLA_FLAGS``."""
 
-import jax
-import pytest
-from hypothesis import settings
+import os
+
+from tests import XLA_TEST_FLAGS
+
+# Before JAX starts its backend, which reads XLA_FLAGS once.
+os.environ.setdefault("XLA_FLAGS", XLA_TEST_FLAGS)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

@@ -9,6 +9,7 @@ import pytest
 import jaxlsq
 from jaxlsq import Status
 
+from . import XLA_TEST_FLAGS
 from .test_solve import P0, X50, expdecay, expdecay_data
 
 
@@ -156,7 +157,8 @@ def test_sharding_over_four_simulated_devices():
     import subprocess
     import sys
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    flags = f"{XLA_TEST_FLAGS} --xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=flags)
     out = subprocess.run(
         [sys.executable, "-c", _SHARDED_SCRIPT], capture_output=True, text=True, env=env
     )

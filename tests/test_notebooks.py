@@ -81,8 +81,11 @@ def execute(nb, cwd: pathlib.Path, kernels: pathlib.Path, *, small: bool):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path, monkeypatch):
-    # The caller's XLA_FLAGS (a forced device count, say) would change what runs.
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    # The caller's XLA_FLAGS (a forced device count, say) would change what runs;
+    # the suite's own flags only make the kernel's compiles faster.
+    from tests import XLA_TEST_FLAGS  # (this file also runs as a script: see main)
+
+    monkeypatch.setenv("XLA_FLAGS", XLA_TEST_FLAGS)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(path, as_version=4)  # read only: the copy lives in tmp_path
     execute(nb, tmp_path, tmp_path / "kernels", small=True)

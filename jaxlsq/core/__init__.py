@@ -16,5 +16,6 @@ Modules, each with one job (nothing here imports from ``batch``, ``fitting`` or
 * `loop`: the Levenberg-Marquardt iteration (the only solver ``while_loop``);
 * `implicit`: implicit differentiation of a solution;
 * `solve`: the `jaxlsq.solve` entry point (checks, then the jitted loop);
-* `caches`: the package's bounded, weak caches.
+* `caches`: the package's bounded, weak caches;
+* `compiler`: how jaxlsq's entry points compile (`jit`), the compilation cache.
 """

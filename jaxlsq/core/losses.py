@@ -27,10 +27,10 @@ divide 0 by 0 at ``z = 0`` (series near 0 where the closed form cancels).
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
+
+from .compiler import jit
 
 #: Names accepted by ``loss=`` (a callable is accepted too: see `rho_over_z`).
 LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
@@ -107,7 +107,7 @@ def loss_rows(loss, z, xp=jnp):
     return xp.asarray(_rows_by_autodiff(loss, z))
 
 
-@functools.partial(jax.jit, static_argnums=0)  # (one dispatch, also for host values)
+@jit(static_argnums=0)  # (one dispatch, also for host values)
 def _rows_by_autodiff(loss, z):
     """``rho, rho', rho''`` (3, m) of an elementwise ``rho`` at ``z`` (m,)."""
     ones = jnp.ones_like(z)

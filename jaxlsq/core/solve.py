@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -12,6 +11,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from .compiler import jit
 from .implicit import implicit_solution, with_tangents
 from .jacobian import make_jacobian
 from .loop import LMState, run_lm
@@ -199,7 +199,7 @@ def prepare(
     return x0, args, options.resolve(x0, n, dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
+@jit(static_argnums=(0,))
 def _solve_jit(fun, x0, args, options: SolveOptions) -> Solution:
     flat_x0, unravel = ravel_pytree(x0)
     model = make_model(fun, options.jac, options.loss, flat_x0, unravel, args)

@@ -20,7 +20,6 @@ implicit-function tangents).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.compiler import jit
 from ..core.options import SolveOptions
 from ..core.solve import solve
 from ..core.validate import check_bounds, check_concrete, flat_bounds
@@ -251,7 +251,7 @@ def fit_solve_options(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("residual_fn", "treedef", "shapes"))
+@jit(static_argnames=("residual_fn", "treedef", "shapes"))
 def _multistart(flat_starts, args, options, *, residual_fn, treedef, shapes):
     """All starts in one vmapped `solve` (compiled once per shape and static
     options: new tolerances or bounds reuse it), then the best."""

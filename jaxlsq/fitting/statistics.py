@@ -7,12 +7,11 @@ scipy's loss-rescaled Jacobian. What cannot be estimated is ``inf``, never a num
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.compiler import jit
 from ..core.factorize import right_svd
 from ..core.losses import loss_scaled_jacobian
 from ..core.status import Status
@@ -20,8 +19,7 @@ from .result import FitResult
 from .weights import whiten
 
 
-@functools.partial(
-    jax.jit,
+@jit(
     static_argnames=(
         "residual_fn", "fixed", "loss", "absolute_sigma", "names", "n_starts"
     ),
@@ -234,7 +232,7 @@ def _stderr(v):
     return jnp.where(jnp.isnan(v), v, root)
 
 
-@jax.jit
+@jit
 def gram_pseudo_inverse(jac: jax.Array) -> jax.Array:
     """``(J^T J)^+`` (n, n) of ``jac`` (m, n) with scipy ``curve_fit``'s rank cutoff
     (singular values ``<= max(m, n) * eps * s_max`` dropped): the covariance

@@ -9,13 +9,12 @@ the results come back as a single packed float64 vector.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.compiler import jit
 from ..core.options import SolveOptions
 from ..core.solve import solve
 
@@ -51,7 +50,7 @@ def run_fit(fun, x0: np.ndarray, args: tuple, m: int, where: str, **options) -> 
     return HostFit(status, nfev, njev, packed[3], x, f, grad, active.astype(int), jac)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
+@jit(static_argnums=(0,))
 def _solve_packed(fun, x0, args, options):
     """``solve(...)`` packed as ``[status, nfev, njev, cost, x, f, grad, active,
     jac.ravel()]`` (float64)."""
