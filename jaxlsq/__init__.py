@@ -14,8 +14,10 @@ from .core.compiler import CPU_COMPILER_OPTIONS, enable_compilation_cache
 from .core.options import SolveOptions
 from .core.solve import solve
 from .core.status import MESSAGES, Solution, Status
+from .fitting.degeneracy import DegenerateFitWarning
 from .fitting.fit import fit
 from .fitting.fit_batch import fit_batch
+from .fitting.poisson import poisson_deviance_residuals
 from .fitting.result import FitResult
 from .scipy import (
     HostFallbackWarning,
@@ -26,6 +28,7 @@ from .scipy import (
 
 __all__ = [
     "CPU_COMPILER_OPTIONS",
+    "DegenerateFitWarning",
     "MESSAGES",
     "FitResult",
     "HostFallbackWarning",
@@ -41,6 +44,7 @@ __all__ = [
     "least_squares",
     "leastsq",
     "masked_mean",
+    "poisson_deviance_residuals",
     "solve",
     "solve_batch",
     "where_lanes",

@@ -92,6 +92,15 @@ def assert_matches(ours, ref, *, x_rtol=1e-9, jac_rtol=1e-9, grad_atol=1e-9):
 # unbounded, every method; bounds; losses; scaling; args/kwargs; jac callables
 
 
+def assert_same_stop(fun, fun_np, x0, **kwargs):
+    """Same status and evaluation count as scipy at the default tolerances. (At
+    TIGHT ones the stop is decided by rounding -- which of ftol/xtol notices first
+    that nothing changes any more -- and moves with the CPU's vector code.)"""
+    ours = least_squares(fun, x0, **kwargs)
+    ref = so.least_squares(fun_np, x0, jac_np, **kwargs)
+    assert (ours.status, ours.nfev) == (ref.status, ref.nfev)
+
+
 @pytest.mark.parametrize("method", ["trf", "dogbox", "lm"])
 def test_unbounded_matches_scipy(method):
     ours = least_squares(res_jnp, X0, method=method, args=(T, Y), **TIGHT)
@@ -99,7 +108,7 @@ def test_unbounded_matches_scipy(method):
     assert_matches(ours, ref)
     assert ours.optimality == pytest.approx(ref.optimality, abs=1e-9)
     if method == "lm":  # the same algorithm (MINPACK's lmder, factor 100, 'jac')
-        assert ours.status == ref.status
+        assert_same_stop(res_jnp, res_np, X0, method="lm", args=(T, Y))
         assert ours.njev is None and so.least_squares(
             res_np, X0, method="lm", args=(T, Y)
         ).njev is None  # fmt: skip
@@ -246,7 +255,7 @@ def test_x_scale_matches_scipy():
     ref = so.least_squares(res_np, X0, jac_np, method="lm", x_scale=scale,
                            args=(T, Y), **TIGHT)  # fmt: skip
     assert_matches(ours, ref)
-    assert ours.status == ref.status
+    assert_same_stop(res_jnp, res_np, X0, method="lm", x_scale=scale, args=(T, Y))
     for x_scale in (2.0, "jac"):
         ours = least_squares(res_jnp, X0, x_scale=x_scale, args=(T, Y), **TIGHT)
         assert_allclose(ours.x, ref.x, rtol=1e-9)

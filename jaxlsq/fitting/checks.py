@@ -28,6 +28,50 @@ def check_fit_call(model, loss, f_scale, solve_options) -> None:
         )
 
 
+#: `fit`'s estimators: weighted least squares, or Poisson maximum likelihood.
+ESTIMATORS = ("least_squares", "poisson")
+
+
+def check_estimator(estimator, sigma, loss) -> None:
+    """``estimator`` is one of `ESTIMATORS`; the Poisson one takes no ``sigma`` (the
+    variance of a count is its mean) and no robust ``loss``."""
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if estimator != "poisson":
+        return
+    if sigma is not None:
+        raise ValueError(
+            "sigma must be None with estimator='poisson': the variance of a Poisson "
+            "count is its mean, so the model sets the weights"
+        )
+    if not (isinstance(loss, str) and loss == "linear"):
+        raise ValueError(
+            "loss must be 'linear' with estimator='poisson' (the deviance is the "
+            f"likelihood's own loss), got {loss!r}"
+        )
+
+
+def check_counts(model, x, p0, y) -> None:
+    """Poisson data: ``y >= 0``, and ``model(x, p0) > 0`` where it can be evaluated
+    eagerly (concrete inputs). Under ``jit``/``vmap`` a negative count is reported
+    as ``IMPROPER_INPUT`` and a non-positive model at ``p0`` as ``NONFINITE``."""
+    check_concrete(
+        y, "y", lambda v: np.all(v >= 0), "must be counts >= 0 for estimator='poisson'"
+    )
+    leaves = jax.tree_util.tree_leaves((x, p0, y))
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        return
+    mu = np.asarray(model(x, p0))
+    bad = ~((mu > 0) | ((mu == 0) & (np.asarray(y) == 0)))
+    if np.any(bad):
+        i = int(np.flatnonzero(bad.reshape(-1))[0])
+        raise ValueError(
+            f"model(x, p0) must be > 0 for estimator='poisson' (a Poisson mean); "
+            f"it is {mu.reshape(-1)[i]!r} at flat index {i} ({int(bad.sum())} of "
+            f"{bad.size} points <= 0)"
+        )
+
+
 def as_data(y, dtype) -> jax.Array:
     """``y`` as a non-empty array of real numbers in ``dtype``."""
     y = jnp.asarray(y)

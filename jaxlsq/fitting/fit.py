@@ -34,6 +34,8 @@ from ..core.validate import check_bounds, check_concrete, flat_bounds
 from .checks import (
     as_data,
     as_flat_starts,
+    check_counts,
+    check_estimator,
     check_fit_call,
     check_model_shape,
     flat_fixed,
@@ -41,6 +43,7 @@ from .checks import (
     param_names,
     unflatten,
 )
+from .degeneracy import warn_if_degenerate
 from .result import FitResult
 from .statistics import fit_result
 from .weights import Residuals, sigma_transform
@@ -61,6 +64,7 @@ def fit(
     fixed: Any = None,
     loss: str = "linear",
     f_scale: float = 1.0,
+    estimator: str = "least_squares",
     starts: Any = None,
     **solve_options: Any,
 ) -> FitResult:
@@ -108,6 +112,17 @@ def fit(
         loss-rescaled Jacobian, scaled by ``2 * cost / dof``.
     f_scale : float, default 1.0
         Soft margin of the robust loss, in units of the weighted residuals.
+    estimator : {"least_squares", "poisson"}, default "least_squares"
+        ``"poisson"``: maximum likelihood for counts ``y ~ Poisson(model(x, p))``
+        (no ``sigma``, no robust ``loss``). Minimises the deviance ``2 sum(mu - y +
+        y log(y / mu))`` through its deviance residuals
+        (`jaxlsq.poisson_deviance_residuals`): ``chisq`` is the deviance,
+        ``pearson_chisq`` Pearson's statistic, ``covariance`` the inverse Fisher
+        information (the Cramer-Rao bound; never scaled, ``absolute_sigma`` does
+        not apply), ``aic``/``bic`` from the Poisson log-likelihood and
+        ``r_squared`` the deviance pseudo-R^2 ``1 - D / D_0``. ``y`` must be >= 0
+        and ``model(x, p0)`` > 0; a trial step where the model is not positive is
+        rejected.
     starts : array (K, n) or pytree like ``p0`` with a leading K axis, optional
         Multi-start: fit from each of the K starting points (flat in
         ``ravel_pytree`` order, or as pytrees) in one ``jax.vmap``-ed solve and keep
@@ -122,8 +137,17 @@ def fit(
     -------
     FitResult
         Parameters, standard errors, covariance, correlation, ``chisq``, ``redchi``,
-        ``dof``, ``r_squared``, ``aic``, ``bic``, residuals, ``best_fit``, status;
-        ``.report()`` and ``.message`` on the host.
+        ``dof``, ``r_squared``, ``aic``, ``bic``, residuals, ``best_fit``, status,
+        ``degeneracy``; ``.report()`` and ``.message`` on the host; bands
+        (``.eval_uncertainty(x)``, ``.prediction_band(x)``) and ``.eval(x)``.
+
+    Warns
+    -----
+    DegenerateFitWarning
+        A successful eager fit that is degenerate (a parameter that cannot be
+        estimated, ``|correlation| > 0.999``, ``R^2 < 0.05``): the warning names the
+        parameters and suggests ``starts``; ``result.degeneracy`` holds the flags
+        (also under ``jit``/``vmap``, which do not warn).
 
     Raises
     ------
@@ -157,6 +181,7 @@ def fit(
         a: ...
     """
     check_fit_call(model, loss, f_scale, solve_options)
+    check_estimator(estimator, sigma, loss)
     p0, dtype = float_params(p0, y)
     leaves, treedef = jax.tree_util.tree_flatten(p0)
     shapes = tuple(np.shape(leaf) for leaf in leaves)
@@ -171,7 +196,11 @@ def fit(
                 leaf, "x", lambda v: np.all(np.isfinite(v)), "must be finite"
             )
     check_model_shape(model, x, p0, y)
-    kind, transform = sigma_transform(sigma, y, dtype)
+    if estimator == "poisson":
+        check_counts(model, x, p0, y)
+        kind, transform = "poisson", None
+    else:
+        kind, transform = sigma_transform(sigma, y, dtype)
 
     fixed_mask = flat_fixed(fixed, p0, n)
     bound_arrays = None
@@ -208,7 +237,7 @@ def fit(
         )
         n_starts = int(flat_starts.shape[0])
 
-    return fit_result(
+    result = fit_result(
         sol,
         x,
         y,
@@ -222,6 +251,8 @@ def fit(
         names=names,
         n_starts=n_starts,
     )
+    warn_if_degenerate(result, "fit")
+    return result
 
 
 def fit_solve_options(

@@ -14,12 +14,14 @@ from ..batch.solve_batch import axes_per_leaf, batch_size, broadcast_axes, solve
 from ..core.validate import check_bounds, flat_bounds
 from .checks import (
     as_data,
+    check_estimator,
     check_fit_call,
     check_model_shape,
     flat_fixed,
     float_params,
     param_names,
 )
+from .degeneracy import warn_if_degenerate
 from .fit import fit_solve_options
 from .result import FitResult
 from .statistics import fit_result
@@ -48,6 +50,7 @@ def fit_batch(
     fixed: Any = None,
     loss: str = "linear",
     f_scale: float = 1.0,
+    estimator: str = "least_squares",
     **solve_options: Any,
 ) -> FitResult:
     """Fit ``model(x, params)`` to many curves: `fit`, batched like `solve_batch`.
@@ -72,7 +75,7 @@ def fit_batch(
     chunk_size, schedule, slots, devices, progress
         As for `solve_batch` (fits in flight at once, lock-step ``"vmap"`` chunks or
         a ``"refill"`` pool, sharding over devices, a tqdm bar).
-    absolute_sigma, bounds, fixed, loss, f_scale, **solve_options
+    absolute_sigma, bounds, fixed, loss, f_scale, estimator, **solve_options
         As for `fit`, shared by every curve (``starts`` is not supported here:
         ``jax.vmap(fit)`` handles multi-start batches).
 
@@ -105,6 +108,7 @@ def fit_batch(
     ([1.0, 2.0, 3.0], True)
     """
     check_fit_call(model, loss, f_scale, solve_options)
+    check_estimator(estimator, sigma, loss)
     if "starts" in solve_options:
         raise TypeError(
             "fit_batch does not take starts; use jax.vmap(fit) for multi-start batches"
@@ -123,7 +127,7 @@ def fit_batch(
     n = sum(int(np.prod(s)) for s in shapes)
     y1 = as_data(y1, dtype)
     check_model_shape(model, x1, p1, y1)
-    kind = sigma_kind(sigma1, y1)
+    kind = "poisson" if estimator == "poisson" else sigma_kind(sigma1, y1)
     fixed_mask = flat_fixed(fixed, p1, n)
     bound_arrays = None
     if bounds is not None:  # lower < upper here; each curve's p0: its status
@@ -135,7 +139,7 @@ def fit_batch(
 
     y = jnp.moveaxis(as_data(y, dtype), y_axis, 0)
     p0 = jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, dtype), p0)
-    if sigma_axis is None and kind is not None:  # shared: fit's checks, eagerly
+    if sigma_axis is None and kind in ("1d", "2d"):  # shared: fit's checks, eagerly
         sigma_transform(sigma, y1, dtype)
     transform, transform_axis = _transforms(kind, sigma, sigma_axis, y1, dtype)
     residual_fn = Residuals(model, kind)
@@ -166,6 +170,7 @@ def fit_batch(
     results = jax.vmap(finish, in_axes=in_axes_finish, axis_size=n_batch)(
         sols, x, y, transform, f_scale, n_success
     )
+    warn_if_degenerate(results, "fit_batch")
     return results
 
 
@@ -192,7 +197,7 @@ def _transforms(kind, sigma, sigma_axis, y1, dtype):
             return jnp.broadcast_to(1 / s, y1.shape)
         return jnp.linalg.cholesky(s)
 
-    if kind is None:
+    if kind in (None, "poisson"):
         return None, None
     if sigma_axis is None:
         return one(sigma), None

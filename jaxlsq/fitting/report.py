@@ -59,14 +59,25 @@ def _flat(tree, batch_shape=()) -> np.ndarray:
 
 
 def _statistics_rows(r) -> list[tuple[str, str]]:
-    rows = [
-        ("# fitting method", "Levenberg-Marquardt (jaxlsq)"),
+    poisson = r.estimator == "poisson"
+    rows = [("# fitting method", "Levenberg-Marquardt (jaxlsq)")]
+    if poisson:
+        rows.append(("# estimator", "Poisson maximum likelihood"))
+    rows += [
         ("# function evals", str(int(r.nfev))),
         ("# Jacobian evals", str(int(r.njev))),
         ("# data points", str(r.ndata)),
         ("# variables", str(r.nfree)),
-        ("chi-square", _g(r.chisq)),
-        ("reduced chi-square", _g(r.redchi)),
+    ]
+    if poisson:  # chisq is the deviance; Pearson's statistic beside it
+        rows += [
+            ("deviance", _g(r.chisq)),
+            ("deviance / dof", _g(r.redchi)),
+            ("Pearson chi-square", _g(r.pearson_chisq)),
+        ]
+    else:
+        rows += [("chi-square", _g(r.chisq)), ("reduced chi-square", _g(r.redchi))]
+    rows += [
         ("Akaike info crit", _g(r.aic)),
         ("Bayesian info crit", _g(r.bic)),
         ("R-squared", _g(r.r_squared)),
@@ -77,6 +88,11 @@ def _statistics_rows(r) -> list[tuple[str, str]]:
         rows.append(("starts", f"{int(r.n_success)} of {r.n_starts} succeeded"))
     rows.append(("status", _status_text(int(r.status))))
     rows.append(("message", str(r.message)))
+    if int(r.degeneracy):
+        from .degeneracy import describe
+
+        for phrase in describe(r):
+            rows.append(("degenerate", phrase))
     return rows
 
 
@@ -261,6 +277,11 @@ def _batch_content(result):
         ("# data points", f"{r.ndata} per fit"),
         ("# variables", str(r.nfree)),
     ]
+    n_degenerate = int(np.count_nonzero(np.asarray(r.degeneracy)))
+    if n_degenerate:
+        head.append(("# degenerate", f"{n_degenerate} (successful, see .degeneracy)"))
+    if r.estimator == "poisson":
+        head.append(("estimator", "Poisson maximum likelihood (chi-square: deviance)"))
     if r.loss != "linear":
         head.append(("loss", _loss_name(r.loss)))
     if r.n_starts > 1:

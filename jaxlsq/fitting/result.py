@@ -36,21 +36,29 @@ class FitResult:
         ``cov_ij / sqrt(cov_ii cov_jj)`` (independent of the ``chisq / dof`` scaling).
         Rows/columns of fixed parameters are 0, those of non-estimable ones NaN.
     chisq : Array, shape ()
-        ``sum(residuals**2)``, the weighted sum of squares (also with a robust loss).
+        ``sum(residuals**2)``, the weighted sum of squares (also with a robust loss);
+        the deviance with ``estimator="poisson"``.
+    pearson_chisq : Array, shape ()
+        Pearson's ``sum((y - mu)^2 / var)``: ``chisq`` itself for least squares,
+        ``sum((y - mu)^2 / mu)`` for the Poisson estimator.
     redchi : Array, shape ()
         ``chisq / dof`` (``inf`` when ``dof <= 0``).
     r_squared : Array, shape ()
         ``1 - chisq / chisq_0`` with ``chisq_0`` the weighted sum of squares of the
         best constant model (``y``'s mean, weighted by ``sigma`` as the fit is); NaN
-        for constant data.
+        for constant data. Poisson: the deviance pseudo-R^2 (``chisq_0`` the
+        deviance of the constant mean).
     aic, bic : Array, shape ()
         lmfit's definitions: ``m log(chisq / m) + 2 nfree`` and
-        ``m log(chisq / m) + log(m) nfree`` (``m = ndata``).
+        ``m log(chisq / m) + log(m) nfree`` (``m = ndata``); for the Poisson
+        estimator ``-2 log L + 2 nfree`` and ``-2 log L + log(m) nfree`` with the
+        full Poisson log-likelihood ``log L``.
     cost : Array, shape ()
         The minimised cost: ``chisq / 2``, or scipy's robust cost with a ``loss``.
     residuals : Array, shape of ``y``
         Weighted residuals at the solution (``(model - y) / sigma``, or
-        ``L^-1 (model - y)`` reshaped for a covariance ``sigma``).
+        ``L^-1 (model - y)`` reshaped for a covariance ``sigma``); the deviance
+        residuals for the Poisson estimator.
     best_fit : Array, shape of ``y``
         ``model(x, params)``.
     status, success, nfev, njev, n_iter : Array, shape ()
@@ -59,6 +67,10 @@ class FitResult:
         -1 where a parameter ended on its lower bound, +1 on its upper, else 0.
     n_success : Array, int32, shape ()
         How many of the ``n_starts`` fits succeeded.
+    degeneracy : Array, int32, shape ()
+        0 for a sound fit; for a successful but degenerate one a bit mask of
+        `jaxlsq.fitting.degeneracy`'s flags: 1 a parameter cannot be estimated, 2
+        two parameters correlated beyond 0.999, 4 ``R^2 < 0.05``. See `degenerate`.
     names : tuple of str
         Parameter names (flat order): dict keys / pytree paths, ``[i]`` suffixes for
         array leaves.
@@ -70,14 +82,28 @@ class FitResult:
         Number of starting points fitted (1 without ``starts``).
     loss : str
         The loss used.
+    estimator : str
+        ``"least_squares"`` or ``"poisson"`` (maximum likelihood for counts).
+    model : callable or None
+        The fitted ``model(x, params)`` (for `eval` and the bands).
+    sigma_kind : str or None
+        How the residuals were weighted: None (unit weights), ``"1d"`` (sigma),
+        ``"2d"`` (a covariance matrix) or ``"poisson"``.
+    absolute_sigma : bool
+        Whether ``covariance`` is absolute (``absolute_sigma=True``, or the
+        Poisson estimator) rather than scaled by ``chisq / dof``.
     """
 
     _DATA = (
-        "params", "stderr", "covariance", "correlation", "chisq", "redchi",
-        "r_squared", "aic", "bic", "cost", "residuals", "best_fit", "status",
-        "success", "nfev", "njev", "n_iter", "active_mask", "n_success",
+        "params", "stderr", "covariance", "correlation", "chisq", "pearson_chisq",
+        "redchi", "r_squared", "aic", "bic", "cost", "residuals", "best_fit",
+        "status", "success", "nfev", "njev", "n_iter", "active_mask", "n_success",
+        "degeneracy",
     )  # fmt: skip
-    _META = ("names", "fixed", "ndata", "nfree", "dof", "n_starts", "loss")
+    _META = (
+        "names", "fixed", "ndata", "nfree", "dof", "n_starts", "loss", "estimator",
+        "model", "sigma_kind", "absolute_sigma",
+    )  # fmt: skip
 
     def __init__(self, **fields: Any):
         missing = set(self._DATA + self._META) - set(fields)
@@ -116,10 +142,51 @@ class FitResult:
             raise IndexError("a single FitResult cannot be indexed (no batch axis)")
         return jax.tree_util.tree_map(lambda v: v[index], self)
 
+    def eval(self, x) -> jax.Array:
+        """``model(x, params)`` at new abscissae ``x`` (for a batch: every fit at
+        the same ``x``, shape ``batch_shape + out``)."""
+        from .bands import evaluate
+
+        return evaluate(self, x)
+
+    def eval_uncertainty(self, x, sigma: float = 1.0) -> jax.Array:
+        """Half-width of the model's confidence band at ``x`` (lmfit's method of
+        this name, with exact derivatives): see `jaxlsq.fitting.bands`.
+        ``sigma``: standard deviations (>= 1) or a probability (< 1)."""
+        from .bands import confidence_band
+
+        return confidence_band(self, x, sigma)
+
+    def prediction_band(self, x, sigma: float = 1.0, noise=None) -> jax.Array:
+        """Half-width of the band where a new observation at ``x`` falls: the
+        confidence band plus the noise (``redchi``, ``mu(x)`` for counts, or
+        ``noise`` given in ``y``'s units); see `jaxlsq.fitting.bands`."""
+        from .bands import prediction_band
+
+        return prediction_band(self, x, sigma, noise)
+
     @property
     def batch_shape(self) -> tuple[int, ...]:
         """Leading batch axes (``()`` for a single fit)."""
         return tuple(np.shape(self.status))
+
+    def plot(self, x=None, y=None, sigma=None, **kwargs):
+        """A matplotlib figure of the fit: for one fit `jaxlsq.fitting.plots.plot_fit`
+        (``x``, ``y`` required: data, fit, band, residuals); for a batch
+        `plot_batch` (histograms, statuses, example fits when ``x``, ``y`` given)."""
+        from .plots import plot_batch, plot_fit
+
+        if self.batch_shape:
+            return plot_batch(self, x, y, **kwargs)
+        if x is None or y is None:
+            raise TypeError("plot() of one fit needs the data: result.plot(x, y)")
+        return plot_fit(self, x, y, sigma, **kwargs)
+
+    @property
+    def degenerate(self):
+        """``degeneracy != 0``: the fit succeeded but its optimum is poorly
+        determined (`jaxlsq.fitting.degeneracy`; the report says why)."""
+        return self.degeneracy != 0
 
     @property
     def message(self) -> str | np.ndarray:

@@ -2,7 +2,9 @@
 
 The covariance is the pseudo-inverse of ``J^T J`` of the weighted residuals, with
 scipy ``curve_fit``'s rank cutoff and ``chisq / dof`` scaling; a robust loss uses
-scipy's loss-rescaled Jacobian. What cannot be estimated is ``inf``, never a number.
+scipy's loss-rescaled Jacobian; the Poisson estimator the inverse Fisher
+information (`jaxlsq.fitting.poisson`). What cannot be estimated is ``inf``, never
+a number.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from ..core.compiler import jit
 from ..core.factorize import right_svd
 from ..core.losses import loss_scaled_jacobian
 from ..core.status import Status
+from .degeneracy import degeneracy_flags
+from .poisson import fisher_jacobian, null_deviance, poisson_statistics
 from .result import FitResult
 from .weights import whiten
 
@@ -44,8 +48,15 @@ def fit_result(
     fixed_np = np.asarray(fixed, bool)
     nfree = int(np.sum(~fixed_np))
     dof = m - nfree
+    dtype = f.dtype
     chisq = jnp.sum(f * f)
-    if loss == "linear":
+    best_fit = jnp.asarray(residual_fn.model(x, sol.params)).astype(dtype)
+    poisson = residual_fn.kind == "poisson"
+    if poisson:  # the Cramer-Rao bound: inverse Fisher information, never scaled
+        mu, counts = jnp.ravel(best_fit), jnp.ravel(y)
+        cov_jac, cov_chisq = fisher_jacobian(jac, mu, counts), chisq
+        absolute_sigma = True
+    elif loss == "linear":
         cov_jac, cov_chisq = jac, chisq
     else:  # curve_fit(method="trf", loss=...): loss-rescaled J, 2 * robust cost
         cov_jac = loss_scaled_jacobian(jac, f, loss, f_scale)
@@ -54,21 +65,24 @@ def fit_result(
     stderr_flat = _stderr(jnp.diagonal(cov))
     _, unravel = jax.flatten_util.ravel_pytree(sol.params)
 
-    dtype = f.dtype
     redchi = chisq / dof if dof > 0 else jnp.asarray(jnp.inf, dtype)
-    tiny = jnp.finfo(dtype).tiny
-    neg2_log_like = m * jnp.log(jnp.maximum(chisq, tiny * m) / m)
+    if poisson:
+        pearson, neg2_log_like = poisson_statistics(mu, counts)
+        sst = null_deviance(counts)  # deviance of the best constant mean
+    else:
+        pearson = chisq
+        tiny = jnp.finfo(dtype).tiny
+        neg2_log_like = m * jnp.log(jnp.maximum(chisq, tiny * m) / m)
+        # R^2 against the best constant model under the same weights
+        w1 = jnp.ravel(whiten(jnp.ones_like(y), transform, residual_fn.kind))
+        wy = jnp.ravel(whiten(y, transform, residual_fn.kind))
+        ybar = jnp.dot(w1, wy) / jnp.dot(w1, w1)
+        sst = jnp.sum((wy - ybar * w1) ** 2)
     aic = neg2_log_like + 2 * nfree
     bic = neg2_log_like + np.log(m) * nfree
-    # R^2 against the best constant model under the same weights
-    w1 = jnp.ravel(whiten(jnp.ones_like(y), transform, residual_fn.kind))
-    wy = jnp.ravel(whiten(y, transform, residual_fn.kind))
-    ybar = jnp.dot(w1, wy) / jnp.dot(w1, w1)
-    sst = jnp.sum((wy - ybar * w1) ** 2)
     pos = sst > 0
     r_squared = jnp.where(pos, 1 - chisq / jnp.where(pos, sst, 1), jnp.nan)
 
-    best_fit = jnp.asarray(residual_fn.model(x, sol.params)).astype(dtype)
     # A traced sigma (per curve in a batch, or under jit) is checked here, as the
     # eager path checks a concrete one: not > 0 or not finite is improper input
     # (a negative sigma would otherwise act as its absolute value).
@@ -77,6 +91,11 @@ def fit_result(
         weights_ok = jnp.all((transform > 0) & jnp.isfinite(transform))
         status = jnp.where(weights_ok, status, int(Status.IMPROPER_INPUT))
         success = success & weights_ok
+    if poisson:  # traced counts likewise: a negative count is improper input
+        counts_ok = jnp.all(counts >= 0)
+        status = jnp.where(counts_ok, status, int(Status.IMPROPER_INPUT))
+        success = success & counts_ok
+    degeneracy = degeneracy_flags(stderr_flat, corr, r_squared, fixed_np, dof, success)
     active = getattr(sol, "active_mask", None)
     if active is None:
         active = jnp.zeros((n,), jnp.int32)
@@ -86,6 +105,7 @@ def fit_result(
         covariance=cov,
         correlation=corr,
         chisq=chisq,
+        pearson_chisq=pearson,
         redchi=redchi,
         r_squared=r_squared,
         aic=aic,
@@ -100,6 +120,7 @@ def fit_result(
         n_iter=sol.n_iter,
         active_mask=active,
         n_success=n_success,
+        degeneracy=degeneracy,
         names=names,
         fixed=fixed,
         ndata=m,
@@ -107,6 +128,10 @@ def fit_result(
         dof=dof,
         n_starts=n_starts,
         loss=loss,
+        estimator="poisson" if poisson else "least_squares",
+        model=residual_fn.model,
+        sigma_kind=residual_fn.kind,
+        absolute_sigma=absolute_sigma,
     )
 
 

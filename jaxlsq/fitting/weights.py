@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core.validate import check_concrete
+from .poisson import poisson_deviance_residuals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,9 @@ class Residuals:
     """Weighted residuals ``W (model(x, params) - y)`` in the calling convention of
     `jaxlsq.solve`: ``residuals(params, x, y, transform)``. Equal (and hashing
     alike) per ``(model, kind, unpack)``, so compiled loops are reused across calls.
+
+    ``kind``: `sigma_kind`'s None, ``"1d"`` or ``"2d"``, or ``"poisson"`` (no
+    weights: the Poisson deviance residuals of `jaxlsq.fitting.poisson`).
 
     ``unpack``: the model is called ``model(x, *params)`` (scipy ``curve_fit``'s
     convention) instead of ``model(x, params)`` (`jaxlsq.fit`'s). Works on JAX
@@ -39,7 +43,10 @@ class Residuals:
     def __call__(self, params, x, y, transform):
         xp = jnp if isinstance(y, jax.Array) else np
         out = self.model(x, *params) if self.unpack else self.model(x, params)
-        return whiten(xp.asarray(out).astype(y.dtype) - y, transform, self.kind)
+        out = xp.asarray(out).astype(y.dtype)
+        if self.kind == "poisson":  # counts: deviance residuals (maximum likelihood)
+            return poisson_deviance_residuals(out, y)
+        return whiten(out - y, transform, self.kind)
 
 
 @dataclasses.dataclass(frozen=True)
