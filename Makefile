@@ -15,13 +15,14 @@ $(VENV)/.stamp-%: pyproject.toml
 comma := ,
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 demo: $(VENV)/.stamp-test+notebooks
 	$(PY) examples/demo.py
 
 bench: $(VENV)/.stamp-test+bench
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/poisson.py
 
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff format --check jaxlsq tests benchmarks examples

@@ -21,7 +21,7 @@ implicit-function tangents).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -180,45 +180,18 @@ def fit(
     [[Variables]]
         a: ...
     """
-    check_fit_call(model, loss, f_scale, solve_options)
-    check_estimator(estimator, sigma, loss)
-    p0, dtype = float_params(p0, y)
-    leaves, treedef = jax.tree_util.tree_flatten(p0)
-    shapes = tuple(np.shape(leaf) for leaf in leaves)
-    n = sum(int(np.prod(s)) for s in shapes)
-    names = param_names(p0)
-
-    y = as_data(y, dtype)
-    check_concrete(y, "y", lambda v: np.all(np.isfinite(v)), "must be finite (NaN/inf)")
-    for leaf in jax.tree_util.tree_leaves(x):
-        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
-            check_concrete(
-                leaf, "x", lambda v: np.all(np.isfinite(v)), "must be finite"
-            )
-    check_model_shape(model, x, p0, y)
-    if estimator == "poisson":
-        check_counts(model, x, p0, y)
-        kind, transform = "poisson", None
-    else:
-        kind, transform = sigma_transform(sigma, y, dtype)
-
-    fixed_mask = flat_fixed(fixed, p0, n)
-    bound_arrays = None
-    if bounds is not None:
-        bound_arrays = flat_bounds(bounds, p0, n, dtype)
-        check_bounds(*bound_arrays, p0, "p0")
+    setup = fit_setup(
+        model, x, y, p0, sigma, bounds, fixed, loss, f_scale, estimator,
+        solve_options,
+    )  # fmt: skip
+    p0, y, transform, fixed_mask = setup.p0, setup.y, setup.transform, setup.fixed
+    residual_fn, args, options = setup.residual_fn, setup.args, setup.options
+    leaves, treedef, shapes = setup.leaves, setup.treedef, setup.shapes
     flat_starts = None
     if starts is not None:
-        flat_starts = as_flat_starts(starts, p0, n, dtype)
-        if bound_arrays is not None:
-            check_bounds(*bound_arrays, flat_starts, "starts")
-
-    options = fit_solve_options(
-        solve_options, bound_arrays, fixed_mask, loss, f_scale, where="fit"
-    ).with_defaults(n, dtype)  # given or default: the same compiled multi-start
-
-    residual_fn = Residuals(model, kind)
-    args = (x, y, transform)
+        flat_starts = as_flat_starts(starts, p0, setup.n, setup.dtype)
+        if setup.bounds is not None:
+            check_bounds(*setup.bounds, flat_starts, "starts")
     if flat_starts is None:
         sol = solve(residual_fn, p0, args, options=options)
         n_success = sol.success.astype(jnp.int32)
@@ -242,17 +215,79 @@ def fit(
         x,
         y,
         transform,
-        jnp.asarray(f_scale, dtype),
+        jnp.asarray(f_scale, setup.dtype),
         n_success,
         residual_fn=residual_fn,
         fixed=tuple(bool(b) for b in fixed_mask),
         loss=loss,
         absolute_sigma=bool(absolute_sigma),
-        names=names,
+        names=setup.names,
         n_starts=n_starts,
     )
     warn_if_degenerate(result, "fit")
     return result
+
+
+class FitSetup(NamedTuple):
+    """What `fit` hands to `solve`, checked and flattened (`fit_setup`); shared by
+    the profile fits of `jaxlsq.fitting.profile`."""
+
+    p0: Any  # pytree of dtype arrays
+    dtype: Any
+    leaves: list
+    treedef: Any
+    shapes: tuple
+    n: int
+    names: tuple
+    y: jax.Array
+    kind: str | None  # `Residuals.kind`
+    transform: Any  # the weights (None, 1/sigma or a Cholesky factor)
+    fixed: np.ndarray  # flat (n,) bool
+    bounds: tuple | None  # flat (lower, upper), (n,) each
+    options: SolveOptions  # defaults filled in for n and dtype
+    residual_fn: Residuals
+    args: tuple  # (x, y, transform)
+
+
+def fit_setup(
+    model, x, y, p0, sigma, bounds, fixed, loss, f_scale, estimator, solve_options
+) -> FitSetup:
+    """Check `fit`'s arguments (eagerly where they are concrete) and build the
+    residual function, its arguments and the `SolveOptions` of the fit."""
+    check_fit_call(model, loss, f_scale, solve_options)
+    check_estimator(estimator, sigma, loss)
+    p0, dtype = float_params(p0, y)
+    leaves, treedef = jax.tree_util.tree_flatten(p0)
+    shapes = tuple(np.shape(leaf) for leaf in leaves)
+    n = sum(int(np.prod(s)) for s in shapes)
+
+    y = as_data(y, dtype)
+    check_concrete(y, "y", lambda v: np.all(np.isfinite(v)), "must be finite (NaN/inf)")
+    for leaf in jax.tree_util.tree_leaves(x):
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
+            check_concrete(
+                leaf, "x", lambda v: np.all(np.isfinite(v)), "must be finite"
+            )
+    check_model_shape(model, x, p0, y)
+    if estimator == "poisson":
+        check_counts(model, x, p0, y)
+        kind, transform = "poisson", None
+    else:
+        kind, transform = sigma_transform(sigma, y, dtype)
+
+    fixed_mask = flat_fixed(fixed, p0, n)
+    bound_arrays = None
+    if bounds is not None:
+        bound_arrays = flat_bounds(bounds, p0, n, dtype)
+        check_bounds(*bound_arrays, p0, "p0")
+    options = fit_solve_options(
+        solve_options, bound_arrays, fixed_mask, loss, f_scale, where="fit"
+    ).with_defaults(n, dtype)  # given or default: the same compiled multi-start
+    residual_fn = Residuals(model, kind)
+    return FitSetup(
+        p0, dtype, leaves, treedef, shapes, n, param_names(p0), y, kind, transform,
+        fixed_mask, bound_arrays, options, residual_fn, (x, y, transform),
+    )  # fmt: skip
 
 
 def fit_solve_options(

@@ -170,6 +170,23 @@ class FitResult:
         """Leading batch axes (``()`` for a single fit)."""
         return tuple(np.shape(self.status))
 
+    def conf_interval(self, x, y, **kwargs) -> dict:
+        """Profile-likelihood confidence intervals (lmfit's ``conf_interval``):
+        ``name -> [(prob, value), ...]``. ``x``, ``y`` and the fit's ``sigma``,
+        ``bounds``, ``f_scale`` and solve options as given to the fit; see
+        `jaxlsq.fitting.profile.conf_interval`."""
+        from .profile import conf_interval
+
+        return conf_interval(self, x, y, **kwargs)
+
+    def bootstrap(self, x, y, **kwargs):
+        """Bootstrap errors and percentile intervals: resample (``kind="residual"``
+        or ``"pairs"``) and refit ``n_samples`` times in one vmapped call; see
+        `jaxlsq.fitting.bootstrap.bootstrap`."""
+        from .bootstrap import bootstrap
+
+        return bootstrap(self, x, y, **kwargs)
+
     def plot(self, x=None, y=None, sigma=None, **kwargs):
         """A matplotlib figure of the fit: for one fit `jaxlsq.fitting.plots.plot_fit`
         (``x``, ``y`` required: data, fit, band, residuals); for a batch

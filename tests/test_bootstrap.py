@@ -1,0 +1,109 @@
+"""`FitResult.bootstrap` against a Python loop of scipy ``curve_fit`` on the same
+resamples (replayed from ``indices``), and against the analytic expectation:
+for a linear model the residual bootstrap's variance is ``RSS / m (X^T X)^-1``,
+i.e. the covariance standard error times ``sqrt((m - n) / m)``; for counts the
+parametric bootstrap's scatter is the Cramer-Rao bound."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import curve_fit
+
+import jaxlsq
+
+jax.config.update("jax_enable_x64", True)
+
+T = np.linspace(0.0, 5.0, 30)
+Y = 3.0 * np.exp(-1.3 * T) + 0.5 + 0.05 * np.random.default_rng(0).standard_normal(30)
+P0 = {"a": 1.0, "k": 1.0, "c": 0.0}
+NAMES = ("a", "c", "k")
+TIGHT = dict(ftol=1e-12, xtol=1e-12)
+
+
+def decay(x, p):
+    return p["a"] * jnp.exp(-p["k"] * x) + p["c"]
+
+
+def decay_np(x, a, c, k):
+    return a * np.exp(-k * x) + c
+
+
+def flat(params):
+    return np.stack([np.asarray(params[n]) for n in NAMES], axis=-1)
+
+
+@pytest.mark.parametrize("kind", ["residual", "pairs"])
+def test_refits_equal_a_scipy_loop_on_the_same_resamples(kind):
+    sigma = np.full(T.shape, 0.05) * (1 + 0.5 * np.sin(T))
+    result = jaxlsq.fit(decay, T, Y, P0, sigma=sigma, **TIGHT)
+    boot = result.bootstrap(
+        T, Y, n_samples=12, kind=kind, sigma=sigma, key=jax.random.key(3), **TIGHT
+    )
+    got = flat(boot.params)
+    assert got.shape == (12, 3) and bool(np.all(boot.success))
+    best = flat(result.params)
+    fit_y = np.asarray(result.best_fit)
+    for b, idx in enumerate(np.asarray(boot.indices)):
+        if kind == "residual":
+            y_b = fit_y + sigma * ((Y - fit_y) / sigma)[idx]
+            x_b, s_b = T, sigma
+        else:
+            x_b, y_b, s_b = T[idx], Y[idx], sigma[idx]
+        want, _ = curve_fit(decay_np, x_b, y_b, p0=best, sigma=s_b, ftol=1e-12,
+                            xtol=1e-12)  # fmt: skip
+        np.testing.assert_allclose(got[b], want, rtol=1e-7, atol=1e-9)
+    # the summary is that of the refits
+    np.testing.assert_allclose(
+        [float(boot.stderr[n]) for n in NAMES], got.std(axis=0, ddof=1), rtol=1e-12
+    )
+    lo, mid, hi = (boot.intervals["k"][i][1] for i in (1, 2, 3))
+    np.testing.assert_allclose(
+        [lo, hi], np.percentile(got[:, 2], [50 - 34.134, 50 + 34.134]), rtol=1e-4
+    )
+    assert mid == float(result.params["k"])
+
+
+def test_residual_bootstrap_of_a_line_has_the_analytic_scatter():
+    x = np.linspace(0.0, 1.0, 40)
+    rng = np.random.default_rng(5)
+    y = 1.0 + 2.0 * x + 0.1 * rng.standard_normal(x.size)
+
+    def line(x, p):
+        return p["b"] + p["m"] * x
+
+    result = jaxlsq.fit(line, x, y, {"b": 0.0, "m": 0.0})
+    boot = result.bootstrap(x, y, n_samples=4000, key=jax.random.key(1))
+    shrink = np.sqrt((x.size - 2) / x.size)  # RSS / m instead of RSS / (m - n)
+    for name in ("b", "m"):
+        want = float(result.stderr[name]) * shrink
+        # sd of a sd estimate from B draws: ~1 / sqrt(2B) = 1.1%; 4 of them
+        assert abs(float(boot.stderr[name]) / want - 1) < 0.045, name
+
+
+@pytest.mark.slow
+def test_poisson_parametric_bootstrap_scatter_is_the_cramer_rao_bound():
+    mu = 200 * np.exp(-0.6 * T) + 20
+    counts = np.random.default_rng(2).poisson(mu).astype(float)
+    p0 = {"a": 100.0, "k": 1.0, "c": 10.0}
+    result = jaxlsq.fit(decay, T, counts, p0, estimator="poisson")
+    boot = result.bootstrap(T, counts, n_samples=2000, key=jax.random.key(2))
+    assert boot.indices is None and float(np.mean(boot.success)) > 0.99
+    for name in NAMES:
+        ratio = float(boot.stderr[name]) / float(result.stderr[name])
+        assert abs(ratio - 1) < 0.08, (name, ratio)
+
+
+def test_bootstrap_arguments_are_checked():
+    result = jaxlsq.fit(decay, T, Y, P0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        result.bootstrap(T, Y, kind="jackknife")
+    with pytest.raises(ValueError, match="n_samples must be >= 2"):
+        result.bootstrap(T, Y, n_samples=1)
+    with pytest.raises(ValueError, match="x of shape"):
+        result.bootstrap(np.stack([T, T]), Y, kind="pairs")
+    fits = jaxlsq.fit_batch(decay, T, np.stack([Y, Y]), P0)
+    with pytest.raises(ValueError, match="one fit"):
+        fits.bootstrap(T, Y)
