@@ -34,7 +34,9 @@ def test_tutorial_sinusoid_local_minimum_is_flagged_and_warned():
     x, y, p0 = sinusoid_problem()
     with pytest.warns(DegenerateFitWarning, match=r"C\(a, b\).*starts=") as record:
         res = jaxlsq.fit(sinus, x, y, p0)
-    assert len(record) == 1
+    # once, whatever else this process happens to warn about meanwhile (a first
+    # import's DeprecationWarning, say: it depends on which tests ran before)
+    assert sum(issubclass(w.category, DegenerateFitWarning) for w in record) == 1
     assert bool(res.success) and bool(res.degenerate)
     assert int(res.degeneracy) == CORRELATED | LOW_R_SQUARED
     # the oracle: scipy stops in the same valley, and its covariance and R^2 say
