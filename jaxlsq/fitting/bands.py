@@ -138,13 +138,20 @@ def _variance(model, params, cov, x, *, add_mu):
     return var + jnp.maximum(mu, 0) if add_mu else var
 
 
+def level_probability(sigma) -> float:
+    """lmfit's level convention: ``sigma >= 1`` standard deviations (the two-sided
+    normal probability ``erf(sigma / sqrt(2))``), ``sigma < 1`` the probability."""
+    sigma = float(sigma)
+    return sigma if sigma < 1 else math.erf(sigma / math.sqrt(2))
+
+
 def _quantile(result, sigma) -> jax.Array:
     """Two-sided quantile of the level ``sigma`` names: Student's t (``dof``) for a
     scaled covariance, normal for an absolute one."""
     sigma = float(sigma)
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 (a level), got {sigma}")
-    prob = sigma if sigma < 1 else math.erf(sigma / math.sqrt(2))
+    prob = level_probability(sigma)
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(result.params))
     if result.absolute_sigma:
         return ndtri(jnp.asarray((1 + prob) / 2, dtype))

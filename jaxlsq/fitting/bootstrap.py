@@ -19,15 +19,16 @@ are left out of the statistics and counted).
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .bands import level_probability
 from .checks import unflatten
 from .fit import fit
+from .result import flat_params
 
 KINDS = ("residual", "pairs")
 
@@ -141,14 +142,9 @@ def _summarise(result, fits, indices, sigmas) -> Bootstrap:
     stderr = jax.tree_util.tree_map(
         lambda leaf: jnp.std(jnp.asarray(leaf)[ok], axis=0, ddof=1), fits.params
     )
-    flat = np.concatenate(
-        [np.reshape(leaf, (leaf.shape[0], -1)) for leaf in
-         jax.tree_util.tree_leaves(fits.params)], axis=1,
-    )[ok]  # fmt: skip
-    best = np.concatenate(
-        [np.ravel(leaf) for leaf in jax.tree_util.tree_leaves(result.params)]
-    )
-    probs = [s if s < 1 else math.erf(s / math.sqrt(2)) for s in map(float, sigmas)]
+    flat = np.asarray(flat_params(fits))[ok]
+    best = np.asarray(flat_params(result))
+    probs = [level_probability(s) for s in sigmas]
     intervals = {}
     for j, name in enumerate(result.names):
         if result.fixed[j]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
@@ -29,7 +28,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..core.compiler import jit
 from ..core.solve import solve
-from .bands import _quantile
+from .bands import _quantile, level_probability
 from .checks import unflatten
 from .fit import fit_setup
 
@@ -89,7 +88,7 @@ def conf_interval(
                 f"(free: {[names[i] for i in free]})"
             )
     levels = [float(s) for s in sigmas]
-    probs = [s if s < 1 else math.erf(s / math.sqrt(2)) for s in levels]
+    probs = [level_probability(s) for s in levels]
     q = jnp.stack([_quantile(result, s) for s in levels])  # (L,)
     # The rise of chi2 at a level: q^2 times chisq / dof (scaled) or 1 (absolute).
     scale = jnp.ones_like(result.redchi) if result.absolute_sigma else result.redchi
