@@ -30,10 +30,18 @@ def sinusoid_problem():
     return x, y, dict(zip("abc", map(float, start), strict=True))
 
 
+# From the tutorial's start the fit drifts along a flat valley. At the default
+# ftol (1.49e-8) where it stops there is decided by rounding: a = -38, -55 or
+# -3588 (then max_nfev, a failed fit) on different CPUs, for scipy and jaxlsq
+# alike. At ftol=1e-6 both stop early in the valley at the same point
+# (a = -13.3416 here), which is what these tests are about.
+VALLEY = dict(ftol=1e-6)
+
+
 def test_tutorial_sinusoid_local_minimum_is_flagged_and_warned():
     x, y, p0 = sinusoid_problem()
     with pytest.warns(DegenerateFitWarning, match=r"C\(a, b\).*starts=") as record:
-        res = jaxlsq.fit(sinus, x, y, p0)
+        res = jaxlsq.fit(sinus, x, y, p0, **VALLEY)
     # once, whatever else this process happens to warn about meanwhile (a first
     # import's DeprecationWarning, say: it depends on which tests ran before)
     assert sum(issubclass(w.category, DegenerateFitWarning) for w in record) == 1
@@ -41,7 +49,11 @@ def test_tutorial_sinusoid_local_minimum_is_flagged_and_warned():
     assert int(res.degeneracy) == CORRELATED | LOW_R_SQUARED
     # the oracle: scipy stops in the same valley, and its covariance and R^2 say
     # the same (|correlation| > 0.999, R^2 < 0.05)
-    ref, pcov = curve_fit(sinusoid, x, y, p0=list(p0.values()))
+    ref, pcov = curve_fit(sinusoid, x, y, p0=list(p0.values()), **VALLEY)
+    # the same point of the valley: 5e-6 apart here; the valley is flat (the
+    # correlations below are > 0.999), so a stop at ftol=1e-6 can move by more
+    got = [float(res.params[k]) for k in "abc"]
+    np.testing.assert_allclose(got, ref, rtol=1e-3)
     sd = np.sqrt(np.diag(pcov))
     corr = pcov / np.outer(sd, sd)
     assert np.abs(corr[np.triu_indices(3, 1)]).max() > 0.999
@@ -95,7 +107,7 @@ def test_flags_under_jit_without_warning_and_per_curve_in_a_batch():
     x, y, p0 = sinusoid_problem()
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateFitWarning)
-        res = jax.jit(lambda y: jaxlsq.fit(sinus, x, y, p0))(y)
+        res = jax.jit(lambda y: jaxlsq.fit(sinus, x, y, p0, **VALLEY))(y)
     assert int(res.degeneracy) == CORRELATED | LOW_R_SQUARED
     good = 2.0 * np.sin(1.5 * x + 0.5) + 0.01 * np.cos(5 * x)
     ys = np.stack([y, good])
@@ -105,7 +117,9 @@ def test_flags_under_jit_without_warning_and_per_curve_in_a_batch():
         "c": np.array([0.0, 0.4]),
     }
     with pytest.warns(DegenerateFitWarning, match="1 of 2 fits"):
-        fits = jaxlsq.fit_batch(sinus, x, ys, starts, in_axes=(None, 0, 0, None))
+        fits = jaxlsq.fit_batch(
+            sinus, x, ys, starts, in_axes=(None, 0, 0, None), **VALLEY
+        )
     assert int(fits.degeneracy[0]) == CORRELATED | LOW_R_SQUARED
     assert int(fits.degeneracy[1]) == 0 and bool(fits.success[1])
     assert "# degenerate" in fits.report()
