@@ -18,7 +18,9 @@ problems' rows and are re-initialised (`lm_init`, vmapped over ``K``) with the n
 ``K`` problems of the queue. Refilling ``K`` at a time bounds the cost of a refill
 (a residual evaluation for ``K`` lanes, not ``P``) at the price of up to ``K - 1``
 finished slots idling for a step or two. Once the queue is empty the remaining fits
-run out and every slot is written.
+run out: while more than ``K`` are running, in the pool; the last ``K`` or fewer
+move to a pool of ``K`` slots (a second, smaller vmapped iteration), so a few slow
+fits at the end of a batch cost ``K`` lanes per step, not ``P``.
 
 Each problem goes through exactly the iteration code of `solve` (`lm_init`,
 `lm_iteration`, and the Jacobian at the end), only the scheduling differs; the final
@@ -178,21 +180,49 @@ def solve_refill(
         n_done = jnp.sum(st.status != int(Status.RUNNING))
         return (n_done >= refill_size) & (queue < n_problems)
 
+    # The tail: once the queue is empty and at most K fits still run, they move to a
+    # pool of K slots. A few slow fits (a Poisson fit creeping along mu = 0 for
+    # 2000 iterations) then cost K lanes per iteration instead of P: the last
+    # problems of a batch no longer run at the price of a full pool.
+    tail = refill_size if refill_size < n_slots else n_slots
+    # the pool runs until at most `threshold` fits run: K with a tail pool, else 0
+    threshold = tail if tail < n_slots else 0
+
+    def running_count(st):
+        return jnp.sum(st.status == int(Status.RUNNING))
+
+    def advance(st, data):
+        """One iteration of every running slot; finished slots keep their state."""
+        running = st.status == int(Status.RUNNING)
+        return _select(running, jax.vmap(step_one)(st, data), st)
+
     def unfinished(carry):
         st, _, _, queue, _ = carry
-        return jnp.any(st.status == int(Status.RUNNING)) | (queue < n_problems)
+        return (running_count(st) > threshold) | (queue < n_problems)
 
     def body(carry):
         st, rows, data, queue, results = carry
-        running = st.status == int(Status.RUNNING)
-        st = _select(running, jax.vmap(step_one)(st, data), st)  # one iteration
-        carry = st, rows, data, queue, results
+        carry = advance(st, data), rows, data, queue, results
         # A while_loop, not a cond: its carry (the result buffers) stays in place.
         return lax.while_loop(can_refill, refill, carry)
 
     queue0 = jnp.zeros((), jnp.int32)
     carry = lax.while_loop(can_refill, refill, (st0, rows0, data0, queue0, results0))
-    st, rows, _, _, results = lax.while_loop(unfinished, body, carry)
+    st, rows, data, _, results = lax.while_loop(unfinished, body, carry)
+    if tail < n_slots:
+        running = st.status == int(Status.RUNNING)
+        results = write(results, st, jnp.where(running, n_problems, rows))
+        (sel,) = jnp.nonzero(running, size=tail)  # at most `tail` are running
+        valid = jnp.arange(tail) < running_count(st)
+        st = _take_slots(st, sel)
+        st = st._replace(status=jnp.where(valid, st.status, idle))
+        rows = jnp.where(valid, rows[sel], n_problems)
+        data = [a[sel] for a in data]
+        st = lax.while_loop(
+            lambda s: jnp.any(s.status == int(Status.RUNNING)),
+            lambda s: advance(s, data),
+            st,
+        )
     results = write(results, st, rows)
 
     def finish(row_result, row):

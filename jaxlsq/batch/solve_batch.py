@@ -71,9 +71,11 @@ def solve_batch(
         `jaxlsq.batch.pool`). ``"auto"``: ``"refill"`` when the batch (per device) has
         more than ``chunk_size`` fits and no ``progress`` bar is asked for, else
         ``"vmap"`` (one chunk: nothing to refill, and a faster compile). Same
-        results per fit (at equal width, ``slots == chunk_size``: same statuses and
-        counts); bounds, fixed parameters, losses and implicit differentiation work
-        alike.
+        results per fit, to rounding: XLA may round a vmapped step differently at a
+        different width, and the pool's last ``slots // 8`` (at most 64) fits
+        finish in a narrower pool, so a few fits in 10^4 differ in the last bits
+        (and then, rarely, by an iteration). Bounds, fixed parameters, losses and
+        implicit differentiation work alike.
     slots : int, optional
         Size of the pool for ``"refill"`` (default ``chunk_size``, or 1024; at most
         N; per device with ``devices``).
