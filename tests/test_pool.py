@@ -186,13 +186,30 @@ np.testing.assert_allclose(sharded.params, single.params, rtol=1e-7)
 np.testing.assert_array_equal(sharded.success, single.success)
 assert int(sharded.status[3]) == int(jaxlsq.Status.NONFINITE)
 assert int(np.sum(~np.asarray(sharded.success))) == 1
+
+# Poisson MLE over the devices: photon counts of the same decays (the single-device
+# fit_batch is the oracle; test_poisson checks it against scipy.optimize.minimize)
+mu = truth[:, :1] * np.exp(-truth[:, 1:2] * np.asarray(x)) + truth[:, 2:]
+counts = jnp.asarray(rng.poisson(20.0 * mu).astype(float))
+def decay(x, p):
+    return 20.0 * (p[0] * jnp.exp(-p[1] * x) + p[2])
+p0 = jnp.asarray(truth)
+fkw = dict(in_axes=(None, 0, 0, None), estimator="poisson", schedule="refill",
+           slots=4)
+one = jaxlsq.fit_batch(decay, x, counts, p0, **fkw)
+four = jaxlsq.fit_batch(decay, x, counts, p0, devices=4, **fkw)
+assert bool(np.all(np.asarray(one.success))), np.asarray(one.status)
+np.testing.assert_allclose(four.params, one.params, rtol=1e-7)
+np.testing.assert_allclose(four.stderr, one.stderr, rtol=1e-6)
+np.testing.assert_allclose(four.chisq, one.chisq, rtol=1e-9)
 print("OK")
 """
 
 
 @pytest.mark.slow
 def test_refill_sharded_over_four_simulated_devices():
-    """Each device runs its own pool on its shard (30 fits: padded to 32)."""
+    """Each device runs its own pool on its shard (30 fits: padded to 32), least
+    squares and the Poisson MLE of `fit_batch`."""
     import os
     import subprocess
     import sys
