@@ -49,7 +49,7 @@ def confidence_band(result, x, sigma=1.0):
         estimated (an ``inf`` variance) moves the model, and everywhere when
         ``dof <= 0`` for a scaled covariance.
     """
-    return _quantile(result, sigma) * jnp.sqrt(_model_variance(result, x))
+    return band_quantile(result, sigma) * jnp.sqrt(_model_variance(result, x))
 
 
 def prediction_band(result, x, sigma=1.0, noise=None):
@@ -81,7 +81,7 @@ def prediction_band(result, x, sigma=1.0, noise=None):
             var = var + scale * noise * noise
         else:
             var = var + scale
-    return _quantile(result, sigma) * jnp.sqrt(var)
+    return band_quantile(result, sigma) * jnp.sqrt(var)
 
 
 def evaluate(result, x) -> jax.Array:
@@ -145,9 +145,11 @@ def level_probability(sigma) -> float:
     return sigma if sigma < 1 else math.erf(sigma / math.sqrt(2))
 
 
-def _quantile(result, sigma) -> jax.Array:
-    """Two-sided quantile of the level ``sigma`` names: Student's t (``dof``) for a
-    scaled covariance, normal for an absolute one."""
+def band_quantile(result, sigma) -> jax.Array:
+    """Two-sided quantile (a scalar of the parameters' dtype) of the level ``sigma``
+    names (`level_probability`): Student's t with ``result.dof`` degrees of freedom
+    for a scaled covariance, normal for an absolute one (``result.absolute_sigma``).
+    Shared by the bands and the profile intervals' thresholds."""
     sigma = float(sigma)
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 (a level), got {sigma}")

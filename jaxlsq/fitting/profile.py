@@ -28,7 +28,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..core.compiler import jit
 from ..core.solve import solve
-from .bands import _quantile, level_probability
+from .bands import band_quantile, level_probability
 from .checks import unflatten
 from .fit import fit_setup
 
@@ -89,7 +89,7 @@ def conf_interval(
             )
     levels = [float(s) for s in sigmas]
     probs = [level_probability(s) for s in levels]
-    q = jnp.stack([_quantile(result, s) for s in levels])  # (L,)
+    q = jnp.stack([band_quantile(result, s) for s in levels])  # (L,)
     # The rise of chi2 at a level: q^2 times chisq / dof (scaled) or 1 (absolute).
     scale = jnp.ones_like(result.redchi) if result.absolute_sigma else result.redchi
     batch = bool(result.batch_shape)
