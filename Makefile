@@ -15,7 +15,7 @@ $(VENV)/.stamp-%: pyproject.toml
 comma := ,
 
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest -q -n auto --dist loadfile
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 demo: $(VENV)/.stamp-test+notebooks
 	$(PY) examples/demo.py

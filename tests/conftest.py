@@ -27,3 +27,15 @@ def _free_compiled_programs_after_each_module():
     them made the suite's process grow by gigabytes."""
     yield
     jax.clear_caches()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the markers
+def pytest_collection_modifyitems(config, items):
+    """``make test``'s ``--dist loadgroup``: one xdist group per module (a module's
+    compiled programs stay in one process, as with ``loadfile``), except the
+    notebooks, one group each: their ~6 min of kernels (one notebook ~90 s) then
+    spread over the workers instead of queueing on one at the end of the run."""
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        group = item.nodeid if module.endswith("test_notebooks.py") else module
+        item.add_marker(pytest.mark.xdist_group(group))
