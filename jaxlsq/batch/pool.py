@@ -184,9 +184,9 @@ def solve_refill(
     # pool of K slots. A few slow fits (a Poisson fit creeping along mu = 0 for
     # 2000 iterations) then cost K lanes per iteration instead of P: the last
     # problems of a batch no longer run at the price of a full pool.
-    tail = refill_size if refill_size < n_slots else n_slots
-    # the pool runs until at most `threshold` fits run: K with a tail pool, else 0
-    threshold = tail if tail < n_slots else 0
+    # (K <= P already; K == P: no narrower pool, the pool runs until none runs.)
+    narrow_tail = refill_size < n_slots
+    threshold = refill_size if narrow_tail else 0
 
     def running_count(st):
         return jnp.sum(st.status == int(Status.RUNNING))
@@ -209,19 +209,17 @@ def solve_refill(
     queue0 = jnp.zeros((), jnp.int32)
     carry = lax.while_loop(can_refill, refill, (st0, rows0, data0, queue0, results0))
     st, rows, data, _, results = lax.while_loop(unfinished, body, carry)
-    if tail < n_slots:
+    if narrow_tail:
         running = st.status == int(Status.RUNNING)
         results = write(results, st, jnp.where(running, n_problems, rows))
-        (sel,) = jnp.nonzero(running, size=tail)  # at most `tail` are running
-        valid = jnp.arange(tail) < running_count(st)
+        (sel,) = jnp.nonzero(running, size=refill_size)  # at most K are running
+        valid = jnp.arange(refill_size) < running_count(st)
         st = _take_slots(st, sel)
         st = st._replace(status=jnp.where(valid, st.status, idle))
         rows = jnp.where(valid, rows[sel], n_problems)
         data = [a[sel] for a in data]
         st = lax.while_loop(
-            lambda s: jnp.any(s.status == int(Status.RUNNING)),
-            lambda s: advance(s, data),
-            st,
+            lambda s: running_count(s) > 0, lambda s: advance(s, data), st
         )
     results = write(results, st, rows)
 
