@@ -61,6 +61,7 @@ CASES = {
     "jac": ("rev", "same"),
     "linear_solver": ("eigh", "same"),
     "adjoint": ("unrolled", "same"),
+    "chunk_points": (5, "same"),  # J in 6 blocks of 5 points: the same fit
 }
 
 

@@ -98,7 +98,9 @@ def solve_refill(
     f_scale = options.f_scale
     flat_x0_t, unravel = ravel_pytree(x0_t)
     dtype = flat_x0_t.dtype
-    model = make_model(fun, options.jac, options.loss, flat_x0_t, unravel, args_t)
+    model = make_model(
+        fun, options.jac, options.loss, flat_x0_t, unravel, args_t, options.chunk_points
+    )
 
     # The loop carries no tangents; implicit differentiation attaches them at the end.
     loop_shared, loop_per_fit, loop_options, loop_f_scale = lax.stop_gradient(

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .chunked import TALL_BLOCK, tall_r
 from .linearization import SMALL_N, Linearization
 from .unrolled import (
     gram_matrix,
@@ -168,7 +169,14 @@ def right_svd(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def _right_svd_unbatched(jac_t, diag):
-    """LAPACK SVD of ``jac_t.T / diag``: (V, s)."""
+    """LAPACK SVD of ``jac_t.T / diag``: (V, s). A tall matrix (m >= 2 *
+    `TALL_BLOCK` rows and m >= 64 n) is first reduced to its (n, n) R by TSQR
+    (`tall_r`): the same singular values and vectors, ~2x faster than the SVD of
+    the whole, and no (m, n) U."""
+    n, m = jac_t.shape
+    if m >= 2 * TALL_BLOCK and m >= 64 * n:
+        _, s, vt = jnp.linalg.svd(tall_r(jac_t / diag[:, None]), full_matrices=False)
+        return vt.T, s
     _, s, vt = jnp.linalg.svd(jac_t.T / diag, full_matrices=False)
     return vt.T, s
 

@@ -65,6 +65,18 @@ def _integer(name, value):
         raise TypeError(f"{name} must be an integer, got {value!r}")
 
 
+def _chunk(name, value):
+    if value is not None and not (isinstance(value, str) and value == "auto"):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(
+                f"{name} must be 'auto', a positive int or None, got {value!r}"
+            )
+        if value < 1:
+            raise ValueError(
+                f"{name} must be 'auto', a positive int or None, got {value!r}"
+            )
+
+
 def _jac_mode(name, value):
     if not callable(value) and value not in JAC_MODES:
         raise ValueError(
@@ -76,7 +88,8 @@ def _jac_mode(name, value):
 class SolveOptions:
     """The options of `jaxlsq.solve` (see its docstring for their meaning).
 
-    Static (select code): ``jac``, ``linear_solver``, ``loss``, ``adjoint``.
+    Static (select code): ``jac``, ``linear_solver``, ``loss``, ``adjoint``,
+    ``chunk_points``.
     Traced (values; never recompile): ``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
     ``nfev_per_jac``, ``factor``, ``f_scale``, ``diag``, ``bounds``, ``fixed``.
     Whether ``diag``, ``bounds`` or ``fixed`` is given at all (None or not) is
@@ -94,6 +107,7 @@ class SolveOptions:
     linear_solver: str = _option("svd", static=True, allowed=LINEAR_SOLVERS)
     loss: str | Callable = _option("linear", static=True, check=check_loss)
     adjoint: str = _option("implicit", static=True, allowed=ADJOINTS)
+    chunk_points: int | str | None = _option("auto", static=True, check=_chunk)
     ftol: Any = _option(None, static=False, check=_nonnegative)
     xtol: Any = _option(None, static=False, check=_nonnegative)
     gtol: Any = _option(None, static=False, check=_nonnegative)

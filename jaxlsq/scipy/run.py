@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.compiler import jit
 from ..core.options import SolveOptions
-from ..core.solve import solve
+from ..core.solve import resolve_chunk_points, solve
 
 
 class HostFit(NamedTuple):
@@ -38,6 +38,7 @@ def run_fit(fun, x0: np.ndarray, args: tuple, m: int, where: str, **options) -> 
     first, eagerly, so a bad value raises what ``solve`` raises; ``where`` names
     the shim); call inside ``jax.enable_x64(True)``."""
     opts = SolveOptions.build(where=where, **options)
+    opts = resolve_chunk_points(fun, x0, args, m, opts)  # eagerly: "auto" sees values
     packed = np.array(_solve_packed(fun, x0, args, opts))  # the one transfer (a copy)
     n = x0.size
     status, nfev, njev = (int(v) for v in packed[:3].tolist())
