@@ -230,3 +230,33 @@ def test_curve_fit_shim_on_many_points_matches_scipy():
     np.testing.assert_array_less(np.abs(popt - ref), 1e-3 * err)
     # entries relative to their scale sqrt(C_ii C_jj) (some are ~1e-7 of it)
     np.testing.assert_array_less(np.abs(pcov - ref_cov), 1e-4 * np.outer(err, err))
+
+
+@pytest.mark.parametrize("kappa", [1e2, 1e9])
+def test_chunked_r_keeps_the_singular_values(kappa):
+    """The strategy's R has J's singular values to QR's accuracy, ``eps * s_max``
+    absolute (times a small factor): the Cholesky factor of J^T J where that is
+    well conditioned (kappa 1e2), TSQR where it is not (kappa 1e9: a Cholesky
+    factor would lose the smallest singular value to ``eps * kappa^2``, 1e2)."""
+    from jaxlsq.core.chunked import ChunkedJacobian, split_points
+
+    rng = np.random.default_rng(8)
+    u, _ = np.linalg.qr(rng.normal(size=(5003, 4)))
+    v, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    s = np.geomspace(1.0, 1.0 / kappa, 4)
+    a = jnp.asarray((u * s) @ v.T)  # J of the linear residuals a @ p - b
+    b = jnp.asarray(rng.normal(size=5003))
+    blocks, tail, rebuild = split_points((a, b), 5003, 1000)
+
+    def block_fun(p, block):
+        a_, b_ = rebuild(block)
+        return a_ @ p - b_
+
+    strategy = ChunkedJacobian(block_fun, blocks, tail)
+    p = jnp.zeros(4)
+    lin, carry = strategy(p, a @ p - b)
+    assert carry is None and lin.jac_t is None
+    got = np.linalg.svd(np.asarray(lin.r), compute_uv=False)
+    np.testing.assert_allclose(got, s, rtol=0, atol=100 * np.finfo(float).eps)
+    np.testing.assert_allclose(lin.jtf, a.T @ (a @ p - b), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(strategy.jacobian(p), a, rtol=0, atol=0)

@@ -298,3 +298,34 @@ def _first_points(args: tuple, n_points: int, stop: int, start: int = 0) -> tupl
         return leaf[start:stop] if per_point and leaf.shape[0] == n_points else leaf
 
     return jax.tree_util.tree_map(cut, args)
+
+
+def resolve_chunk_points(fun, x0, args: tuple, m: int, options):
+    """``options`` with ``chunk_points="auto"`` decided (`auto_chunk_points`: an
+    int or None) for ``fun(x0, *args)`` with ``m`` residuals; a given int is
+    checked (`_check_chunked`). Entry points that trace `solve` inside their own
+    ``jit`` call this first, eagerly, so that "auto" sees concrete values."""
+    if options.chunk_points == "auto":
+        chunk = None if callable(options.jac) else auto_chunk_points(fun, x0, args, m)
+        return dataclasses.replace(options, chunk_points=chunk)
+    if options.chunk_points is not None:
+        _check_chunked(fun, x0, args, options)
+    return options
+
+
+def _check_chunked(fun, x0, args, options) -> None:
+    """Raise unless ``chunk_points`` can be used: no callable ``jac``, residuals
+    with a leading axis of points, per-point data in ``args`` and (when the
+    values are concrete) ``fun`` pointwise on its first and last blocks."""
+    if callable(options.jac):
+        raise ValueError(
+            "chunk_points cannot be used with a callable jac (the chunked strategy "
+            "differentiates each block itself); pass jac='fwd' or 'rev'"
+        )
+    shape = jax.eval_shape(fun, x0, *args).shape
+    if len(shape) == 0:
+        raise ValueError("chunk_points needs residuals with a leading axis of points")
+    split_points(args, shape[0], options.chunk_points)  # raises without data
+    leaves = jax.tree_util.tree_leaves((x0, args))
+    if not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        check_pointwise(fun, x0, args, shape[0], options.chunk_points)

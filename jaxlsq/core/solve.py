@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -12,12 +11,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from .chunked import (
-    ChunkedJacobian,
-    auto_chunk_points,
-    check_pointwise,
-    split_points,
-)
+from .chunked import ChunkedJacobian, resolve_chunk_points, split_points
 from .compiler import jit
 from .implicit import implicit_solution, with_tangents
 from .jacobian import make_jacobian
@@ -224,37 +218,6 @@ def prepare(
         check_concrete(leaf, "x0", lambda v: np.all(np.isfinite(v)), "must be finite")
     options = resolve_chunk_points(fun, x0, args, m, options)
     return x0, args, options.resolve(x0, n, dtype)
-
-
-def resolve_chunk_points(fun, x0, args: tuple, m: int, options: SolveOptions):
-    """``options`` with ``chunk_points="auto"`` decided (`auto_chunk_points`: an
-    int or None) for ``fun(x0, *args)`` with ``m`` residuals; a given int is
-    checked (`_check_chunked`). Entry points that trace `solve` inside their own
-    ``jit`` call this first, eagerly, so that "auto" sees concrete values."""
-    if options.chunk_points == "auto":
-        chunk = None if callable(options.jac) else auto_chunk_points(fun, x0, args, m)
-        return dataclasses.replace(options, chunk_points=chunk)
-    if options.chunk_points is not None:
-        _check_chunked(fun, x0, args, options)
-    return options
-
-
-def _check_chunked(fun, x0, args, options: SolveOptions) -> None:
-    """Raise unless ``chunk_points`` can be used: no callable ``jac``, residuals
-    with a leading axis of points, per-point data in ``args`` and (when the
-    values are concrete) ``fun`` pointwise on its first and last blocks."""
-    if callable(options.jac):
-        raise ValueError(
-            "chunk_points cannot be used with a callable jac (the chunked strategy "
-            "differentiates each block itself); pass jac='fwd' or 'rev'"
-        )
-    shape = jax.eval_shape(fun, x0, *args).shape
-    if len(shape) == 0:
-        raise ValueError("chunk_points needs residuals with a leading axis of points")
-    split_points(args, shape[0], options.chunk_points)  # raises without data
-    leaves = jax.tree_util.tree_leaves((x0, args))
-    if not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-        check_pointwise(fun, x0, args, shape[0], options.chunk_points)
 
 
 @jit(static_argnums=(0,))
