@@ -12,9 +12,9 @@ Methods:
 * ``scipy``: ``scipy.optimize.curve_fit`` (MINPACK lmdif, forward differences),
   numpy model;
 * ``jaxlsq-curve_fit``: the scipy shim (``jaxlsq.scipy.curve_fit``), jax model;
-* ``jaxlsq-dense``: ``jaxlsq.solve`` with the dense Jacobian;
-* ``jaxlsq-chunked``: ``jaxlsq.solve(..., chunk_points=16384)``
-  (`jaxlsq.core.chunked`: J in blocks of points, reduced by TSQR);
+* ``jaxlsq-dense``: ``jaxlsq.solve(..., chunk_points=None)``, the dense Jacobian;
+* ``jaxlsq-chunked``: ``jaxlsq.solve`` with its default ``chunk_points="auto"``
+  (`jaxlsq.core.chunked`: J in blocks of 4096 points, never the whole (m, n));
 * ``nlsq``: ``nlsq.curve_fit``, when nlsq is installed (a benchmark-only install:
   ``pip install --no-deps --ignore-requires-python nlsq`` plus its dependencies).
 
@@ -43,7 +43,6 @@ SIZES = (10_000, 100_000, 1_000_000, 4_000_000, 10_000_000)
 METHODS = ("scipy", "jaxlsq-curve_fit", "jaxlsq-dense", "jaxlsq-chunked", "nlsq")
 P_TRUE = (3.0, 5.0, 0.8, 1.0, 0.1)
 P0 = (2.0, 4.5, 1.0, 0.5, 0.0)
-CHUNK = 16384
 
 
 def rss_mb() -> float:
@@ -100,7 +99,7 @@ def worker(method: str, m: int, dtype: str, repeats: int) -> dict:
                 return jaxlsq.scipy.curve_fit(peak_j, x, y, p0=P0)[0]
         else:
             xj, yj, p0 = jnp.asarray(x), jnp.asarray(y), jnp.asarray(P0, dtype)
-            chunk = CHUNK if method == "jaxlsq-chunked" else None
+            chunk = "auto" if method == "jaxlsq-chunked" else None
 
             def residuals(p, x, y):
                 return peak_j(x, *p) - y
