@@ -43,6 +43,31 @@ from .linearization import JacobianStrategy, Linearization
 from .scaling import scaled_norm
 
 
+def _is_per_point(leaf, n_points: int) -> bool:
+    """Whether a leaf of ``args`` is per-point data (leading axis ``n_points``)."""
+    shape = getattr(leaf, "shape", ())
+    return len(shape) >= 1 and shape[0] == n_points
+
+
+def per_point_leaves(args: tuple, n_points: int, chunk: int):
+    """``(leaves, treedef, split)`` of ``args``, ``split`` saying which leaves are
+    per-point data; raises ``ValueError`` (naming ``chunk_points``) if none is or
+    ``chunk > n_points``. Only shapes are read: no data is copied."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    split = [_is_per_point(leaf, n_points) for leaf in leaves]
+    if not any(split):
+        raise ValueError(
+            f"chunk_points needs per-point data: no array in args has {n_points} "
+            "entries along its leading axis (the residuals' leading axis, points)"
+        )
+    if chunk > n_points:
+        raise ValueError(
+            f"chunk_points={chunk} is more than the {n_points} data points; use "
+            "chunk_points=None (the dense Jacobian) for a problem this small"
+        )
+    return leaves, treedef, split
+
+
 def split_points(args: tuple, n_points: int, chunk: int):
     """``(blocks, tail, rebuild)``: the per-point leaves of ``args`` in blocks.
 
@@ -54,21 +79,7 @@ def split_points(args: tuple, n_points: int, chunk: int):
     leaves replaced by one block's slices. Raises ``ValueError`` if no leaf of
     ``args`` has ``n_points`` entries along axis 0 or ``chunk > n_points``.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    split = [
-        hasattr(leaf, "shape") and len(leaf.shape) >= 1 and leaf.shape[0] == n_points
-        for leaf in leaves
-    ]
-    if not any(split):
-        raise ValueError(
-            f"chunk_points needs per-point data: no array in args has {n_points} "
-            "entries along its leading axis (the residuals' leading axis, points)"
-        )
-    if chunk > n_points:
-        raise ValueError(
-            f"chunk_points={chunk} is more than the {n_points} data points; use "
-            "chunk_points=None (the dense Jacobian) for a problem this small"
-        )
+    leaves, treedef, split = per_point_leaves(args, n_points, chunk)
     n_blocks = n_points // chunk
     full = n_blocks * chunk
     data = [jnp.asarray(leaf) for leaf, s in zip(leaves, split, strict=True) if s]
@@ -245,7 +256,7 @@ def auto_chunk_points(fun: Callable, x0: Any, args: tuple, m: int) -> int | None
     if len(shape) == 0 or shape[0] < AUTO_POINTS:
         return None
     try:
-        split_points(args, shape[0], AUTO_CHUNK)
+        per_point_leaves(args, shape[0], AUTO_CHUNK)  # shapes only
         check_pointwise(fun, x0, args, shape[0], AUTO_CHUNK)
     except ValueError:
         return None
@@ -294,8 +305,7 @@ def _first_points(args: tuple, n_points: int, stop: int, start: int = 0) -> tupl
     points ``start:stop``."""
 
     def cut(leaf):
-        per_point = hasattr(leaf, "shape") and len(leaf.shape) >= 1
-        return leaf[start:stop] if per_point and leaf.shape[0] == n_points else leaf
+        return leaf[start:stop] if _is_per_point(leaf, n_points) else leaf
 
     return jax.tree_util.tree_map(cut, args)
 
@@ -325,7 +335,7 @@ def _check_chunked(fun, x0, args, options) -> None:
     shape = jax.eval_shape(fun, x0, *args).shape
     if len(shape) == 0:
         raise ValueError("chunk_points needs residuals with a leading axis of points")
-    split_points(args, shape[0], options.chunk_points)  # raises without data
+    per_point_leaves(args, shape[0], options.chunk_points)  # shapes only: no copy
     leaves = jax.tree_util.tree_leaves((x0, args))
     if not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
         check_pointwise(fun, x0, args, shape[0], options.chunk_points)
