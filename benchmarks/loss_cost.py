@@ -1,15 +1,21 @@
-"""What a callable robust loss costs in `jaxlsq.least_squares`, against the built-in
-one (issue 14): first call (trace + compile + run) and warm time (best of 20), for
-a 50-point exponential decay with outliers and soft_l1 written four ways.
+"""What a callable robust loss and a ``callback`` cost in `jaxlsq.least_squares`,
+against the built-in loss and no callback (issue 14): first call (trace + compile
++ run) and warm time (best of 20), for a 50-point exponential decay with outliers
+and soft_l1 written four ways; then the linear fit with and without a callback
+(each accepted step is a host round trip from inside the compiled loop, see
+`jaxlsq.core.monitor`), and scipy's trf with the same callbacks for scale.
 
     python benchmarks/loss_cost.py
 """
 
+import contextlib
+import io
 import time
 import warnings
 
 import jax.numpy as jnp
 import numpy as np
+import scipy.optimize as so
 
 import jaxlsq
 
@@ -50,3 +56,36 @@ for name, loss in [
         jaxlsq.least_squares(res, [1.0, 1.0, 0.0], loss=loss, f_scale=0.3)
         ts.append(time.perf_counter() - t0)
     print(f"| {name} | {first:.2f} s | {1e3 * min(ts):.2f} ms | {r.nfev} |")
+
+
+def timed(call):
+    t0 = time.perf_counter()
+    r = call()
+    first = time.perf_counter() - t0
+    ts = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        call()
+        ts.append(time.perf_counter() - t0)
+    return r, first, min(ts)
+
+
+res_np = lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y
+print()
+print("| callback (method='trf', linear loss) | first call | warm | nfev |")
+print("|---|---|---|---|")
+for name, kw in [
+    ("none", {}),
+    ("callback(intermediate_result)", dict(callback=lambda intermediate_result: None)),
+    ("callback(x)", dict(callback=lambda x: None)),
+    ("verbose=2 (to a buffer)", dict(verbose=2)),
+]:
+    for lib, fun in (("jaxlsq", res), ("scipy", res_np)):
+        mod = jaxlsq if lib == "jaxlsq" else so
+        with contextlib.redirect_stdout(io.StringIO()):
+            r, first, warm = timed(
+                lambda mod=mod, fun=fun, kw=kw: mod.least_squares(
+                    fun, [1.0, 1.0, 0.0], **kw
+                )
+            )
+        print(f"| {lib}: {name} | {first:.2f} s | {1e3 * warm:.2f} ms | {r.nfev} |")

@@ -320,9 +320,12 @@ def test_verbose_prints_scipys_report(capsys):
     )
     ours_initial = re.fullmatch(pattern, ours[1]).group(1)
     assert ours_initial == re.fullmatch(pattern, ref[-1]).group(1)
-    least_squares(res_jnp, X0, args=(T, Y), verbose=2)
+    least_squares(res_jnp, X0, args=(T, Y), verbose=2)  # a table, then the report
     out = capsys.readouterr().out.splitlines()
-    assert "per-iteration" in out[0] and re.fullmatch(pattern, out[2])
+    so.least_squares(res_np, X0, args=(T, Y), verbose=2)
+    ref = capsys.readouterr().out.splitlines()
+    assert out[0] == ref[0] and out[-2] in TERMINATION_MESSAGES.values()
+    assert re.fullmatch(pattern, out[-1]) and len(out) > 4
 
 
 # ----------------------------------------------------------------------------------
@@ -495,14 +498,36 @@ def test_callback_with_lm_warns_like_scipy():
         dict(jac_sparsity=np.ones((30, 3))),
         dict(tr_solver="lsmr"),
         dict(tr_options={"regularize": True}),
-        dict(callback=print),
-        dict(workers=2),
     ],
-    ids=["jac_sparsity", "lsmr", "tr_options", "callback", "workers"],
+    ids=["jac_sparsity", "lsmr", "tr_options"],
 )
 def test_not_implemented(kw):
     with pytest.raises(NotImplementedError, match="jaxlsq.least_squares"):
         least_squares(res_jnp, X0, args=(T, Y), **kw)
+
+
+def test_integer_workers_pool_the_host_differences_as_scipy():
+    """``workers=2``: a process pool maps the finite differences (host path), the
+    same numbers as serial; the JAX path accepts and ignores it (exact Jacobian);
+    bad values raise scipy's errors."""
+    with warnings.catch_warnings():  # (the host-path hint, once per function)
+        warnings.simplefilter("ignore", HostFallbackWarning)
+        serial = least_squares(res_np, X0, args=(T, Y))
+        pooled = least_squares(res_np, X0, args=(T, Y), workers=2)
+    ref = so.least_squares(res_np, X0, args=(T, Y), workers=2)
+    assert_array_equal(pooled.x, serial.x)
+    assert (pooled.nfev, pooled.njev) == (serial.nfev, serial.njev)
+    assert_allclose(pooled.x, ref.x, rtol=1e-6)
+    assert_allclose(least_squares(res_jnp, X0, args=(T, Y), workers=-1).x, ref.x, 1e-6)
+    for bad in (0, "two"):
+        with pytest.raises(Exception) as ours:
+            least_squares(res_np, X0, args=(T, Y), workers=bad)
+        with pytest.raises(Exception) as theirs:
+            so.least_squares(res_np, X0, args=(T, Y), workers=bad)
+        assert (type(ours.value), str(ours.value)) == (
+            type(theirs.value),
+            str(theirs.value),
+        )
 
 
 def test_f_scale_must_be_positive():

@@ -44,6 +44,10 @@ def scaled_jacobian(p, x, y):  # a wrong (halved) Jacobian: LM takes other steps
     return 0.5 * jax.jacfwd(residuals)(p, x, y)
 
 
+def stop_after_one_step(progress):  # a monitor (host function): stop at nit 1
+    return progress.nit >= 1
+
+
 # option -> a value that changes this problem's result ("changes": compared with
 # the defaults), or None for options that by design give the same fit.
 CASES = {
@@ -62,6 +66,7 @@ CASES = {
     "linear_solver": ("eigh", "same"),
     "adjoint": ("unrolled", "same"),
     "chunk_points": (5, "same"),  # J in 6 blocks of 5 points: the same fit
+    "monitor": (stop_after_one_step, "changes"),  # single fits only
 }
 
 
@@ -126,6 +131,10 @@ def test_every_option_is_honoured_by_every_entry_point(entry, name):
     opts = _with(name, value)
     if name == "adjoint" and entry.endswith("/refill"):
         with pytest.raises(ValueError, match="adjoint='implicit' only"):
+            _entry(entry, curves(), **opts)
+        return
+    if name == "monitor" and ("_batch" in entry or entry == "fit/starts"):
+        with pytest.raises(ValueError, match="monitor"):  # single fits only
             _entry(entry, curves(), **opts)
         return
     if name == "jac" and entry.startswith("fit"):

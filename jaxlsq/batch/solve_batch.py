@@ -129,6 +129,11 @@ def solve_batch(
     if not isinstance(args, tuple):
         args = (args,)
     options = SolveOptions.build(options, where="solve_batch", **solve_options)
+    if options.monitor is not None:
+        raise ValueError(
+            "monitor reports the iterations of one fit: use it with solve, fit or "
+            "least_squares, not solve_batch/fit_batch"
+        )
     if chunk_size is not None and (
         not isinstance(chunk_size, int)
         or isinstance(chunk_size, bool)

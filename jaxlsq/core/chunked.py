@@ -40,6 +40,7 @@ import numpy as np
 from jax import lax
 
 from .linearization import JacobianStrategy, Linearization
+from .losses import robust_residuals
 from .scaling import scaled_norm
 
 
@@ -184,6 +185,28 @@ class ChunkedJacobian(JacobianStrategy):
         if self.tail is None:
             return jac
         return jnp.concatenate([jac, self._block_jacobian(x, self.tail)])
+
+
+def chunked_strategy(
+    fun, unravel, flat_x0, loop_args, chunk: int, loss, m: int, dense_jac
+) -> ChunkedJacobian:
+    """The `ChunkedJacobian` of `jaxlsq.core.solve`'s model: ``fun(unravel(x),
+    *args)`` (m residuals, flat, robust ones for ``loss``) in blocks of ``chunk``
+    points of ``loop_args = (args, f_scale)``; ``dense_jac`` (x -> (m, n)) for
+    the solution's J."""
+    user_args, scale = loop_args
+    dtype, n = flat_x0.dtype, flat_x0.size
+    n_points = jax.eval_shape(lambda x: fun(unravel(x), *user_args), flat_x0)
+    n_points = n_points.shape[0]
+    blocks, tail, rebuild = split_points(user_args, n_points, chunk)
+
+    def block_fun(x, block):  # the (robust) residuals of one block, flat
+        raw = jnp.ravel(fun(unravel(x), *rebuild(block))).astype(dtype)
+        return robust_residuals(raw, loss, scale)
+
+    rows = m // n_points * chunk
+    mode = "fwd" if n <= rows else "rev"
+    return ChunkedJacobian(block_fun, blocks, tail, mode, dense_jac)
 
 
 def _well_conditioned(gram: jax.Array) -> jax.Array:

@@ -50,6 +50,7 @@ from jax import lax
 
 from .factorize import factorize
 from .linearization import Linearization, as_strategy
+from .monitor import check_in, check_out
 from .options import SolveOptions
 from .scaling import jacobian_unit, residual_unit
 from .scaling import scaled_norm as _norm
@@ -203,9 +204,11 @@ def lm_iteration(
     jacobian,
     options: SolveOptions,
     st: LMState,
+    monitor: Callable | None = None,
 ) -> LMState:
     """One iteration of a running fit: the Jacobian at ``st.x`` and its
-    factorisation, then one damped trial step.
+    factorisation, then one damped trial step. ``monitor`` (traced, see
+    `jaxlsq.core.monitor`) is told of each new point and may stop the fit.
 
     Only meaningful for ``st.status == RUNNING`` (`run_lm` calls it on those only).
     ``st.jac`` is not read (it may be None); the returned state holds the Jacobian
@@ -242,6 +245,7 @@ def lm_iteration(
     st = evaluated._replace(
         njev=jnp.where(fresh, evaluated.njev, st.njev), nfev=st.nfev + jac_cost
     )
+    st = check_in(monitor, st, lin.jtf * unit, fresh)
     # The loop sees J without its frozen columns (the frozen test reads J^T f; lin.jtf
     # is J^T (f / u), with J^T f's signs: see with_linearization).
     lin = lin.without(frozen_columns(st.x, lin.jtf))
@@ -380,8 +384,10 @@ def run_lm(
     jacobian,
     x0: jax.Array,
     options: SolveOptions,
+    monitor: Callable | None = None,
 ) -> LMState:
     """Minimise ``0.5 * ||flat_fun(x)||^2`` from ``x0`` (n,); return the final state.
+    ``monitor``: see `lm_iteration`.
 
     ``jacobian`` is a Jacobian strategy or an ``x -> J`` function (see
     `jaxlsq.core.linearization`). `lm_init`, a ``while_loop`` of `lm_iteration`
@@ -393,7 +399,9 @@ def run_lm(
         state = state._replace(jac=None)
 
     def outer_body(st: LMState) -> LMState:
-        return lm_iteration(flat_fun, strategy, options, st)
+        return lm_iteration(flat_fun, strategy, options, st, monitor)
 
     final = lax.while_loop(_running, outer_body, state)
-    return lm_finalize(strategy, final)
+    done = lm_finalize(strategy, final)
+    check_out(monitor, done, ~final.jac_current & (final.n_iter > 0))
+    return done

@@ -77,6 +77,11 @@ def _chunk(name, value):
             )
 
 
+def _monitor(name, value):
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be None or a callable, got {value!r}")
+
+
 def _jac_mode(name, value):
     if not callable(value) and value not in JAC_MODES:
         raise ValueError(
@@ -89,7 +94,7 @@ class SolveOptions:
     """The options of `jaxlsq.solve` (see its docstring for their meaning).
 
     Static (select code): ``jac``, ``linear_solver``, ``loss``, ``adjoint``,
-    ``chunk_points``.
+    ``chunk_points``, ``monitor``.
     Traced (values; never recompile): ``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
     ``nfev_per_jac``, ``factor``, ``f_scale``, ``diag``, ``bounds``, ``fixed``.
     Whether ``diag``, ``bounds`` or ``fixed`` is given at all (None or not) is
@@ -108,6 +113,7 @@ class SolveOptions:
     loss: str | Callable = _option("linear", static=True, check=check_loss)
     adjoint: str = _option("implicit", static=True, allowed=ADJOINTS)
     chunk_points: int | str | None = _option("auto", static=True, check=_chunk)
+    monitor: Callable | None = _option(None, static=True, check=_monitor)
     ftol: Any = _option(None, static=False, check=_nonnegative)
     xtol: Any = _option(None, static=False, check=_nonnegative)
     gtol: Any = _option(None, static=False, check=_nonnegative)

@@ -11,12 +11,13 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from .chunked import ChunkedJacobian, resolve_chunk_points, split_points
+from .chunked import chunked_strategy, resolve_chunk_points
 from .compiler import jit
 from .implicit import implicit_solution, with_tangents
 from .jacobian import make_jacobian
 from .loop import LMState, run_lm
 from .losses import robust_residuals
+from .monitor import report, take_error
 from .options import SolveOptions
 from .status import Solution, Status
 from .validate import as_float_pytree, check_concrete, residual_size
@@ -138,6 +139,17 @@ def solve(
         points together (``ValueError`` if they differ; `check_pointwise`); under
         ``jit`` the contract is yours.
         Not with a callable ``jac``.
+    monitor : callable, optional
+        ``monitor(progress) -> bool``, a host function told of the fit at its
+        start and after every accepted step (a `jaxlsq.core.monitor.Progress`:
+        ``nit``, ``nfev``, ``njev``, ``cost``, ``x`` flat (n,), ``fun`` (m,),
+        ``grad`` (n,), ``final``), through ``io_callback`` from inside the
+        compiled loop. Returning True (or raising ``StopIteration``) stops the
+        fit there with ``Status.STOPPED``; another exception stops it too and
+        is re-raised by ``solve``. Costs one host round trip per accepted step;
+        static (pass the same function to reuse the compiled program). Not under
+        ``vmap`` (``ValueError``: JAX cannot batch a host callback in the loop).
+        Default None: nothing is compiled for it.
     adjoint : {"implicit", "unrolled"}, default "implicit"
         How JAX differentiates the result with respect to ``args``. ``"implicit"``:
         the implicit-function theorem at the solution, ``dp/dargs =
@@ -187,7 +199,21 @@ def solve(
     """
     options = SolveOptions.build(options, **option_kwargs)
     x0, args, resolved = prepare(fun, x0, args, options)
-    return _solve_jit(fun, x0, args, resolved)
+    try:
+        sol = _solve_jit(fun, x0, args, resolved)
+    except Exception as err:  # JAX's own words for a host callback under vmap
+        if options.monitor is not None and "IO effect" in str(err):
+            raise ValueError(
+                "monitor cannot be used under jax.vmap (JAX cannot batch a host "
+                "callback inside the loop): monitor one fit at a time"
+            ) from err
+        raise
+    if options.monitor is not None:  # its exception, as itself (it stopped the fit)
+        jax.block_until_ready(sol)
+        error = take_error(options.monitor)
+        if error is not None:
+            raise error
+    return sol
 
 
 def prepare(
@@ -234,8 +260,26 @@ def _solve_jit(fun, x0, args, options: SolveOptions) -> Solution:
     else:  # "unrolled": JAX differentiates through the iterations (forward mode)
         loop_x0, loop_args, loop_options = flat_x0, full_args, options
     flat_fun, jac_fun = model.loop_functions(loop_args)
-    st = run_lm(flat_fun, jac_fun, loop_x0, loop_options)
+    st = run_lm(
+        flat_fun, jac_fun, loop_x0, loop_options, traced_monitor(model, args, options)
+    )
     return assemble_solution(model, options.adjoint, st, full_args, loop_options)
+
+
+def traced_monitor(model: Model, args: tuple, options: SolveOptions):
+    """``options.monitor`` as the loop calls it, ``(st, grad, final) -> stop``
+    (`jaxlsq.core.monitor`), or None: it reports ``fun``'s own residuals (for a
+    robust loss evaluated once more at the point, uncounted)."""
+    if options.monitor is None:
+        return None
+
+    def monitor(st, grad, final):
+        f = st.f if model.loss == "linear" else model.raw_residual_fn(st.x, args)
+        counts = (st.n_iter, st.nfev, st.njev)
+        cost = 0.5 * jnp.sum(st.f * st.f)
+        return report(options.monitor, counts, cost, st.x, f, grad, final)
+
+    return monitor
 
 
 class Model(NamedTuple):
@@ -325,21 +369,10 @@ def make_model(
                 return slope[:, None] * raw_jacobian_fn(loop_args[0])(x)
 
         if isinstance(chunk_points, int):  # the loop's J by blocks, jac_fun at the end
-            jac_fun = _chunked_jacobian(loop_args, chunk_points, jac_fun)
+            jac_fun = chunked_strategy(
+                fun, unravel, flat_x0, loop_args, chunk_points, loss, m, jac_fun
+            )
         return flat_fun, jac_fun
-
-    def _chunked_jacobian(loop_args, chunk, dense_jac):
-        user_args, scale = loop_args
-        n_points = jax.eval_shape(lambda x: fun(unravel(x), *user_args), flat_x0)
-        blocks, tail, rebuild = split_points(user_args, n_points.shape[0], chunk)
-
-        def block_fun(x, block):  # the (robust) residuals of one block, flat
-            raw = jnp.ravel(fun(unravel(x), *rebuild(block))).astype(dtype)
-            return robust_residuals(raw, loss, scale)
-
-        rows = m // n_points.shape[0] * chunk
-        mode = "fwd" if n <= rows else "rev"
-        return ChunkedJacobian(block_fun, blocks, tail, mode, dense_jac)
 
     return Model(
         unravel,

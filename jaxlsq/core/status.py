@@ -2,8 +2,9 @@
 
 Status codes 0-8 mean exactly what MINPACK's ``info`` / scipy's ``ier`` mean, so a
 status read from a jaxlsq fit and an ``ier`` read from ``scipy.optimize.leastsq`` can
-be compared directly. Code 9 is jaxlsq's own: MINPACK has no way to say "the
-residuals are not finite" and reports such fits as converged (ier 4); -1 marks a fit
+be compared directly. Codes 9 and 10 are jaxlsq's own: MINPACK has no way to say
+"the residuals are not finite" and reports such fits as converged (ier 4), and 10
+means the ``monitor`` option asked to stop (`jaxlsq.core.monitor`); -1 marks a fit
 still in progress inside the loop and never appears in a returned Solution.
 """
 
@@ -40,6 +41,7 @@ class Status(enum.IntEnum):
     XTOL_TOO_SMALL = 7
     GTOL_TOO_SMALL = 8
     NONFINITE = 9
+    STOPPED = 10
 
     @property
     def success(self) -> bool:
@@ -84,6 +86,7 @@ MESSAGES: dict[Status, str] = {
         "The residuals or the Jacobian are not finite (NaN or inf) at the current "
         "point; the fit cannot proceed."
     ),
+    Status.STOPPED: "Stopped by the monitor (it returned True or raised).",
 }
 
 

@@ -116,15 +116,24 @@ def least_squares(
         Maximum number of evaluations of ``fun`` by the iterations (finite-difference
         calls not included, as scipy >= 1.16); default ``100 * n`` for every method.
     verbose : {0, 1, 2}, default 0
-        1: scipy's termination report. 2: the same, after a note -- the iterations
-        run inside one compiled loop, so there is no per-iteration table.
+        1: scipy's termination report. 2: also scipy's per-iteration table
+        (trf/dogbox; a line per accepted step, printed from inside the compiled
+        loop by a host callback; "lm" prints the report only, as scipy).
     args, kwargs : tuple and dict, optional
         Extra arguments of ``fun`` and ``jac``: ``fun(x, *args, **kwargs)``.
-    callback : None
-        Per-iteration callbacks are not possible inside the compiled loop:
-        NotImplementedError for trf/dogbox; for "lm" scipy's warning and ignored.
-    workers : map-like callable, optional
-        Maps finite-difference evaluations on the host path (``workers(f, points)``).
+    callback : callable, optional
+        trf/dogbox: ``callback(intermediate_result)`` (an ``OptimizeResult``
+        with ``x``, ``fun``, ``nit``, ``nfev``, ``cost``) or ``callback(x)``,
+        chosen by introspection as scipy does, after every accepted step (a
+        host callback from inside the compiled loop, `jaxlsq.core.monitor`:
+        one device round trip per step). Raising ``StopIteration`` stops the
+        fit there with status -2; another exception propagates. "lm": scipy's
+        warning, and ignored.
+    workers : int or map-like callable, optional
+        Maps finite-difference evaluations on the host path (``workers(f,
+        points)``); an int as scipy's: 1 serial, k > 1 a pool of k processes, -1
+        one per CPU (``fun`` must then be picklable). Unused on the JAX path
+        (exact Jacobians, no differences).
 
     Returns
     -------
@@ -154,9 +163,8 @@ def least_squares(
         below eps; ``fun`` not 1-D or not finite at ``x0``; ``jac`` of the wrong
         shape. Also ``f_scale <= 0`` with a robust loss.
     NotImplementedError
-        ``jac_sparsity``, ``tr_solver="lsmr"``, non-empty ``tr_options``,
-        ``callback`` with trf/dogbox, an integer ``workers``, a LinearOperator from
-        ``jac``.
+        ``jac_sparsity``, ``tr_solver="lsmr"``, non-empty ``tr_options``, a
+        LinearOperator from ``jac``.
 
     Warns
     -----

@@ -5,6 +5,11 @@ its adjustment of steps at the bounds. (leastsq's MINPACK forward differences ar
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
+import sys
+
 import numpy as np
 
 EPS = float(np.finfo(float).eps)
@@ -136,14 +141,22 @@ class _Difference:
     def __call__(self, func, x, fx):  # ``func`` (counted by the loop) is not used
         self.njev += 1
         jac = approx_jacobian(
-            self._checked, x, fx[: self.m], self.method, self.rel_step,
-            self.lb, self.ub, self.out_dtype, self.workers,
+            _Checked(self.user_fun, self.m), x, fx[: self.m], self.method,
+            self.rel_step, self.lb, self.ub, self.out_dtype, self.workers,
         )  # fmt: skip
         if self.pad:
             jac = np.concatenate([jac, np.zeros((self.pad, x.size))])
         return jac
 
-    def _checked(self, x):
+
+class _Checked:
+    """``user_fun`` with scipy's check that its output keeps its size (a separate
+    object, picklable for process pools when ``user_fun`` is)."""
+
+    def __init__(self, user_fun, m):
+        self.user_fun, self.m = user_fun, m
+
+    def __call__(self, x):
         out = self.user_fun(x)
         if np.size(out) != self.m:
             raise ValueError(
@@ -151,3 +164,45 @@ class _Difference:
                 f"({np.size(out)} values here, {self.m} at x0)"
             )
         return out
+
+
+def check_workers(workers) -> None:
+    """scipy's errors unless ``workers`` is None, a map-like callable or a number
+    whose ``int()`` is -1 or >= 1 (scipy's ``MapWrapper`` reads ``int(workers)``:
+    its ``ValueError``/``TypeError`` for a string, ``RuntimeError`` for 0)."""
+    if workers is None or callable(workers):
+        return
+    k = int(workers)
+    if not (k == -1 or k >= 1):
+        raise RuntimeError(
+            "Number of workers specified must be -1, an int >= 1, or an object "
+            "with a 'map' method"
+        )
+
+
+@contextlib.contextmanager
+def worker_map(workers):
+    """``with worker_map(workers) as mapper:`` -- scipy's ``workers`` as a map-like
+    callable ``mapper(f, points)`` (or None: the builtin ``map``), as scipy's
+    ``MapWrapper`` makes it: None or 1, serial; -1, a process pool of every CPU;
+    k > 1, a pool of k processes (started with "forkserver" where the default
+    would fork, as scipy does; closed at the end of the block); a callable, used
+    as it is. Anything else raises scipy's ``RuntimeError``."""
+    check_workers(workers)
+    if workers is None or callable(workers):
+        yield workers
+        return
+    workers = int(workers)
+    if workers == 1:
+        yield None
+        return
+    method = multiprocessing.get_start_method(allow_none=True)
+    if method is None and os.name == "posix" and sys.version_info < (3, 14):
+        method = "forkserver"  # fork after JAX started its threads can deadlock
+    context = multiprocessing.get_context(method)
+    pool = context.Pool() if workers == -1 else context.Pool(processes=int(workers))
+    try:
+        yield pool.map
+    finally:
+        pool.close()
+        pool.terminate()

@@ -30,6 +30,11 @@ from jax import lax
 
 from ..core.caches import HOST_PROBLEMS as _PROBLEMS
 
+# float64 crosses the callback boundary as uint32 pairs (see jaxlsq.core.monitor)
+from ..core.monitor import bits_of as _bits_of
+from ..core.monitor import from_bits as _from_bits
+from ..core.monitor import to_bits as _to_bits
+
 # ----------------------------------------------------------------------------------
 # MINPACK output formats
 
@@ -361,26 +366,3 @@ def _keep_error(ctx: _CallContext):
         if ctx.error is None:
             ctx.error = err
         raise
-
-
-# float64 crosses the callback boundary as uint32 pairs: JAX converts callback operands
-# and results to the default dtypes of the thread that runs the callback, which is not
-# always the caller's (XLA may run it on one of its own threads, where the caller's
-# ``jax.enable_x64(True)`` does not apply) and would then round them to float32.
-
-
-def _bits_of(x):
-    """float64 (k,) -> uint32 (k, 2), the same bits (traced side)."""
-    return lax.bitcast_convert_type(jnp.asarray(x, jnp.float64), jnp.uint32)
-
-
-def _from_bits(bits) -> np.ndarray:
-    """uint32 (k, 2) -> float64 (k,), the same bits (host side)."""
-    bits = np.ascontiguousarray(np.asarray(bits), dtype=np.uint32)
-    return bits.view(np.float64).reshape(bits.shape[:-1])
-
-
-def _to_bits(a: np.ndarray) -> np.ndarray:
-    """float64 (...) -> uint32 (..., 2), the same bits (host side)."""
-    a = np.ascontiguousarray(a, dtype=np.float64)
-    return a.view(np.uint32).reshape(*a.shape, 2)

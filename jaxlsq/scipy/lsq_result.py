@@ -12,8 +12,9 @@ from ..core.status import Status
 EPS = float(np.finfo(float).eps)
 
 
-#: scipy's ``least_squares`` messages, word for word (-2, callbacks, cannot happen).
+#: scipy's ``least_squares`` messages, word for word.
 TERMINATION_MESSAGES = {
+    -2: "Stopped because `callback` function raised `StopIteration` or returned `True`",
     -1: "Improper input parameters status returned from `leastsq`",
     0: "The maximum number of function evaluations is exceeded.",
     1: "`gtol` termination condition is satisfied.",
@@ -25,7 +26,8 @@ TERMINATION_MESSAGES = {
 #: jaxlsq `Status` (MINPACK's info) -> ``least_squares`` status. 1-5 as scipy's own
 #: ``FROM_MINPACK_TO_COMMON``; 6-8 ("tolerance too small": the test's machine-precision
 #: floor was reached, possible only for a tolerance below eps, which scipy warns
-#: about) count as that test; jaxlsq's NONFINITE is a failure (-1, its own message).
+#: about) count as that test; jaxlsq's NONFINITE is a failure (-1, its own message);
+#: STOPPED (the callback stopped the fit) is scipy's -2.
 STATUS_FROM_JAXLSQ = {
     Status.IMPROPER_INPUT: -1,
     Status.FTOL: 2,
@@ -37,6 +39,7 @@ STATUS_FROM_JAXLSQ = {
     Status.XTOL_TOO_SMALL: 3,
     Status.GTOL_TOO_SMALL: 1,
     Status.NONFINITE: -1,
+    Status.STOPPED: -2,
 }
 
 

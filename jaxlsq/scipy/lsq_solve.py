@@ -14,7 +14,7 @@ import numpy as np
 from ..core.losses import loss_scaled_jacobian, robust_cost
 from ..core.status import MESSAGES, Status
 from . import host as _host
-from .differences import _Difference, _UserCall
+from .differences import _Difference, _UserCall, check_workers, worker_map
 from .lsq_functions import (
     _Bound,
     _check_jac_shape,
@@ -23,6 +23,7 @@ from .lsq_functions import (
     _split_static,
     _trace_jac,
 )
+from .lsq_monitor import Watch, watching
 from .lsq_result import (
     _OWN_MESSAGE,
     STATUS_FROM_JAXLSQ,
@@ -125,22 +126,12 @@ def _least_squares(
             "jaxlsq.least_squares: `tr_options` are not supported (they configure "
             f"'lsmr'); pass None or {{}}, got {tr_options!r}."
         )
-    if callback is not None:
-        if method != "lm":
-            raise NotImplementedError(
-                "jaxlsq.least_squares: `callback` is not supported: the iterations "
-                "run inside one compiled loop. Drop it, or use method='lm' (where "
-                "scipy ignores it too)."
-            )
+    if callback is not None and method == "lm":
         warnings.warn(
             "Callback function specified, but not supported with `lm` method.",
             stacklevel=stacklevel,
         )
-    if workers is not None and not callable(workers):
-        raise NotImplementedError(
-            "jaxlsq.least_squares: `workers` must be None or a map-like callable "
-            f"(e.g. multiprocessing.Pool(k).map), got {workers!r}."
-        )
+    check_workers(workers)  # an int: a process pool for the host path's differences
     if max_nfev is None:
         max_nfev = 100 * n
     if diff_step is not None:
@@ -187,41 +178,41 @@ def _least_squares(
             loop_jac = _Padded(jac_w, pad, n)
         bounded = bool(np.any((lb > -np.inf) | (ub < np.inf)))
         loop_loss = _loop_loss(loss, m + pad)
+        watch = None  # trf/dogbox: callback and verbose=2 through the monitor
+        if method != "lm" and (callback is not None or verbose == 2):
+            watch = Watch(callback, verbose, method, lb, ub, bounded, m)
         options = dict(
             ftol=float(ftol), xtol=float(xtol), gtol=float(gtol),
             max_nfev=int(max_nfev), factor=_FACTOR[method], diag=diag,
             bounds=(lb, ub) if bounded else None, f_scale=float(f_scale),
         )  # fmt: skip
         if not host:
-            out = run_fit(
-                loop_fun,
-                x0,
-                call_args,
-                m + pad,
-                "least_squares",
-                jac=loop_jac,
-                loss=loop_loss,
-                **options,
-            )._asdict()
+            with watching(watch) as monitor:
+                out = run_fit(
+                    loop_fun, x0, call_args, m + pad, "least_squares",
+                    jac=loop_jac, loss=loop_loss, monitor=monitor, **options,
+                )._asdict()  # fmt: skip
             nfev, njev = out["nfev"], out["njev"]
         else:
-            difference = None
-            host_jac = None
-            if jac_w is not None:
-                host_jac = jac_w if not pad else _Padded(jac_w, pad, n)
-            else:
-                difference = _Difference(
-                    _UserCall(fun, *user_args), jac, diff_step, lb, ub,
-                    plan.out_dtype, workers, m, pad,
-                )  # fmt: skip
-            problem = _host.HostProblem.get(loop_fun, host_jac, False, m + pad, n)
-            with _host.HostProblem.call(call_args, EPS, difference) as (token, ctx):
-                out = run_fit(
-                    problem.fun, x0, (np.int32(token),), m + pad, "least_squares",
-                    jac=problem.jac, loss=loop_loss, **options,
-                )._asdict()  # fmt: skip
-            nfev = ctx.nfev
-            njev = ctx.njev if difference is None else difference.njev
+            with worker_map(workers) as mapper:
+                difference = None
+                host_jac = None
+                if jac_w is not None:
+                    host_jac = jac_w if not pad else _Padded(jac_w, pad, n)
+                else:
+                    difference = _Difference(
+                        _UserCall(fun, *user_args), jac, diff_step, lb, ub,
+                        plan.out_dtype, mapper, m, pad,
+                    )  # fmt: skip
+                problem = _host.HostProblem.get(loop_fun, host_jac, False, m + pad, n)
+                call = _host.HostProblem.call(call_args, EPS, difference)
+                with call as (token, ctx), watching(watch) as monitor:
+                    out = run_fit(
+                        problem.fun, x0, (np.int32(token),), m + pad, "least_squares",
+                        jac=problem.jac, loss=loop_loss, monitor=monitor, **options,
+                    )._asdict()  # fmt: skip
+                nfev = ctx.nfev
+                njev = ctx.njev if difference is None else difference.njev
 
     status_j = Status(out["status"])
     f, jac_x = out["fun"][:m], out["jac"][:m]
@@ -255,11 +246,6 @@ def _least_squares(
         success=status > 0,
     )
     if verbose >= 1:
-        if verbose == 2:
-            print(
-                "jaxlsq: no per-iteration report (verbose=2): the iterations run "
-                "inside one compiled loop. Termination report:"
-            )
         f0 = plan.f0
         if f0 is None:
             with jax.enable_x64(True):

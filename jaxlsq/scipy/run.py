@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..core.compiler import jit
+from ..core.monitor import take_error
 from ..core.options import SolveOptions
 from ..core.solve import resolve_chunk_points, solve
 
@@ -40,6 +41,9 @@ def run_fit(fun, x0: np.ndarray, args: tuple, m: int, where: str, **options) -> 
     opts = SolveOptions.build(where=where, **options)
     opts = resolve_chunk_points(fun, x0, args, m, opts)  # eagerly: "auto" sees values
     packed = np.array(_solve_packed(fun, x0, args, opts))  # the one transfer (a copy)
+    error = None if opts.monitor is None else take_error(opts.monitor)
+    if error is not None:  # the monitor's own exception (it stopped the fit)
+        raise error
     n = x0.size
     status, nfev, njev = (int(v) for v in packed[:3].tolist())
     parts, i = [], 4
