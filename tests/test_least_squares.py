@@ -297,6 +297,25 @@ def test_m_less_than_n_with_trf():
     assert_matches(ours, ref, x_rtol=1e-7, jac_rtol=1e-9, grad_atol=1e-7)
 
 
+@pytest.mark.parametrize("method", ["trf", "dogbox"])
+@pytest.mark.parametrize("fun", [res_jnp, res_np], ids=["jax", "host"])
+def test_max_nfev_1_returns_x0_as_scipy(method, fun):
+    """scipy's trf/dogbox count fun(x0) against max_nfev: with 1 no trial step is
+    left, and the result is x0 with its residuals, Jacobian and gradient."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HostFallbackWarning)
+        ours = least_squares(fun, X0, max_nfev=1, method=method, args=(T, Y))
+    ref = so.least_squares(res_np, X0, jac_np, max_nfev=1, method=method, args=(T, Y))
+    assert_array_equal(ours.x, X0)
+    assert (ours.status, ours.message, ours.success, ours.nfev, ours.njev) == (
+        ref.status, ref.message, ref.success, ref.nfev, ref.njev,
+    )  # fmt: skip
+    assert_allclose(ours.fun, ref.fun, rtol=1e-14, atol=1e-14)
+    jac_tol = 1e-14 if fun is res_jnp else 1e-6  # exact, or 2-point differences
+    assert_allclose(ours.jac, ref.jac, rtol=jac_tol, atol=jac_tol)
+    assert_allclose(ours.grad, ref.grad, rtol=10 * jac_tol, atol=10 * jac_tol)
+
+
 def test_max_nfev_status_and_message():
     ours = least_squares(res_jnp, X0, max_nfev=2, args=(T, Y))
     ref = so.least_squares(res_np, X0, max_nfev=2, args=(T, Y))

@@ -115,6 +115,8 @@ def least_squares(
     max_nfev : int, optional
         Maximum number of evaluations of ``fun`` by the iterations (finite-difference
         calls not included, as scipy >= 1.16); default ``100 * n`` for every method.
+        trf/dogbox count ``fun(x0)`` against it, so with 1 they return ``x0``
+        (status 0) as scipy's do; "lm" takes one step, as MINPACK.
     verbose : {0, 1, 2}, default 0
         1: scipy's termination report. 2: also scipy's per-iteration table
         (trf/dogbox; a line per accepted step, printed from inside the compiled

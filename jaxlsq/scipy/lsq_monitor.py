@@ -30,9 +30,13 @@ class Watch:
     """One fit's callback and verbosity, and what the printed lines need.
 
     ``lb``, ``ub`` (n,) are the bounds (for the optimality measure), ``m`` the
-    number of the user's residuals (the loop may pad them to n)."""
+    number of the user's residuals (the loop may pad them to n); ``halt`` stops
+    the fit at its first report (x0)."""
 
-    def __init__(self, callback, verbose, method, lb, ub, bounded, m):
+    def __init__(self, callback, verbose, method, lb, ub, bounded, m, halt=False):
+        # halt: stop at x0, before any trial step (trf/dogbox with max_nfev=1:
+        # scipy counts fun(x0) against max_nfev, so no evaluation is left)
+        self.halt = halt
         self.callback = _wrap(callback) if callback is not None else None
         self.verbose, self.method, self.m = verbose, method, m
         self.lb, self.ub, self.bounded = lb, ub, bounded
@@ -42,6 +46,8 @@ class Watch:
         if self.verbose == 2:
             self._print(p)
         self.last = p
+        if self.halt:
+            return True
         if self.callback is None or p.nit < 1:  # scipy calls it after iterations
             return False
         res = _optimize_result(

@@ -179,8 +179,9 @@ def _least_squares(
         bounded = bool(np.any((lb > -np.inf) | (ub < np.inf)))
         loop_loss = _loop_loss(loss, m + pad)
         watch = None  # trf/dogbox: callback and verbose=2 through the monitor
-        if method != "lm" and (callback is not None or verbose == 2):
-            watch = Watch(callback, verbose, method, lb, ub, bounded, m)
+        halt = method != "lm" and max_nfev == 1  # scipy: x0, no step (see Watch)
+        if method != "lm" and (callback is not None or verbose == 2 or halt):
+            watch = Watch(callback, verbose, method, lb, ub, bounded, m, halt)
         options = dict(
             ftol=float(ftol), xtol=float(xtol), gtol=float(gtol),
             max_nfev=int(max_nfev), factor=_FACTOR[method], diag=diag,
@@ -215,6 +216,8 @@ def _least_squares(
                 njev = ctx.njev if difference is None else difference.njev
 
     status_j = Status(out["status"])
+    if halt and status_j == Status.STOPPED:  # stopped at x0: the budget was spent
+        status_j = Status.MAX_NFEV
     f, jac_x = out["fun"][:m], out["jac"][:m]
     # scipy evaluates fun(x0) first and raises if that is not finite (a non-finite
     # x0 included: the loop reports that as improper input, with f = fun(x0)).
