@@ -179,7 +179,7 @@ def test_bad_devices_raise():
 
 def test_progress_bar_counts_chunks(capsys):
     ys = _batch(n=10, seed=10)
-    kw = dict(in_axes=(None, (None, 0)), chunk_size=4)
+    kw = dict(in_axes=(None, (None, 0)), chunk_size=4, schedule="vmap")
     plain = jaxlsq.solve_batch(expdecay, P0, (X50, ys), **kw)
     shown = jaxlsq.solve_batch(expdecay, P0, (X50, ys), progress=True, **kw)
     err = capsys.readouterr().err

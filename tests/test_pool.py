@@ -136,17 +136,38 @@ def test_grad_through_refill_matches_vmap():
 def test_auto_schedule_picks_refill_for_several_chunks():
     from jaxlsq._testing import pool_shape
 
-    def auto(n_batch, chunk_size, progress=False, adjoint="implicit", n_devices=1):
-        return pool_shape(
-            "auto", n_batch, chunk_size, None, n_devices, progress, adjoint
-        )
+    def auto(n_batch, chunk_size, adjoint="implicit", n_devices=1):
+        return pool_shape("auto", n_batch, chunk_size, None, n_devices, adjoint)
 
     assert auto(6, 4) == (4, 1)  # more fits than one chunk: the pool
     assert auto(6, 8) is None and auto(6, None) is None  # one chunk: vmap
-    assert auto(6, 4, progress=True) is None  # a progress bar: vmap
     assert auto(6, 4, adjoint="unrolled") is None  # the pool is implicit-only
     assert auto(6, 4, n_devices=2) is None  # 3 fits per device fit one chunk
     assert auto(5000, 1024) == (1024, 64)
+
+
+def test_progress_ticks_once_per_finished_fit(monkeypatch, capsys):
+    """The refill pool's bar advances as fits finish (a NaN start finishes at
+    once, when its slot starts): the ticks add up to the batch, arrive in several
+    updates, and the results are those without a bar."""
+    from jaxlsq.batch import progress
+
+    starts, ys = _starts_and_curves(12, seed=11)
+    starts = starts.at[5, 0].set(jnp.nan)
+    counts = []
+    advance = progress._advance
+    monkeypatch.setattr(
+        progress, "_advance", lambda t, c, a: (counts.append(int(c)), advance(t, c, a))
+    )
+    kw = dict(in_axes=AXES, schedule="refill", slots=4)
+    shown = jaxlsq.solve_batch(expdecay, starts, (X50, ys), progress=True, **kw)
+    plain = jaxlsq.solve_batch(expdecay, starts, (X50, ys), **kw)
+    assert sum(counts) == 12 and len(counts) > 2, counts
+    err = capsys.readouterr().err
+    assert "12 fits" in err and "12/12" in err and "fit/s" in err, err
+    np.testing.assert_array_equal(shown.params, plain.params)
+    np.testing.assert_array_equal(shown.status, plain.status)
+    assert int(shown.status[5]) == int(jaxlsq.Status.IMPROPER_INPUT)
 
 
 @pytest.mark.parametrize(
@@ -154,7 +175,6 @@ def test_auto_schedule_picks_refill_for_several_chunks():
     [
         (dict(schedule="lockstep"), "schedule must be one of"),
         (dict(schedule="refill", slots=0), "slots must be a positive int"),
-        (dict(schedule="refill", progress=True), "does not support progress"),
     ],
 )
 def test_bad_schedule_options_raise(kwargs, match):

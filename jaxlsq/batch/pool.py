@@ -43,6 +43,7 @@ from ..core.loop import LMState, lm_init, lm_iteration, with_jacobian
 from ..core.options import SolveOptions
 from ..core.solve import assemble_solution, make_model, prepare
 from ..core.status import Solution, Status
+from .progress import tick_finished
 
 #: Default number of slots, and of slots refilled at once.
 DEFAULT_SLOTS = 1024
@@ -60,6 +61,7 @@ def solve_refill(
     refill_size: int,
     assemble_batch: int | None,
     options: SolveOptions,
+    token: jax.Array | None = None,
 ) -> Solution:
     """Fit ``N`` problems (the leading axis of every ``per_fit`` leaf) through a pool.
 
@@ -79,6 +81,9 @@ def solve_refill(
         Problems per vmapped batch of the final assembly (``lax.map``), or None.
     options
         The options of every fit (``adjoint`` must be ``"implicit"``).
+    token : int32 Array (), optional
+        A progress bar's token (`jaxlsq.batch.progress`): the bar advances by one
+        per finished fit, on the iterations where some finish. None: no bar.
 
     Returns
     -------
@@ -141,6 +146,7 @@ def solve_refill(
         data = take(jnp.minimum(rows, n_problems - 1))
         st = jax.vmap(init_one)(data)
         st = st._replace(status=jnp.where(valid, st.status, idle))
+        tick_finished(token, valid & (st.status != int(Status.RUNNING)))
         return st, jnp.where(valid, rows, n_problems), data
 
     def write(results, st, rows):
@@ -196,7 +202,9 @@ def solve_refill(
     def advance(st, data):
         """One iteration of every running slot; finished slots keep their state."""
         running = st.status == int(Status.RUNNING)
-        return _select(running, jax.vmap(step_one)(st, data), st)
+        new = _select(running, jax.vmap(step_one)(st, data), st)
+        tick_finished(token, running & (new.status != int(Status.RUNNING)))
+        return new
 
     def unfinished(carry):
         st, _, _, queue, _ = carry

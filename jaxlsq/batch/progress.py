@@ -23,16 +23,27 @@ _TOKENS = itertools.count(1)
 _LOCK = threading.Lock()
 
 
-def _advance(token, _) -> None:
+def _advance(token, count, _) -> None:
     bar = _BARS.get(int(token))
     if bar is not None:
-        bar.update(1)
+        bar.update(int(count))
 
 
-def tick(token: jax.Array, after: jax.Array) -> None:
-    """Advance the bar of ``token`` by one, once ``after`` (any value the tick must
-    wait for, e.g. a chunk's results) is computed. Call inside the program."""
-    jax.debug.callback(_advance, token, after)
+def tick(token: jax.Array, after: jax.Array, count: jax.Array | int = 1) -> None:
+    """Advance the bar of ``token`` by ``count`` (int32 (), default 1), once
+    ``after`` (any value the tick must wait for, e.g. a chunk's results) is
+    computed. Call inside the program."""
+    jax.debug.callback(_advance, token, jnp.asarray(count, jnp.int32), after)
+
+
+def tick_finished(token: jax.Array | None, finished: jax.Array) -> None:
+    """Advance the bar of ``token`` by the number of True entries of ``finished``
+    (bool (P,), fits that just finished), only where there are any (the host is
+    not called on the other iterations). Nothing without a token."""
+    if token is None:
+        return
+    count = jnp.sum(finished.astype(jnp.int32))
+    jax.lax.cond(count > 0, lambda: tick(token, count, count), lambda: None)
 
 
 def progress_ticks(n_batch: int, chunk: int | None, mesh) -> int:
@@ -43,9 +54,11 @@ def progress_ticks(n_batch: int, chunk: int | None, mesh) -> int:
     return -(-per_device // chunk) * n_dev
 
 
-def with_progress_bar(run: Callable[[jax.Array], Any], n_bars: int, desc: str) -> Any:
-    """``run(token)`` with a tqdm bar of ``n_bars`` steps; waits for the results
-    (to close the bar) and returns them."""
+def with_progress_bar(
+    run: Callable[[jax.Array], Any], n_bars: int, desc: str, unit: str = "chunk"
+) -> Any:
+    """``run(token)`` with a tqdm bar of ``n_bars`` steps of ``unit``; waits for the
+    results (to close the bar) and returns them."""
     if importlib.util.find_spec("tqdm") is None:
         raise ImportError("progress=True needs tqdm: pip install tqdm")
     # tqdm.auto draws a widget in Jupyter but only warns ("IProgress not found")
@@ -56,7 +69,7 @@ def with_progress_bar(run: Callable[[jax.Array], Any], n_bars: int, desc: str) -
         from tqdm import tqdm
     with _LOCK:
         token = next(_TOKENS)
-    with tqdm(total=n_bars, unit="chunk", desc=desc) as bar:
+    with tqdm(total=n_bars, unit=unit, desc=desc) as bar:
         _BARS[token] = bar
         try:
             out = jax.block_until_ready(run(jnp.asarray(token, jnp.int32)))

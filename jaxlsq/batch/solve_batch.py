@@ -69,7 +69,7 @@ def solve_batch(
         stops. ``"refill"``: a fixed pool of ``slots`` fits in progress; as fits
         finish, their slots take the next problems of the batch (see
         `jaxlsq.batch.pool`). ``"auto"``: ``"refill"`` when the batch (per device) has
-        more than ``chunk_size`` fits and no ``progress`` bar is asked for, else
+        more than ``chunk_size`` fits, else
         ``"vmap"`` (one chunk: nothing to refill, and a faster compile). Same
         results per fit, to rounding: XLA may round a vmapped step differently at a
         different width, and the pool's last ``slots // 8`` (at most 64) fits
@@ -86,8 +86,10 @@ def solve_batch(
         batch is padded to a multiple of the device count. ``None``: the default
         device.
     progress : bool, default False
-        Show a tqdm progress bar over chunks (needs ``tqdm``). The call then waits
-        for the results instead of returning at once. ``schedule="vmap"`` only.
+        Show a tqdm progress bar (needs ``tqdm``; a plain text bar where
+        ``ipywidgets`` is missing): one tick per finished fit on the refill
+        pool, one per chunk on ``"vmap"``. The call then waits for the results
+        instead of returning at once.
     options : SolveOptions, optional
         The options of every fit as one value, as for `solve`.
     **solve_options
@@ -148,8 +150,6 @@ def solve_batch(
         not isinstance(slots, int) or isinstance(slots, bool) or slots < 1
     ):
         raise ValueError(f"slots must be a positive int, got {slots!r}")
-    if schedule == "refill" and progress:
-        raise ValueError("schedule='refill' does not support progress yet")
     axes = broadcast_axes(in_axes, (x0, args))
     n_batch = batch_size((x0, args), axes)
     options = options.with_defaults(*_parameters_per_fit(x0, axes[0]))
@@ -160,7 +160,6 @@ def solve_batch(
         chunk_size,
         slots,
         1 if mesh is None else mesh.size,
-        progress,
         options.adjoint,
     )
     treedef = jax.tree_util.tree_structure((x0, args))
@@ -171,10 +170,16 @@ def solve_batch(
     )
     if not progress:
         return run(False, (x0, args), options, None)
+    if pool is None:  # a tick per chunk
+        n_bars, unit = progress_ticks(n_batch, chunk, mesh), "chunk"
+    else:  # a tick per finished fit (the padding of a sharded batch included)
+        n_dev = 1 if mesh is None else mesh.size
+        n_bars, unit = -(-n_batch // n_dev) * n_dev, "fit"
     return with_progress_bar(
         lambda token: run(True, (x0, args), options, token),
-        n_bars=progress_ticks(n_batch, chunk, mesh),
+        n_bars=n_bars,
         desc=f"{n_batch} fits",
+        unit=unit,
     )
 
 
@@ -218,8 +223,9 @@ def _solve_batch_jit(
         """Fit the leading axis of ``per_fit`` through a pool of refilled slots."""
         n_slots, refill_size = pool
         return solve_refill(
-            fun, shared, per_fit, combine, n_slots, refill_size, chunk, options
-        )
+            fun, shared, per_fit, combine, n_slots, refill_size, chunk, options,
+            token if progress else None,
+        )  # fmt: skip
 
     def one_chunk(shared, per_fit):
         sols = jax.vmap(one, in_axes=(None, 0))(shared, per_fit)
@@ -268,21 +274,20 @@ def pool_shape(
     chunk_size: int | None,
     slots: int | None,
     n_devices: int,
-    progress: bool,
     adjoint: str,
 ) -> tuple[int, int] | None:
     """The schedule `solve_batch` runs: ``(slots, refill size)`` of a refill pool,
     or None for lock-step vmap chunks.
 
     ``"auto"`` takes the pool when a device has more fits than one pool width
-    (``slots``, else ``chunk_size``) and neither a progress bar nor the unrolled
-    adjoint (which the pool does not support) is asked for.
+    (``slots``, else ``chunk_size``) and the unrolled adjoint (which the pool
+    does not support) is not asked for.
     """
     if schedule == "auto":
         per_device = -(-n_batch // n_devices)
         width = chunk_size if slots is None else slots
         several = width is not None and per_device > width
-        poolable = not progress and adjoint == "implicit"
+        poolable = adjoint == "implicit"
         schedule = "refill" if several and poolable else "vmap"
     if schedule != "refill":
         return None
