@@ -141,8 +141,15 @@ def test_batch_sizes_and_model_shape_checked():
 def test_progress_bar(capsys):
     ys, _ = curves(5, seed=7)
     res = jaxlsq.fit_batch(decay, X, ys, P0, chunk_size=2, progress=True)
-    err = capsys.readouterr().err  # 5 fits > 2: the refill pool, a tick per fit
-    assert "5 fits" in err and "5/5" in err, err
+    err = capsys.readouterr().err  # "auto" with a bar: chunks, a tick per chunk
+    assert "5 fits" in err and "3/3" in err, err
+    pooled = jaxlsq.fit_batch(
+        decay, X, ys, P0, slots=2, schedule="refill", progress=True
+    )
+    err = capsys.readouterr().err  # the pool: a tick per finished fit
+    assert "5/5" in err and "fit" in err, err
+    for name in res.params:
+        np.testing.assert_allclose(pooled.params[name], res.params[name], rtol=1e-8)
     assert bool(res.success.all())
 
 

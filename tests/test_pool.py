@@ -136,11 +136,14 @@ def test_grad_through_refill_matches_vmap():
 def test_auto_schedule_picks_refill_for_several_chunks():
     from jaxlsq._testing import pool_shape
 
-    def auto(n_batch, chunk_size, adjoint="implicit", n_devices=1):
-        return pool_shape("auto", n_batch, chunk_size, None, n_devices, adjoint)
+    def auto(n_batch, chunk_size, progress=False, adjoint="implicit", n_devices=1):
+        return pool_shape(
+            "auto", n_batch, chunk_size, None, n_devices, progress, adjoint
+        )
 
     assert auto(6, 4) == (4, 1)  # more fits than one chunk: the pool
     assert auto(6, 8) is None and auto(6, None) is None  # one chunk: vmap
+    assert auto(6, 4, progress=True) is None  # a bar: chunks (cheaper ticks)
     assert auto(6, 4, adjoint="unrolled") is None  # the pool is implicit-only
     assert auto(6, 4, n_devices=2) is None  # 3 fits per device fit one chunk
     assert auto(5000, 1024) == (1024, 64)

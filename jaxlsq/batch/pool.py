@@ -83,7 +83,8 @@ def solve_refill(
         The options of every fit (``adjoint`` must be ``"implicit"``).
     token : int32 Array (), optional
         A progress bar's token (`jaxlsq.batch.progress`): the bar advances by one
-        per finished fit, on the iterations where some finish. None: no bar.
+        per finished fit, as finished fits are stored (``refill_size`` at a
+        time). None: no bar.
 
     Returns
     -------
@@ -146,11 +147,14 @@ def solve_refill(
         data = take(jnp.minimum(rows, n_problems - 1))
         st = jax.vmap(init_one)(data)
         st = st._replace(status=jnp.where(valid, st.status, idle))
-        tick_finished(token, valid & (st.status != int(Status.RUNNING)))
         return st, jnp.where(valid, rows, n_problems), data
 
     def write(results, st, rows):
-        """Store the states ``st`` in their problems' rows (rows == N: dropped)."""
+        """Store the states ``st`` in their problems' rows (rows == N: dropped).
+        Every fit is written once, when finished: the progress bar ticks here, K
+        fits at a time (the fewest host calls; that the loop holds an effect at
+        all is what costs, see `jaxlsq.batch.solve_batch.pool_shape`)."""
+        tick_finished(token, rows < n_problems)
         return {
             k: results[k].at[rows].set(getattr(st, k), mode="drop")
             for k in _RESULT_FIELDS
@@ -202,9 +206,7 @@ def solve_refill(
     def advance(st, data):
         """One iteration of every running slot; finished slots keep their state."""
         running = st.status == int(Status.RUNNING)
-        new = _select(running, jax.vmap(step_one)(st, data), st)
-        tick_finished(token, running & (new.status != int(Status.RUNNING)))
-        return new
+        return _select(running, jax.vmap(step_one)(st, data), st)
 
     def unfinished(carry):
         st, _, _, queue, _ = carry

@@ -38,8 +38,8 @@ def tick(token: jax.Array, after: jax.Array, count: jax.Array | int = 1) -> None
 
 def tick_finished(token: jax.Array | None, finished: jax.Array) -> None:
     """Advance the bar of ``token`` by the number of True entries of ``finished``
-    (bool (P,), fits that just finished), only where there are any (the host is
-    not called on the other iterations). Nothing without a token."""
+    (bool (P,), fits just finished), calling the host only where there are any.
+    Nothing without a token."""
     if token is None:
         return
     count = jnp.sum(finished.astype(jnp.int32))
