@@ -137,6 +137,23 @@ def report(
     return io_callback(on_host, out, ints, bits_of(floats) if wide else floats)
 
 
+def traced_monitor(model, args: tuple, monitor: Callable | None):
+    """``monitor`` as the loop calls it, ``(st, grad, final) -> stop``, for the
+    `jaxlsq.core.solve.Model` ``model`` with arguments ``args``; None without a
+    monitor. It reports ``fun``'s own residuals (for a robust loss evaluated once
+    more at the point, uncounted) and the loop's cost."""
+    if monitor is None:
+        return None
+
+    def traced(st, grad, final):
+        f = st.f if model.loss == "linear" else model.raw_residual_fn(st.x, args)
+        counts = (st.n_iter, st.nfev, st.njev)
+        cost = 0.5 * jnp.sum(st.f * st.f)
+        return report(monitor, counts, cost, st.x, f, grad, final)
+
+    return traced
+
+
 def check_in(monitor: Callable | None, st, grad: jax.Array, fresh: jax.Array):
     """The loop state ``st`` (an `LMState`) after reporting it to ``monitor`` (a
     traced ``(st, grad, final) -> stop`` from `jaxlsq.core.solve`) when its

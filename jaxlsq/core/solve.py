@@ -17,7 +17,7 @@ from .implicit import implicit_solution, with_tangents
 from .jacobian import make_jacobian
 from .loop import LMState, run_lm
 from .losses import robust_residuals
-from .monitor import report, take_error
+from .monitor import take_error, traced_monitor
 from .options import SolveOptions
 from .status import Solution, Status
 from .validate import as_float_pytree, check_concrete, residual_size
@@ -261,25 +261,13 @@ def _solve_jit(fun, x0, args, options: SolveOptions) -> Solution:
         loop_x0, loop_args, loop_options = flat_x0, full_args, options
     flat_fun, jac_fun = model.loop_functions(loop_args)
     st = run_lm(
-        flat_fun, jac_fun, loop_x0, loop_options, traced_monitor(model, args, options)
+        flat_fun,
+        jac_fun,
+        loop_x0,
+        loop_options,
+        traced_monitor(model, args, options.monitor),
     )
     return assemble_solution(model, options.adjoint, st, full_args, loop_options)
-
-
-def traced_monitor(model: Model, args: tuple, options: SolveOptions):
-    """``options.monitor`` as the loop calls it, ``(st, grad, final) -> stop``
-    (`jaxlsq.core.monitor`), or None: it reports ``fun``'s own residuals (for a
-    robust loss evaluated once more at the point, uncounted)."""
-    if options.monitor is None:
-        return None
-
-    def monitor(st, grad, final):
-        f = st.f if model.loss == "linear" else model.raw_residual_fn(st.x, args)
-        counts = (st.n_iter, st.nfev, st.njev)
-        cost = 0.5 * jnp.sum(st.f * st.f)
-        return report(options.monitor, counts, cost, st.x, f, grad, final)
-
-    return monitor
 
 
 class Model(NamedTuple):
