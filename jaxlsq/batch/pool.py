@@ -40,8 +40,9 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from ..core.loop import LMState, lm_init, lm_iteration, with_jacobian
+from ..core.model import assemble_solution, make_model
 from ..core.options import SolveOptions
-from ..core.solve import assemble_solution, make_model, prepare
+from ..core.solve import prepare
 from ..core.status import Solution, Status
 from .progress import tick_finished
 

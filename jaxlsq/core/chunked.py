@@ -190,7 +190,7 @@ class ChunkedJacobian(JacobianStrategy):
 def chunked_strategy(
     fun, unravel, flat_x0, loop_args, chunk: int, loss, m: int, dense_jac
 ) -> ChunkedJacobian:
-    """The `ChunkedJacobian` of `jaxlsq.core.solve`'s model: ``fun(unravel(x),
+    """The `ChunkedJacobian` of `jaxlsq.core.model`'s model: ``fun(unravel(x),
     *args)`` (m residuals, flat, robust ones for ``loss``) in blocks of ``chunk``
     points of ``loop_args = (args, f_scale)``; ``dense_jac`` (x -> (m, n)) for
     the solution's J."""

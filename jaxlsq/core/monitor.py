@@ -139,7 +139,7 @@ def report(
 
 def traced_monitor(model, args: tuple, monitor: Callable | None):
     """``monitor`` as the loop calls it, ``(st, grad, final) -> stop``, for the
-    `jaxlsq.core.solve.Model` ``model`` with arguments ``args``; None without a
+    `jaxlsq.core.model.Model` ``model`` with arguments ``args``; None without a
     monitor. It reports ``fun``'s own residuals (for a robust loss evaluated once
     more at the point, uncounted) and the loop's cost."""
     if monitor is None:

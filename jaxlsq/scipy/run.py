@@ -14,10 +14,11 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from ..core.chunked import resolve_chunk_points
 from ..core.compiler import jit
 from ..core.monitor import take_error
 from ..core.options import SolveOptions
-from ..core.solve import resolve_chunk_points, solve
+from ..core.solve import solve
 
 
 class HostFit(NamedTuple):
