@@ -67,6 +67,9 @@ CASES = {
     "adjoint": ("unrolled", "same"),
     "chunk_points": (5, "same"),  # J in 6 blocks of 5 points: the same fit
     "monitor": (stop_after_one_step, "changes"),  # single fits only
+    "jac_sparsity": (np.ones((30, 3)), "same"),  # J by 1 colour group: the same fit
+    "cg_tol": (0.5, "changes"),  # with linear_solver="cg" (see _with)
+    "cg_maxiter": (1, "changes"),
 }
 
 
@@ -79,7 +82,15 @@ def _with(name, value):
     opts = {name: value}
     if name == "f_scale":
         opts["loss"] = "soft_l1"
+    if name.startswith("cg_"):
+        opts["linear_solver"] = "cg"
     return opts
+
+
+def _baseline(name):
+    """The options a "changes" case is compared with: the defaults, and the
+    matrix-free solver for its own options."""
+    return {"linear_solver": "cg"} if name.startswith("cg_") else {}
 
 
 def _solve(y, **opts):
@@ -137,6 +148,10 @@ def test_every_option_is_honoured_by_every_entry_point(entry, name):
         with pytest.raises(ValueError, match="monitor"):  # single fits only
             _entry(entry, curves(), **opts)
         return
+    if name.startswith("cg_") and (entry.startswith("fit") or "refill" in entry):
+        with pytest.raises(ValueError, match="linear_solver='cg'"):  # no dense J
+            _entry(entry, curves(), **opts)
+        return
     if name == "jac" and entry.startswith("fit"):
         opts["jac"] = "rev"  # fit takes no callable jac (it would be the weighted one)
     elif name == "jac":
@@ -155,7 +170,7 @@ def test_every_option_is_honoured_by_every_entry_point(entry, name):
         else:
             assert status[i] == s, (i, status[i], s)
     if effect == "changes":
-        default = [_solve(y) for y in ys]
+        default = [_solve(y, **_baseline(name)) for y in ys]
         moved = [
             not np.allclose(p, d[0], rtol=1e-6) or s != d[1] or nf != d[2]
             for (p, s, nf), d in zip(expected, default, strict=True)
@@ -190,6 +205,8 @@ def test_unknown_option_is_named(entry):
         ("nfev_per_jac", -1, "nfev_per_jac must be >= 0"),
         ("nfev_per_jac", 1.5, "nfev_per_jac must be an integer"),
         ("factor", 0.0, "factor must be > 0"),
+        ("cg_maxiter", 0, "cg_maxiter must be > 0"),
+        ("cg_tol", -1.0, "cg_tol must be >= 0"),
         ("f_scale", -1.0, "f_scale must be > 0"),
         ("loss", "l2", "loss must be one of"),
         ("linear_solver", "qr", "linear_solver must be one of"),

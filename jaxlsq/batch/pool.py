@@ -98,6 +98,11 @@ def solve_refill(
             f"adjoint={options.adjoint!r}: the refill schedule supports "
             "adjoint='implicit' only; use schedule='vmap'"
         )
+    if options.linear_solver == "cg":
+        raise ValueError(
+            "linear_solver='cg': the refill schedule holds dense Jacobians; use "
+            "schedule='vmap'"
+        )
 
     # Checks, defaults and the model, from one problem (all share shapes and dtypes).
     x0_t, args_t = combine(shared, [leaf[0] for leaf in per_fit])
@@ -106,7 +111,14 @@ def solve_refill(
     flat_x0_t, unravel = ravel_pytree(x0_t)
     dtype = flat_x0_t.dtype
     model = make_model(
-        fun, options.jac, options.loss, flat_x0_t, unravel, args_t, options.chunk_points
+        fun,
+        options.jac,
+        options.loss,
+        flat_x0_t,
+        unravel,
+        args_t,
+        options.chunk_points,
+        options.jac_sparsity,
     )
 
     # The loop carries no tangents; implicit differentiation attaches them at the end.

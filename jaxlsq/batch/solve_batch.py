@@ -163,7 +163,7 @@ def solve_batch(
         slots,
         1 if mesh is None else mesh.size,
         progress,
-        options.adjoint,
+        options,
     )
     treedef = jax.tree_util.tree_structure((x0, args))
     axes_leaves = tuple(axes_per_leaf(treedef, axes))
@@ -278,15 +278,15 @@ def pool_shape(
     slots: int | None,
     n_devices: int,
     progress: bool,
-    adjoint: str,
+    options: SolveOptions,
 ) -> tuple[int, int] | None:
     """The schedule `solve_batch` runs: ``(slots, refill size)`` of a refill pool,
     or None for lock-step vmap chunks.
 
     ``"auto"`` takes the pool when a device has more fits than one pool width
     (``slots``, else ``chunk_size``) and neither a progress bar (cheaper on
-    chunks, see below) nor the unrolled adjoint (which the pool does not
-    support) is asked for.
+    chunks, see below) nor what the pool does not support (the unrolled
+    adjoint, ``linear_solver="cg"``: ``options``) is asked for.
     """
     if schedule == "auto":
         per_device = -(-n_batch // n_devices)
@@ -295,7 +295,8 @@ def pool_shape(
         # A bar ticks from inside the loop: the pool's programme then ran 1.6-2.3x
         # slower (any effect in its loop; 2e4 decays, expdecay, 2-core CPU) where
         # lock-step chunks tick between chunks for 1.03-1.15x, so "auto" takes those.
-        poolable = not progress and adjoint == "implicit"
+        poolable = not progress and options.adjoint == "implicit"
+        poolable = poolable and options.linear_solver != "cg"
         schedule = "refill" if several and poolable else "vmap"
     if schedule != "refill":
         return None

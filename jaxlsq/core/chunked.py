@@ -339,7 +339,9 @@ def resolve_chunk_points(fun, x0, args: tuple, m: int, options):
     checked (`_check_chunked`). Entry points that trace `solve` inside their own
     ``jit`` call this first, eagerly, so that "auto" sees concrete values."""
     if options.chunk_points == "auto":
-        chunk = None if callable(options.jac) else auto_chunk_points(fun, x0, args, m)
+        other = callable(options.jac) or options.jac_sparsity is not None
+        other = other or options.linear_solver == "cg"  # (the krylov strategies)
+        chunk = None if other else auto_chunk_points(fun, x0, args, m)
         return dataclasses.replace(options, chunk_points=chunk)
     if options.chunk_points is not None:
         _check_chunked(fun, x0, args, options)
@@ -354,6 +356,11 @@ def _check_chunked(fun, x0, args, options) -> None:
         raise ValueError(
             "chunk_points cannot be used with a callable jac (the chunked strategy "
             "differentiates each block itself); pass jac='fwd' or 'rev'"
+        )
+    if options.jac_sparsity is not None or options.linear_solver == "cg":
+        raise ValueError(
+            "chunk_points cannot be used with jac_sparsity or linear_solver='cg' "
+            "(they are other Jacobian strategies); pass chunk_points=None"
         )
     shape = jax.eval_shape(fun, x0, *args).shape
     if len(shape) == 0:

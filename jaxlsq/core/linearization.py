@@ -35,9 +35,10 @@ Strategies that fit this contract without changing the loop:
   over the data points under ``lax.map``, each block reduced to its R factor and
   merged by TSQR (``r``, ``jtf``, ``col_norms``), so one fit of 10^8 points needs
   O(chunk * n + n^2) memory; carry None.
-* **matrix-free** (10^4+ parameters): no matrix at all -- the step solver is then
-  CG/LSMR on ``jvp``/``vjp`` closures; such a solver reads its own fields, so the
-  Linearization gains a field for them, and the dense solver is untouched.
+* **matrix-free** (10^4+ parameters, `jaxlsq.core.krylov`): no matrix at all --
+  the Linearization's ``operator`` applies J and J^T (sparse nonzeros by colour
+  groups, or ``jvp``/``vjp``), and the loop's step is then CG on the trust-region
+  subproblem (`jaxlsq.core.krylov.trust_region_cg`); the dense solver is untouched.
 
 Where to change what: a new Jacobian strategy is a new callable here; a new damped
 solve is a new branch of `jaxlsq.core.factorize.factorize`; the damping rule (the
@@ -62,6 +63,21 @@ from .unrolled import gram_matrix
 SMALL_N = 8
 
 
+class JacobianOperator:
+    """J (m, n) as products: ``matvec(v)`` (n,) -> (m,) and ``rmatvec(u)`` (m,) ->
+    (n,). Closures over one linearization's arrays (never carried by the loop)."""
+
+    def __init__(self, matvec: Callable, rmatvec: Callable):
+        self.matvec, self.rmatvec = matvec, rmatvec
+
+    def without(self, frozen: jax.Array) -> JacobianOperator:
+        """J with the columns ``frozen`` (n,) bool set to 0."""
+        return JacobianOperator(
+            lambda v: self.matvec(jnp.where(frozen, 0, v)),
+            lambda u: jnp.where(frozen, 0, self.rmatvec(u)),
+        )
+
+
 class Linearization(NamedTuple):
     """J at a point, reduced to what one LM iteration reads (see the module doc).
 
@@ -84,6 +100,9 @@ class Linearization(NamedTuple):
         largest entry): ``J^T J = gram * outer(gram_scale, gram_scale)`` exactly
         where that is in range, and ``gram`` neither overflows nor underflows
         where it is not.
+    operator : JacobianOperator, or None
+        J by products, for the matrix-free step (`jaxlsq.core.krylov`); the
+        loop then builds no factorisation.
     """
 
     jtf: jax.Array
@@ -92,6 +111,7 @@ class Linearization(NamedTuple):
     jac_t: jax.Array | None = None
     r: jax.Array | None = None
     gram_scale: jax.Array | None = None
+    operator: JacobianOperator | None = None
 
     def without(self, frozen: jax.Array | None) -> Linearization:
         """The linearization of J with the columns ``frozen`` (n,) bool set to 0
@@ -115,6 +135,7 @@ class Linearization(NamedTuple):
             jac_t=rows(self.jac_t),
             r=r,
             gram_scale=self.gram_scale,
+            operator=None if self.operator is None else self.operator.without(frozen),
         )
 
     def jac_dot(self, step: jax.Array, f: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -122,8 +143,11 @@ class Linearization(NamedTuple):
         the linear model's terms for a step that is not lmpar's own (a projected
         step). Exact products with J when ``jac_t`` is held, else from R or the
         Gram matrix (``f . J s = (J^T f) . s``)."""
-        if self.jac_t is not None:
-            jp = sum(self.jac_t[i] * step[i] for i in range(step.shape[0]))
+        if self.jac_t is not None or self.operator is not None:
+            if self.jac_t is not None:
+                jp = sum(self.jac_t[i] * step[i] for i in range(step.shape[0]))
+            else:
+                jp = self.operator.matvec(step)
             return jnp.dot(f, jp), jnp.dot(jp, jp)
         fjp = jnp.dot(self.jtf, step)
         if self.r is not None:
@@ -136,7 +160,8 @@ class Linearization(NamedTuple):
     def is_finite(self) -> jax.Array:
         """True when every array present is finite (a NaN/inf Jacobian stops the
         fit)."""
-        parts = [a for a in self if a is not None]
+        # (a sparse J's NaN/inf entries reach its column norms: no check of its own)
+        parts = [a for a in self[:-1] if a is not None]
         return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in parts]))
 
 
@@ -171,10 +196,13 @@ class JacobianStrategy:
     Subclasses are frozen dataclasses (equal per their fields, so compiled loops
     are reused) with ``__call__(x, f) -> (Linearization, carry)`` and
     ``jacobian(x)``, the dense J for the solution (or None if never formed).
-    ``carries_jacobian`` says whether ``carry`` is the dense J (m, n) or None.
+    ``carries_jacobian`` says whether ``carry`` is the dense J (m, n) or None;
+    ``forms_jacobian`` whether ``jacobian(x)`` forms it at all (False for the
+    matrix-free strategies: `jaxlsq.Solution.jac` is then None).
     """
 
     carries_jacobian: bool = False
+    forms_jacobian: bool = True
 
     def __call__(self, x: jax.Array, f: jax.Array):
         raise NotImplementedError

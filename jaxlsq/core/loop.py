@@ -49,6 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .factorize import factorize
+from .krylov import trust_region_cg
 from .linearization import Linearization, as_strategy
 from .monitor import check_in, check_out
 from .options import SolveOptions
@@ -273,24 +274,41 @@ def lm_iteration(
     # z' = s z, delta' = s delta and par' = par / s^2 (st.par is carried in them).
     s = jacobian_unit(acnorm, diag)
     diag_s = diag * s
-    system = factorize(lin, diag_s, options.linear_solver, _running(st), unit)
+    matrix_free = lin.operator is not None  # CG on products: no factorisation
+    if not matrix_free:
+        system = factorize(lin, diag_s, options.linear_solver, _running(st), unit)
     par0 = st.par * (st.jac_unit / s) ** 2
     st = st._replace(diag=diag, gnorm=gnorm, status=status, par=par0, jac_unit=s)
 
     def trial(st: LMState) -> LMState:
         """One damped step from ``st.x``: accepted or rejected, then lmder's tests."""
-        par, z_s = trust_region_par(system, st.delta * s, st.par)
-        step = z_s / diag_s
-        x_trial = st.x + step
-        znorm_s = _norm(z_s)
-        pnorm = znorm_s / s
-        # Predicted relative reduction and directional derivative, in lmpar's
-        # closed form (valid for the unprojected damped step).
         fnorm = _positive_or_one(st.fnorm)
-        temp1 = scaled_jacobian_norm(system, z_s) / fnorm  # ||J step|| / ||f||
-        temp2 = jnp.sqrt(par) * znorm_s / fnorm
-        prered = temp1**2 + 2 * temp2**2
-        dirder = -(temp1**2 + temp2**2)
+        if matrix_free:  # the model's own value at the CG step (over u^2)
+            cg_tol = jnp.asarray(options.cg_tol, dtype)
+            z_u, cut = trust_region_cg(
+                lin.operator, diag, st.f / unit, st.delta / unit, cg_tol,
+                jnp.asarray(options.cg_maxiter, jnp.int32),
+            )  # fmt: skip
+            par = cut.astype(dtype)  # 0: an interior (Gauss-Newton) step, as lmpar's
+            step = (z_u / diag) * unit
+            x_trial = st.x + step
+            pnorm = _norm(z_u) * unit
+            f_jp, jp_jp = lin.jac_dot(z_u / diag, st.f / unit)
+            fnorm_u2 = (fnorm / unit) ** 2
+            prered = -(2 * f_jp + jp_jp) / fnorm_u2
+            dirder = f_jp / fnorm_u2
+        else:
+            par, z_s = trust_region_par(system, st.delta * s, st.par)
+            step = z_s / diag_s
+            x_trial = st.x + step
+            znorm_s = _norm(z_s)
+            pnorm = znorm_s / s
+            # Predicted relative reduction and directional derivative, in lmpar's
+            # closed form (valid for the unprojected damped step).
+            temp1 = scaled_jacobian_norm(system, z_s) / fnorm  # ||J step|| / ||f||
+            temp2 = jnp.sqrt(par) * znorm_s / fnorm
+            prered = temp1**2 + 2 * temp2**2
+            dirder = -(temp1**2 + temp2**2)
         if bounded:  # project onto the box; recompute the model if that bit
             projected = jnp.clip(x_trial, lower, upper)
             clipped = jnp.any(projected != x_trial)
@@ -371,7 +389,10 @@ def lm_finalize(jacobian, st: LMState) -> LMState:
     """The Jacobian at the returned point (for Solution.jac, grad and covariances):
     the loop's own when it belongs to the final x, else evaluated (and counted).
     A strategy whose linearization carries no J (``st.jac`` None) has it formed
-    here, counted only if x moved since the last linearization."""
+    here, counted only if x moved since the last linearization; a matrix-free one
+    forms none (``st.jac`` stays None)."""
+    if not as_strategy(jacobian).forms_jacobian:
+        return st
     if st.jac is None:
         evaluated = with_jacobian(jacobian, st)
         njev = jnp.where(st.jac_current, st.njev, evaluated.njev)

@@ -12,9 +12,11 @@ import jax.numpy as jnp
 from .chunked import chunked_strategy
 from .implicit import implicit_solution, with_tangents
 from .jacobian import make_jacobian
+from .krylov import OperatorJacobian, SparseJacobian
 from .loop import LMState
 from .losses import robust_residuals
 from .options import SolveOptions
+from .sparsity import SparsityPattern, colored_jacobian
 from .status import Solution, Status
 
 
@@ -42,6 +44,9 @@ class Model(NamedTuple):
         functions of ``x`` alone, what `run_lm` takes.
     robust_with_slope : callable
         ``(f, f_scale) ->`` robust residuals and their elementwise derivative.
+    forms_jacobian : bool
+        False for the matrix-free strategies (``linear_solver="cg"``): no dense J
+        exists, not even at the end (``Solution.jac`` is None).
     """
 
     unravel: Callable
@@ -51,6 +56,7 @@ class Model(NamedTuple):
     residual_fn: Callable
     loop_functions: Callable
     robust_with_slope: Callable
+    forms_jacobian: bool = True
 
 
 def make_model(
@@ -61,19 +67,28 @@ def make_model(
     unravel: Callable,
     args: tuple,
     chunk_points: int | None = None,
+    sparsity: SparsityPattern | None = None,
+    matrix_free: bool = False,
 ) -> Model:
     """`Model` of ``fun`` for parameters like ``flat_x0`` (n,) and arguments like
     ``args`` (shapes and dtypes only). With ``chunk_points``, the loop's Jacobian
     is the chunked strategy (`jaxlsq.core.chunked`) over blocks of that many
-    points."""
+    points; with ``sparsity`` (``jac_sparsity``), J comes by colour groups
+    (`jaxlsq.core.sparsity`); ``matrix_free`` (``linear_solver="cg"``) gives the
+    loop a strategy of products only (`jaxlsq.core.krylov`)."""
     dtype, n = flat_x0.dtype, flat_x0.size
 
     def raw_residual_fn(x, a):
         return jnp.ravel(fun(unravel(x), *a)).astype(dtype)
 
+    def any_jacobian(flat, user_jac):  # x -> d flat / dx, (m, n), by colours if given
+        if sparsity is not None and not callable(user_jac):
+            return colored_jacobian(flat, sparsity, dtype)
+        return make_jacobian(flat, user_jac, m, n, dtype)
+
     def raw_jacobian_fn(a):  # x -> d raw_residual_fn / dx, (m, n)
         user_jac = (lambda x: jac(unravel(x), *a)) if callable(jac) else jac
-        return make_jacobian(lambda x: raw_residual_fn(x, a), user_jac, m, n, dtype)
+        return any_jacobian(lambda x: raw_residual_fn(x, a), user_jac)
 
     def robust_with_slope(f, scale):
         """Robust residuals (jaxlsq.core.losses) and their elementwise derivative."""
@@ -93,10 +108,14 @@ def make_model(
         def flat_fun(x):
             return residual_fn(x, loop_args)
 
+        if matrix_free:
+            if sparsity is not None:
+                return flat_fun, SparseJacobian(flat_fun, sparsity)
+            return flat_fun, OperatorJacobian(flat_fun)
         if loss == "linear":
             jac_fun = raw_jacobian_fn(loop_args[0])
         elif not callable(jac):
-            jac_fun = make_jacobian(flat_fun, jac, m, n, dtype)
+            jac_fun = any_jacobian(flat_fun, jac)
         else:  # chain rule through the transformation, for the user's Jacobian
 
             def jac_fun(x):
@@ -118,6 +137,7 @@ def make_model(
         residual_fn,
         loop_functions,
         robust_with_slope,
+        not matrix_free,
     )
 
 
@@ -143,16 +163,26 @@ def assemble_solution(
         if options.fixed is not None:
             frozen = frozen | options.fixed
         x = implicit_solution(model.residual_fn, x, full_args, frozen)
-        if loss == "linear":
+        if loss == "linear" and model.forms_jacobian:
             f, jac_ = with_tangents(model.residual_fn, x, full_args, f, jac_)
+        elif loss == "linear":  # (one evaluation, for the tangents of f)
+            f = model.residual_fn(x, full_args)
+
+    def times_jac(v, residual):  # v^T J of ``residual`` (x -> (m,)) at x, (n,)
+        if jac_ is not None:
+            return jac_.T @ v
+        return jax.vjp(residual, x)[1](v)[0]  # matrix-free: no J
+
     if loss == "linear":
-        cost, grad = 0.5 * jnp.sum(f * f), jac_.T @ f
+        cost = 0.5 * jnp.sum(f * f)
+        grad = times_jac(f, lambda x_: model.residual_fn(x_, full_args))
     else:  # report fun's own residuals and Jacobian, and the robust cost and gradient
         f = model.raw_residual_fn(x, args)
-        jac_ = model.raw_jacobian_fn(args)(x)
+        if model.forms_jacobian:
+            jac_ = model.raw_jacobian_fn(args)(x)
         robust_f, slope = model.robust_with_slope(f, f_scale)
         cost = 0.5 * jnp.sum(robust_f * robust_f)
-        grad = jac_.T @ (slope * robust_f)
+        grad = times_jac(slope * robust_f, lambda x_: model.raw_residual_fn(x_, args))
     # Never a success with a non-finite cost or point (e.g. a sum of squares that
     # overflows although every residual is finite): NONFINITE instead.
     succeeded = (st.status >= int(Status.FTOL)) & (st.status <= int(Status.GTOL))

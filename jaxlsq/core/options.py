@@ -30,13 +30,16 @@ import numpy as np
 from .factorize import LINEAR_SOLVERS
 from .implicit import ADJOINTS
 from .jacobian import JAC_MODES
+from .krylov import MATRIX_FREE_SOLVERS
 from .losses import check_loss
+from .sparsity import as_pattern
 from .validate import check_bounds, check_concrete, flat_bounds, flat_like
 
 
-def _option(default, *, static: bool, allowed=None, check=None):
-    """A field of `SolveOptions`: ``check(name, value)`` raises for a bad value."""
-    meta = {"static": static, "allowed": allowed, "check": check}
+def _option(default, *, static: bool, allowed=None, check=None, convert=None):
+    """A field of `SolveOptions`: ``check(name, value)`` raises for a bad value;
+    ``convert(value)`` is the form stored (a static option must be hashable)."""
+    meta = {"static": static, "allowed": allowed, "check": check, "convert": convert}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -94,9 +97,11 @@ class SolveOptions:
     """The options of `jaxlsq.solve` (see its docstring for their meaning).
 
     Static (select code): ``jac``, ``linear_solver``, ``loss``, ``adjoint``,
-    ``chunk_points``, ``monitor``.
+    ``chunk_points``, ``monitor``, ``jac_sparsity`` (stored as a hashable
+    `jaxlsq.core.sparsity.SparsityPattern`).
     Traced (values; never recompile): ``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
-    ``nfev_per_jac``, ``factor``, ``f_scale``, ``diag``, ``bounds``, ``fixed``.
+    ``nfev_per_jac``, ``factor``, ``f_scale``, ``diag``, ``bounds``, ``fixed``,
+    ``cg_tol``, ``cg_maxiter``.
     Whether ``diag``, ``bounds`` or ``fixed`` is given at all (None or not) is
     static.
 
@@ -109,11 +114,14 @@ class SolveOptions:
     """
 
     jac: str | Callable = _option("auto", static=True, check=_jac_mode)
-    linear_solver: str = _option("svd", static=True, allowed=LINEAR_SOLVERS)
+    linear_solver: str = _option(
+        "svd", static=True, allowed=LINEAR_SOLVERS + MATRIX_FREE_SOLVERS
+    )
     loss: str | Callable = _option("linear", static=True, check=check_loss)
     adjoint: str = _option("implicit", static=True, allowed=ADJOINTS)
     chunk_points: int | str | None = _option("auto", static=True, check=_chunk)
     monitor: Callable | None = _option(None, static=True, check=_monitor)
+    jac_sparsity: Any = _option(None, static=True, convert=as_pattern)
     ftol: Any = _option(None, static=False, check=_nonnegative)
     xtol: Any = _option(None, static=False, check=_nonnegative)
     gtol: Any = _option(None, static=False, check=_nonnegative)
@@ -124,6 +132,12 @@ class SolveOptions:
     diag: Any = _option(None, static=False)
     bounds: Any = _option(None, static=False)
     fixed: Any = _option(None, static=False)
+    cg_tol: Any = _option(None, static=False, check=_nonnegative)
+    cg_maxiter: Any = _option(None, static=False, check=_positive_int)
+
+    def __post_init__(self):  # the stored form of the options that have one
+        for name, convert in _CONVERT.items():
+            object.__setattr__(self, name, convert(getattr(self, name)))
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -145,6 +159,7 @@ class SolveOptions:
                 f"{where}() got unknown solve option(s) {sorted(unknown)}; the "
                 f"options are {list(cls.names())}"
             )
+
         if options is None:  # the defaults are valid: check what is given
             built = cls(**kwargs) if kwargs else _DEFAULT
             built.check(kwargs)
@@ -221,6 +236,8 @@ class SolveOptions:
             factor=scalar("factor"),
             f_scale=scalar("f_scale"),
             max_nfev=scalar("max_nfev", jnp.int32),
+            cg_tol=scalar("cg_tol"),
+            cg_maxiter=scalar("cg_maxiter", jnp.int32),
             nfev_per_jac=xp.asarray(self.nfev_per_jac, jnp.int32),
             diag=diag,
             bounds=bounds,
@@ -242,6 +259,11 @@ _FIELDS = {
     f.name: (f.metadata["allowed"], f.metadata["check"])
     for f in dataclasses.fields(SolveOptions)
 }
+_CONVERT = {
+    f.name: f.metadata["convert"]
+    for f in dataclasses.fields(SolveOptions)
+    if f.metadata["convert"] is not None
+}
 _DEFAULT = SolveOptions()
 _STATIC = tuple(
     f.name for f in dataclasses.fields(SolveOptions) if f.metadata["static"]
@@ -257,13 +279,16 @@ jax.tree_util.register_dataclass(
 def scalar_defaults(n: int, dtype) -> dict:
     """The defaults of the scalar options for ``n`` parameters of ``dtype``:
     ``ftol = xtol = 10 eps``, ``gtol = eps``, ``max_nfev = 500 (n + 1)`` (see
-    `jaxlsq.solve` for why), and the declared ``factor`` and ``f_scale``."""
+    `jaxlsq.solve` for why), ``cg_tol = sqrt(eps)``, ``cg_maxiter = n``, and the
+    declared ``factor`` and ``f_scale``."""
     eps = float(jnp.finfo(dtype).eps)
     return dict(
         ftol=10 * eps,
         xtol=10 * eps,
         gtol=eps,
         max_nfev=500 * (n + 1),
+        cg_tol=eps**0.5,
+        cg_maxiter=n,
         factor=_DEFAULT.factor,
         f_scale=_DEFAULT.f_scale,
     )

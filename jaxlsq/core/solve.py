@@ -13,10 +13,12 @@ from jax.flatten_util import ravel_pytree
 
 from .chunked import resolve_chunk_points
 from .compiler import jit
+from .krylov import MATRIX_FREE_SOLVERS
 from .loop import run_lm
 from .model import assemble_solution, make_model
 from .monitor import take_error, traced_monitor
 from .options import SolveOptions
+from .sparsity import check_pattern
 from .status import Solution
 from .validate import as_float_pytree, check_concrete, residual_size
 
@@ -240,6 +242,18 @@ def prepare(
         )
     for leaf in leaves:
         check_concrete(leaf, "x0", lambda v: np.all(np.isfinite(v)), "must be finite")
+    if options.linear_solver in MATRIX_FREE_SOLVERS and callable(options.jac):
+        raise ValueError(
+            "linear_solver='cg' cannot be used with a callable jac (its products "
+            "come from jvp/vjp of fun); pass jac='auto'"
+        )
+    if options.jac_sparsity is not None:
+        if callable(options.jac):
+            raise ValueError(
+                "jac_sparsity cannot be used with a callable jac (it says how to "
+                "compute J by colour groups); give one or the other"
+            )
+        check_pattern(options.jac_sparsity, m, n)
     options = resolve_chunk_points(fun, x0, args, m, options)
     return x0, args, options.resolve(x0, n, dtype)
 
@@ -248,7 +262,15 @@ def prepare(
 def _solve_jit(fun, x0, args, options: SolveOptions) -> Solution:
     flat_x0, unravel = ravel_pytree(x0)
     model = make_model(
-        fun, options.jac, options.loss, flat_x0, unravel, args, options.chunk_points
+        fun,
+        options.jac,
+        options.loss,
+        flat_x0,
+        unravel,
+        args,
+        options.chunk_points,
+        options.jac_sparsity,
+        options.linear_solver in MATRIX_FREE_SOLVERS,
     )
     full_args = (args, options.f_scale)
     if options.adjoint == "implicit":  # the loop carries no tangents; added after

@@ -306,7 +306,7 @@ def fit_solve_options(
                 f"{where}: give bounds, fixed, loss and f_scale to {where} itself, "
                 "not inside options= (they shape the fit's statistics)"
             )
-    return SolveOptions.build(
+    built = SolveOptions.build(
         base,
         where=where,
         **solve_options,
@@ -315,6 +315,13 @@ def fit_solve_options(
         loss=loss,
         f_scale=f_scale,
     )
+    if built.linear_solver == "cg":
+        raise ValueError(
+            f"{where}: linear_solver='cg' forms no Jacobian, and a fit's statistics "
+            "(covariance, errors) need it: use jaxlsq.solve or least_squares for a "
+            "matrix-free fit (jac_sparsity alone works here)"
+        )
+    return built
 
 
 @jit(static_argnames=("residual_fn", "treedef", "shapes"))

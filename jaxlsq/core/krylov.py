@@ -1,0 +1,196 @@
+"""Matrix-free steps (``linear_solver="cg"``): J only through products, for many
+parameters.
+
+Two Jacobian strategies give the loop a `Linearization` whose ``operator`` applies
+J and J^T and which holds no (m, n) or (n, n) matrix:
+
+* `SparseJacobian` (with ``jac_sparsity``): J's nonzeros by one ``jvp`` per colour
+  group (`jaxlsq.core.sparsity`), the products by segment sums over them: O(nnz)
+  memory and work per product;
+* `OperatorJacobian` (no pattern): ``jax.linearize`` of the residuals, J^T by
+  transposing it; the column norms (MINPACK's scaling and the gtol test need them)
+  by ``jvp``s of unit vectors in blocks, so J is never held whole.
+
+The damped step is `trust_region_cg`: Steihaug-Toint conjugate gradients on the
+least-squares model ``min ||f + Js z||`` over ``||z|| <= delta`` (CGLS form: the
+products are with Js and Js^T, never Js^T Js), in the scaled variables ``z = D p``
+of lmder (``D`` the running column norms, which is Jacobi preconditioning). The
+trust-region radius, acceptance and stopping tests of the loop are lmder's; the
+predicted reduction is the linear model's own value at the step (one product),
+and ``par`` reports only whether the step was interior (0: lmder's Gauss-Newton
+step, the radius then grows) or on the boundary.
+
+Cost per trial step: up to ``cg_maxiter`` iterations, each one J product and one
+J^T product; per linearization: k ``jvp``s (sparse) or n (operator) for the
+column norms, and one ``vjp``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .linearization import JacobianOperator, JacobianStrategy, Linearization
+from .scaling import power_of_two, scaled_norm
+from .sparsity import SparsityPattern, colored_values
+
+#: Linear solvers that need no matrix (see `jaxlsq.core.options`).
+MATRIX_FREE_SOLVERS = ("cg",)
+
+# Unit vectors per block when the column norms come from jvps (operator strategy):
+# at most this many residuals held at once (32 MB in float64).
+_BLOCK_ENTRIES = 1 << 22
+
+
+def sparse_linearization(
+    vals: jax.Array, pattern: SparsityPattern, f: jax.Array
+) -> Linearization:
+    """The `Linearization` of the sparse J with entries ``vals`` (nnz,) at the
+    pattern's nonzeros, at residuals ``f`` (m,): ``jtf``, ``col_norms`` and an
+    operator of segment sums. Column norms are scaled by a power of 2 of each
+    column's largest entry, as `jaxlsq.core.linearization.linearize_dense` does."""
+    m, n = pattern.shape
+    rows, cols = jnp.asarray(pattern.rows), jnp.asarray(pattern.cols)
+
+    def col_sum(v):  # (nnz,) -> (n,); the pattern is sorted by column
+        return jax.ops.segment_sum(v, cols, n, indices_are_sorted=True)
+
+    largest = jax.ops.segment_max(jnp.abs(vals), cols, n, indices_are_sorted=True)
+    scale = power_of_two(jnp.where(jnp.isfinite(largest), largest, 0))
+    scaled = vals / scale[cols]
+    col_norms = scale * jnp.sqrt(col_sum(scaled * scaled))
+    operator = JacobianOperator(
+        matvec=lambda v: jax.ops.segment_sum(vals * v[cols], rows, m),
+        rmatvec=lambda u: col_sum(vals * u[rows]),
+    )
+    return Linearization(col_sum(vals * f[rows]), col_norms, operator=operator)
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseJacobian(JacobianStrategy):
+    """J by colour groups of ``pattern``, used through products only (no carry)."""
+
+    flat_fun: Callable[[jax.Array], jax.Array]
+    pattern: SparsityPattern
+    forms_jacobian = False
+
+    def __call__(self, x: jax.Array, f: jax.Array):
+        vals = colored_values(self.flat_fun, self.pattern, x.dtype)(x)
+        return sparse_linearization(vals, self.pattern, f), None
+
+    def jacobian(self, x: jax.Array) -> None:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorJacobian(JacobianStrategy):
+    """J as ``jax.linearize`` of ``flat_fun`` and its transpose (no carry)."""
+
+    flat_fun: Callable[[jax.Array], jax.Array]
+    forms_jacobian = False
+
+    def __call__(self, x: jax.Array, f: jax.Array):
+        _, jvp = jax.linearize(self.flat_fun, x)
+        vjp = jax.linear_transpose(jvp, x)
+
+        def rmatvec(u):
+            return vjp(u)[0]
+
+        norms = _column_norms(jvp, x.shape[0], f.shape[0], x.dtype)
+        operator = JacobianOperator(matvec=jvp, rmatvec=rmatvec)
+        return Linearization(rmatvec(f), norms, operator=operator), None
+
+    def jacobian(self, x: jax.Array) -> None:
+        return None
+
+
+def _column_norms(jvp, n: int, m: int, dtype) -> jax.Array:
+    """Norms (n,) of J's columns from ``jvp`` of unit vectors, a block at a time."""
+    block = max(1, min(n, _BLOCK_ENTRIES // max(m, 1)))
+    n_blocks = -(-n // block)
+
+    def one_block(b):
+        j = b * block + jnp.arange(block)
+        seeds = jax.nn.one_hot(j, n, dtype=dtype)  # rows past n are all zero
+        return scaled_norm(jax.vmap(jvp)(seeds), axis=1)
+
+    norms = lax.map(one_block, jnp.arange(n_blocks)).reshape(-1)
+    return norms[:n]
+
+
+def trust_region_cg(
+    operator: JacobianOperator,
+    diag: jax.Array,
+    f: jax.Array,
+    delta: jax.Array,
+    rtol: jax.Array,
+    maxiter: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Steihaug-Toint CG for ``min ||f + J (z / diag)||`` over ``||z|| <= delta``.
+
+    Parameters
+    ----------
+    operator : JacobianOperator
+        J (m, n) by products.
+    diag : Array, shape (n,)
+        Positive variable scaling ``D`` (``z = D p``).
+    f : Array, shape (m,)
+        Residuals (any scale: the problem is homogeneous in ``(f, z, delta)``).
+    delta : Array, shape ()
+        Radius (> 0), in the units of ``f``'s scaling.
+    rtol : Array, shape ()
+        Stop when ``||Js^T r|| <= rtol * ||Js^T f||`` (``r`` the model residual).
+    maxiter : Array, int32, shape ()
+        Most CG iterations (each one J and one J^T product).
+
+    Returns
+    -------
+    z : Array, shape (n,)
+        The scaled step ``D p``.
+    on_boundary : Array, bool, shape ()
+        True when the step was cut at ``||z|| = delta`` (not a Gauss-Newton step).
+    """
+    dtype = f.dtype
+
+    def a(z):  # Js z
+        return operator.matvec(z / diag)
+
+    def a_t(r):  # Js^T r
+        return operator.rmatvec(r) / diag
+
+    r0 = -f
+    s0 = a_t(r0)
+    gamma0 = jnp.dot(s0, s0)
+    tol2 = (rtol**2) * gamma0
+    zero = jnp.zeros((), dtype)
+
+    def cond(state):
+        return ~state[-1]
+
+    def body(state):
+        z, r, p, gamma, k, boundary, _ = state
+        q = a(p)
+        qq = jnp.dot(q, q)
+        alpha = gamma / jnp.where(qq > 0, qq, 1)
+        z_next = z + alpha * p
+        # Cut at the boundary: tau >= 0 with ||z + tau p|| = delta.
+        pp, zp, zz = jnp.dot(p, p), jnp.dot(z, p), jnp.dot(z, z)
+        root = jnp.sqrt(jnp.maximum(zp * zp + pp * (delta * delta - zz), 0))
+        tau = (root - zp) / jnp.where(pp > 0, pp, 1)
+        hit = (jnp.dot(z_next, z_next) >= delta * delta) | (qq <= 0)
+        z = jnp.where(hit, z + tau * p, z_next)
+        r = r - alpha * q
+        s = a_t(r)
+        gamma_next = jnp.dot(s, s)
+        p = s + (gamma_next / jnp.where(gamma > 0, gamma, 1)) * p
+        done = hit | (gamma_next <= tol2) | (k + 1 >= maxiter)
+        return z, r, p, gamma_next, k + 1, hit, done
+
+    start = (jnp.zeros_like(s0), r0, s0, gamma0, jnp.zeros((), jnp.int32))
+    start = start + (jnp.zeros((), bool), (gamma0 <= zero) | (maxiter <= 0))
+    z, *_, boundary, _ = lax.while_loop(cond, body, start)
+    return z, boundary
