@@ -137,9 +137,14 @@ def test_auto_schedule_picks_refill_for_several_chunks():
     from jaxlsq._testing import pool_shape
 
     def auto(n_batch, chunk_size, progress=False, adjoint="implicit", n_devices=1):
+        options = jaxlsq.SolveOptions(adjoint=adjoint)
         return pool_shape(
-            "auto", n_batch, chunk_size, None, n_devices, progress, adjoint
+            "auto", n_batch, chunk_size, None, n_devices, progress, options
         )
+
+    # The pool holds dense Jacobians: the matrix-free solver takes vmap chunks.
+    cg = jaxlsq.SolveOptions(linear_solver="cg")
+    assert pool_shape("auto", 6, 4, None, 1, False, cg) is None
 
     assert auto(6, 4) == (4, 1)  # more fits than one chunk: the pool
     assert auto(6, 8) is None and auto(6, None) is None  # one chunk: vmap

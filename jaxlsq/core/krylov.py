@@ -122,6 +122,19 @@ def _column_norms(jvp, n: int, m: int, dtype) -> jax.Array:
     return norms[:n]
 
 
+def cg_trial(lin: Linearization, diag, f, delta, options):
+    """``(par, step)`` of one matrix-free trial: `trust_region_cg` with the
+    options' ``cg_tol``/``cg_maxiter``; ``step`` (n,) is ``p = z / diag`` in the
+    units of ``f`` and ``delta``, and ``par`` is 0 for an interior (Gauss-Newton)
+    step, 1 for one cut at the radius (lmder's radius rule reads only that)."""
+    z, cut = trust_region_cg(
+        lin.operator, diag, f, delta,
+        jnp.asarray(options.cg_tol, f.dtype),
+        jnp.asarray(options.cg_maxiter, jnp.int32),
+    )  # fmt: skip
+    return cut.astype(f.dtype), z / diag
+
+
 def trust_region_cg(
     operator: JacobianOperator,
     diag: jax.Array,

@@ -165,6 +165,17 @@ class Linearization(NamedTuple):
         return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in parts]))
 
 
+def model_terms(lin: Linearization, step, f, fnorm):
+    """``(prered, dirder)`` of lmder for a step ``step`` (n,) that is not lmpar's
+    closed-form one (a projected or a CG step): the predicted relative reduction
+    ``-(2 f.Js + ||Js||^2) / ||f||^2`` and ``f.Js / ||f||^2``, from the linear
+    model itself. ``step``, ``f`` (m,) and ``fnorm`` all over the loop's residual
+    unit (no underflow)."""
+    f_jp, jp_jp = lin.jac_dot(step, f)
+    fjp = f_jp / fnorm**2
+    return -2 * fjp - jp_jp / fnorm**2, fjp
+
+
 def linearize_dense(jac: jax.Array, f: jax.Array) -> Linearization:
     """The `Linearization` of a dense J (m, n) at residuals ``f`` (m,).
 

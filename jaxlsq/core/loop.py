@@ -42,162 +42,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from .factorize import factorize
-from .krylov import trust_region_cg
-from .linearization import Linearization, as_strategy
+from .krylov import cg_trial
+from .linearization import as_strategy, model_terms
 from .monitor import check_in, check_out
 from .options import SolveOptions
 from .scaling import jacobian_unit, residual_unit
 from .scaling import scaled_norm as _norm
+from .state import (
+    LMState,
+    box_of,
+    is_running,
+    lm_init,
+    positive_or_one,
+    scalar_options,
+    status_code,
+    with_jacobian,
+    with_linearization,
+)
 from .status import Status
 from .steps import scaled_jacobian_norm, trust_region_par
-
-
-class LMState(NamedTuple):
-    """Carry of the outer loop. ``f`` belongs to ``x``; ``jac`` does when
-    ``jac_current`` (it is stale after an accepted step until the next evaluation).
-
-    ``par`` is in the units of ``Js / jac_unit`` (`jacobian_unit`).
-    Shapes: x (n,), f (m,), jac (m, n), diag (n,); everything else ().
-    """
-
-    x: jax.Array
-    f: jax.Array
-    fnorm: jax.Array
-    jac: jax.Array
-    jac_current: jax.Array
-    diag: jax.Array
-    delta: jax.Array
-    par: jax.Array
-    jac_unit: jax.Array
-    xnorm: jax.Array
-    gnorm: jax.Array
-    nfev: jax.Array
-    njev: jax.Array
-    n_iter: jax.Array
-    status: jax.Array
-
-
-def _positive_or_one(v: jax.Array) -> jax.Array:
-    """``v`` with its non-positive entries replaced by 1 (a safe divisor)."""
-    return jnp.where(v > 0, v, jnp.ones_like(v))
-
-
-def _code(status: Status) -> jax.Array:
-    return jnp.asarray(int(status), jnp.int32)
-
-
-def _running(st: LMState) -> jax.Array:
-    return st.status == int(Status.RUNNING)
-
-
-def _scalar_options(options: SolveOptions, dtype):
-    """``(ftol, xtol, gtol, factor)`` in ``dtype`` and ``max_nfev`` as int32."""
-    o = options
-    ftol, xtol, gtol, factor = (
-        jnp.asarray(v, dtype) for v in (o.ftol, o.xtol, o.gtol, o.factor)
-    )
-    return ftol, xtol, gtol, factor, jnp.asarray(o.max_nfev, jnp.int32)
-
-
-def _bounds(options: SolveOptions, dtype):
-    """``(lower, upper)`` in ``dtype``, or ``(None, None)`` without bounds."""
-    if options.lower is None:
-        return None, None
-    return jnp.asarray(options.lower, dtype), jnp.asarray(options.upper, dtype)
-
-
-def lm_init(
-    flat_fun: Callable[[jax.Array], jax.Array], x0: jax.Array, options: SolveOptions
-) -> LMState:
-    """The state at ``x0`` (n,): one residual evaluation and the input checks.
-
-    The status is ``RUNNING``, or already final: ``IMPROPER_INPUT`` (bad options,
-    bounds or non-finite ``x0``) or ``NONFINITE`` (residuals at ``x0``).
-    """
-    dtype = x0.dtype
-    ftol, xtol, gtol, factor, max_nfev = _scalar_options(options, dtype)
-    user_diag = options.diag
-
-    # --- initial point: one residual evaluation --------------------------------
-    # The Jacobian at x0 is the first thing the loop computes, as in lmder, so the
-    # program holds one copy of the Jacobian inside the loop and one after it.
-    f0 = flat_fun(x0)
-    options_ok = (ftol >= 0) & (xtol >= 0) & (gtol >= 0) & (factor > 0) & (max_nfev > 0)
-    options_ok &= jnp.asarray(options.nfev_per_jac) >= 0
-    if user_diag is not None:
-        options_ok &= jnp.all(user_diag > 0)
-    if options.loss != "linear":  # (f_scale is ignored by the linear loss)
-        options_ok &= jnp.asarray(options.f_scale, dtype) > 0
-    lower, upper = _bounds(options, dtype)
-    if lower is not None:
-        # NaN bounds fail both comparisons, so they are improper input too.
-        options_ok &= jnp.all(lower < upper) & jnp.all((x0 >= lower) & (x0 <= upper))
-    input_ok = options_ok & jnp.all(jnp.isfinite(x0))
-    status0 = jnp.where(
-        input_ok,
-        jnp.where(
-            jnp.all(jnp.isfinite(f0)), _code(Status.RUNNING), _code(Status.NONFINITE)
-        ),
-        _code(Status.IMPROPER_INPUT),
-    )
-    n = x0.shape[0]
-    return LMState(
-        x=x0,
-        f=f0,
-        fnorm=_norm(f0),
-        jac=jnp.zeros((f0.shape[0], n), dtype),
-        jac_current=jnp.zeros((), bool),
-        diag=jnp.ones((n,), dtype),
-        delta=jnp.zeros((), dtype),
-        par=jnp.zeros((), dtype),
-        jac_unit=jnp.ones((), dtype),
-        xnorm=jnp.zeros((), dtype),
-        gnorm=jnp.zeros((), dtype),
-        nfev=jnp.ones((), jnp.int32),
-        njev=jnp.zeros((), jnp.int32),
-        n_iter=jnp.zeros((), jnp.int32),
-        status=status0,
-    )
-
-
-def with_linearization(
-    jacobian, st: LMState, unit: jax.Array
-) -> tuple[LMState, Linearization]:
-    """The linearization at ``st.x`` from the Jacobian strategy ``jacobian`` (or an
-    ``x -> J`` function; see `jaxlsq.core.linearization`), and the state holding its
-    carry (the dense J) as ``st.jac``. NaN/inf in J stops the fit.
-
-    The strategy is handed ``f / u`` (``u = unit``, `residual_unit` of ``f``), so
-    ``lin.jtf`` is ``J^T (f / u)``: the gtol cosines come from it without the
-    underflow of ``J^T f`` (tiny f and J would read as a converged gradient); the
-    steps multiply by ``u`` (exact wherever ``J^T f`` is in range).
-    """
-    lin, carry = as_strategy(jacobian)(st.x, st.f / unit)
-    finite = lin.is_finite() if carry is None else jnp.all(jnp.isfinite(carry))
-    keep = finite | (st.status == int(Status.IMPROPER_INPUT))
-    status = jnp.where(keep, st.status, _code(Status.NONFINITE))
-    st = st._replace(
-        jac=carry, jac_current=jnp.ones((), bool), njev=st.njev + 1, status=status
-    )
-    return st, lin
-
-
-def with_jacobian(jacobian, st: LMState) -> LMState:
-    """Evaluate J at ``st.x`` (for the solution); NaN/inf in it stops the fit."""
-    jac = as_strategy(jacobian).jacobian(st.x)
-    finite = jnp.all(jnp.isfinite(jac))
-    keep = finite | (st.status == int(Status.IMPROPER_INPUT))
-    status = jnp.where(keep, st.status, _code(Status.NONFINITE))
-    return st._replace(
-        jac=jac, jac_current=jnp.ones((), bool), njev=st.njev + 1, status=status
-    )
 
 
 def lm_iteration(
@@ -217,9 +86,9 @@ def lm_iteration(
     """
     dtype = st.x.dtype
     eps = jnp.finfo(dtype).eps
-    ftol, xtol, gtol, factor, max_nfev = _scalar_options(options, dtype)
+    ftol, xtol, gtol, factor, max_nfev = scalar_options(options, dtype)
     user_diag = options.diag
-    lower, upper = _bounds(options, dtype)
+    lower, upper = box_of(options, dtype)
     bounded = lower is not None
     fixed = options.fixed
 
@@ -253,7 +122,7 @@ def lm_iteration(
     jtf_unit, acnorm = lin.jtf, lin.col_norms
     first = fresh & (st.njev == 1)  # a resumed first iteration keeps its radius
     if user_diag is None:  # MINPACK mode 1: column norms, zero columns scaled by 1
-        diag = jnp.where(first, _positive_or_one(acnorm), st.diag)
+        diag = jnp.where(first, positive_or_one(acnorm), st.diag)
         diag = jnp.maximum(diag, acnorm)
     else:  # mode 2: the user's fixed scaling
         diag = jnp.asarray(user_diag, dtype)
@@ -265,38 +134,32 @@ def lm_iteration(
     )
     # gtol test: largest |cos| between f and a column of J (0 when f == 0), from
     # J^T (f / u) and ||f|| / u: no underflow where J^T f would have one.
-    fnorm_safe = _positive_or_one(st.fnorm / unit)
-    cosines = jnp.abs(jtf_unit) / (_positive_or_one(acnorm) * fnorm_safe)
+    fnorm_safe = positive_or_one(st.fnorm / unit)
+    cosines = jnp.abs(jtf_unit) / (positive_or_one(acnorm) * fnorm_safe)
     cosines = jnp.where(acnorm > 0, cosines, 0)
     gnorm = jnp.where(st.fnorm > 0, jnp.max(cosines), 0)
-    status = jnp.where(_running(st) & (gnorm <= gtol), _code(Status.GTOL), st.status)
+    status = jnp.where(
+        is_running(st) & (gnorm <= gtol), status_code(Status.GTOL), st.status
+    )
     # The step system is of Js / s (s = jac_unit, exact, 1 in range): in its units
     # z' = s z, delta' = s delta and par' = par / s^2 (st.par is carried in them).
     s = jacobian_unit(acnorm, diag)
     diag_s = diag * s
     matrix_free = lin.operator is not None  # CG on products: no factorisation
     if not matrix_free:
-        system = factorize(lin, diag_s, options.linear_solver, _running(st), unit)
+        system = factorize(lin, diag_s, options.linear_solver, is_running(st), unit)
     par0 = st.par * (st.jac_unit / s) ** 2
     st = st._replace(diag=diag, gnorm=gnorm, status=status, par=par0, jac_unit=s)
 
     def trial(st: LMState) -> LMState:
         """One damped step from ``st.x``: accepted or rejected, then lmder's tests."""
-        fnorm = _positive_or_one(st.fnorm)
-        if matrix_free:  # the model's own value at the CG step (over u^2)
-            cg_tol = jnp.asarray(options.cg_tol, dtype)
-            z_u, cut = trust_region_cg(
-                lin.operator, diag, st.f / unit, st.delta / unit, cg_tol,
-                jnp.asarray(options.cg_maxiter, jnp.int32),
-            )  # fmt: skip
-            par = cut.astype(dtype)  # 0: an interior (Gauss-Newton) step, as lmpar's
-            step = (z_u / diag) * unit
+        fnorm = positive_or_one(st.fnorm)
+        if matrix_free:  # CG's step, and the linear model's own value there
+            par, step = cg_trial(lin, diag, st.f / unit, st.delta / unit, options)
+            step = step * unit
             x_trial = st.x + step
-            pnorm = _norm(z_u) * unit
-            f_jp, jp_jp = lin.jac_dot(z_u / diag, st.f / unit)
-            fnorm_u2 = (fnorm / unit) ** 2
-            prered = -(2 * f_jp + jp_jp) / fnorm_u2
-            dirder = f_jp / fnorm_u2
+            pnorm = _norm(diag * step)
+            prered, dirder = model_terms(lin, step / unit, st.f / unit, fnorm / unit)
         else:
             par, z_s = trust_region_par(system, st.delta * s, st.par)
             step = z_s / diag_s
@@ -314,13 +177,10 @@ def lm_iteration(
             clipped = jnp.any(projected != x_trial)
             x_trial = projected
             actual_step = x_trial - st.x
-            # f . J s and ||J s||^2, both over u^2 (as fnorm_u^2): no underflow
-            f_jp, jp_jp = lin.jac_dot(actual_step / unit, st.f / unit)
-            fnorm_u = fnorm / unit
-            fjp = f_jp / fnorm_u**2
+            pre, dir_ = model_terms(lin, actual_step / unit, st.f / unit, fnorm / unit)
             pnorm = jnp.where(clipped, _norm(diag * actual_step), pnorm)
-            prered = jnp.where(clipped, -2 * fjp - jp_jp / fnorm_u**2, prered)
-            dirder = jnp.where(clipped, fjp, dirder)
+            prered = jnp.where(clipped, pre, prered)
+            dirder = jnp.where(clipped, dir_, dirder)
         # Before the first accepted step the radius never exceeds the step tried.
         delta = jnp.where(st.n_iter == 0, jnp.minimum(st.delta, pnorm), st.delta)
         f_trial = flat_fun(x_trial)
@@ -354,16 +214,20 @@ def lm_iteration(
         ftol_met = (jnp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1)
         xtol_met = delta <= xtol * xnorm
         status = st.status
-        status = jnp.where(ftol_met, _code(Status.FTOL), status)
-        status = jnp.where(xtol_met, _code(Status.XTOL), status)
-        status = jnp.where(ftol_met & xtol_met, _code(Status.FTOL_AND_XTOL), status)
+        status = jnp.where(ftol_met, status_code(Status.FTOL), status)
+        status = jnp.where(xtol_met, status_code(Status.XTOL), status)
+        status = jnp.where(
+            ftol_met & xtol_met, status_code(Status.FTOL_AND_XTOL), status
+        )
         stop = status != int(Status.RUNNING)
         small = st.status
-        small = jnp.where(nfev >= max_nfev, _code(Status.MAX_NFEV), small)
+        small = jnp.where(nfev >= max_nfev, status_code(Status.MAX_NFEV), small)
         eps_met = (jnp.abs(actred) <= eps) & (prered <= eps) & (0.5 * ratio <= 1)
-        small = jnp.where(eps_met, _code(Status.FTOL_TOO_SMALL), small)
-        small = jnp.where(delta <= eps * xnorm, _code(Status.XTOL_TOO_SMALL), small)
-        small = jnp.where(st.gnorm <= eps, _code(Status.GTOL_TOO_SMALL), small)
+        small = jnp.where(eps_met, status_code(Status.FTOL_TOO_SMALL), small)
+        small = jnp.where(
+            delta <= eps * xnorm, status_code(Status.XTOL_TOO_SMALL), small
+        )
+        small = jnp.where(st.gnorm <= eps, status_code(Status.GTOL_TOO_SMALL), small)
         status = jnp.where(stop, status, small)
 
         return st._replace(
@@ -381,7 +245,7 @@ def lm_iteration(
 
     # The gtol test may have stopped the fit: then no step is tried. (J stays out of
     # the cond, which under vmap selects its outputs lane by lane.)
-    tried = lax.cond(_running(st), trial, lambda st: st, st._replace(jac=None))
+    tried = lax.cond(is_running(st), trial, lambda st: st, st._replace(jac=None))
     return tried._replace(jac=st.jac)
 
 
@@ -422,7 +286,7 @@ def run_lm(
     def outer_body(st: LMState) -> LMState:
         return lm_iteration(flat_fun, strategy, options, st, monitor)
 
-    final = lax.while_loop(_running, outer_body, state)
+    final = lax.while_loop(is_running, outer_body, state)
     done = lm_finalize(strategy, final)
     check_out(monitor, done, ~final.jac_current & (final.n_iter > 0))
     return done
