@@ -18,7 +18,12 @@ from scipy.optimize import least_squares
 
 import jaxlsq
 from jaxlsq.core import krylov
-from jaxlsq.core.krylov import OperatorJacobian, sparse_linearization, trust_region_cg
+from jaxlsq.core.krylov import (
+    OperatorJacobian,
+    SparseJacobian,
+    nonzero_operator,
+    trust_region_cg,
+)
 from jaxlsq.core.linearization import JacobianOperator
 from jaxlsq.core.sparsity import as_pattern, colored_jacobian, colored_values
 
@@ -73,13 +78,15 @@ def test_sparse_and_operator_linearizations_match_the_dense_one():
     f = fun(x)
     jac = np.asarray(jax.jacfwd(fun)(x))
     pattern = as_pattern(mask)
-    sparse = sparse_linearization(colored_values(fun, pattern, x.dtype)(x), pattern, f)
+    sparse, _ = SparseJacobian(fun, pattern)(x, f)
+    vals = colored_values(lambda s: jax.jvp(fun, (x,), (s,))[1], pattern, x.dtype)
+    nonzero = sparse._replace(operator=nonzero_operator(vals, pattern))
     with pytest.MonkeyPatch.context() as mp:  # several blocks of unit vectors
         mp.setattr(krylov, "_BLOCK_ENTRIES", 2 * mask.shape[0])
         operator, _ = OperatorJacobian(fun)(x, f)
     v = np.random.default_rng(1).standard_normal(mask.shape[1])
     u = np.random.default_rng(2).standard_normal(mask.shape[0])
-    for lin in (sparse, operator):
+    for lin in (sparse, nonzero, operator):
         tol = dict(rtol=1e-13, atol=1e-13 * np.abs(jac).max())
         np.testing.assert_allclose(lin.col_norms, np.linalg.norm(jac, axis=0), **tol)
         np.testing.assert_allclose(lin.jtf, jac.T @ np.asarray(f), rtol=1e-12)
@@ -214,6 +221,30 @@ def test_global_fit_matches_scipy_lsmr_and_the_dense_solver():
     np.testing.assert_allclose(cg.cost, ref.cost, rtol=1e-10)
     np.testing.assert_allclose(cg.params, dense.params, rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(cg.params[0], ref.x[0], rtol=1e-7)
+
+
+def test_a_residual_jax_cannot_transpose_falls_back_to_the_nonzeros():
+    # A while_loop has no transpose, so J^T cannot come from jax.linearize; with a
+    # pattern the products then run over J's nonzeros (forward jvps only).
+    t, ys, pattern, p0 = global_decays(8)
+
+    def looped(p, t, ys):  # global_residuals, computed inside a while_loop
+        def body(carry):
+            i, _ = carry
+            return i + 1, global_residuals(p, t, ys)
+
+        zeros = jnp.zeros(ys.size, p.dtype)
+        return jax.lax.while_loop(lambda c: c[0] < 1, body, (0, zeros))[1]
+
+    args, x0 = (jnp.asarray(t), jnp.asarray(ys)), jnp.asarray(p0)
+    with pytest.raises(ValueError, match="Reverse-mode"):
+        krylov.linearized_operator(lambda p: looped(p, *args), x0)
+    got = jaxlsq.solve(looped, x0, args, linear_solver="cg", jac_sparsity=pattern)
+    want = jaxlsq.solve(global_residuals, x0, args, linear_solver="cg",
+                        jac_sparsity=pattern)  # fmt: skip
+    assert bool(got.success)
+    np.testing.assert_allclose(got.params, want.params, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got.cost, want.cost, rtol=1e-12)
 
 
 def test_cg_under_vmap_and_jit_keeps_every_lane_its_own():

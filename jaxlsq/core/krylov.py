@@ -35,8 +35,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from .linearization import JacobianOperator, JacobianStrategy, Linearization
-from .scaling import power_of_two, scaled_norm
-from .sparsity import SparsityPattern, colored_values
+from .scaling import scaled_norm
+from .sparsity import (
+    SparsityPattern,
+    colored_values,
+    column_norms,
+    compressed_products,
+)
 
 #: Linear solvers that need no matrix (see `jaxlsq.core.options`).
 MATRIX_FREE_SOLVERS = ("cg",)
@@ -46,41 +51,71 @@ MATRIX_FREE_SOLVERS = ("cg",)
 _BLOCK_ENTRIES = 1 << 22
 
 
-def sparse_linearization(
-    vals: jax.Array, pattern: SparsityPattern, f: jax.Array
-) -> Linearization:
-    """The `Linearization` of the sparse J with entries ``vals`` (nnz,) at the
-    pattern's nonzeros, at residuals ``f`` (m,): ``jtf``, ``col_norms`` and an
-    operator of segment sums. Column norms are scaled by a power of 2 of each
-    column's largest entry, as `jaxlsq.core.linearization.linearize_dense` does."""
+def nonzero_operator(vals: jax.Array, pattern: SparsityPattern) -> JacobianOperator:
+    """J's products as segment sums over its nonzeros ``vals`` (nnz,): O(nnz)
+    gathers and scatters per product. The fallback of `SparseJacobian` for
+    residuals JAX cannot transpose (a ``lax.while_loop`` inside, say)."""
     m, n = pattern.shape
     rows, cols = jnp.asarray(pattern.rows), jnp.asarray(pattern.cols)
-
-    def col_sum(v):  # (nnz,) -> (n,); the pattern is sorted by column
-        return jax.ops.segment_sum(v, cols, n, indices_are_sorted=True)
-
-    largest = jax.ops.segment_max(jnp.abs(vals), cols, n, indices_are_sorted=True)
-    scale = power_of_two(jnp.where(jnp.isfinite(largest), largest, 0))
-    scaled = vals / scale[cols]
-    col_norms = scale * jnp.sqrt(col_sum(scaled * scaled))
-    operator = JacobianOperator(
+    return JacobianOperator(
         matvec=lambda v: jax.ops.segment_sum(vals * v[cols], rows, m),
-        rmatvec=lambda u: col_sum(vals * u[rows]),
+        rmatvec=lambda u: jax.ops.segment_sum(
+            vals * u[rows], cols, n, indices_are_sorted=True
+        ),
     )
-    return Linearization(col_sum(vals * f[rows]), col_norms, operator=operator)
+
+
+def linearized_operator(flat_fun: Callable, x: jax.Array) -> JacobianOperator:
+    """J at ``x`` as ``jax.linearize`` of ``flat_fun`` and its transpose: each
+    product replays only the linear part of the residuals (the intermediates are
+    kept from one evaluation), O(m) elementwise work for a pointwise model; about
+    9x cheaper than `nonzero_operator` on the global decay fit (benchmarks/
+    sparse.py). Raises at trace time when ``flat_fun`` cannot be transposed."""
+    out, jvp = jax.linearize(flat_fun, x)
+    vjp = jax.linear_transpose(jvp, x)
+    jax.eval_shape(vjp, out)  # transpose now (trace only), so a failure raises here
+    return JacobianOperator(matvec=jvp, rmatvec=lambda u: vjp(u)[0])
+
+
+def transposed_product(
+    flat_fun: Callable, x: jax.Array, u: jax.Array, pattern: SparsityPattern | None
+) -> jax.Array:
+    """``J^T u`` (n,) of ``flat_fun`` at ``x`` without a dense J: one ``vjp``, or,
+    for a residual JAX cannot transpose, `nonzero_operator` on the entries found
+    by colour groups of ``pattern`` (the final gradient of a matrix-free fit)."""
+    try:
+        return jax.vjp(flat_fun, x)[1](u)[0]
+    except ValueError:
+        if pattern is None:
+            raise
+    vals = colored_values(
+        lambda seed: jax.jvp(flat_fun, (x,), (seed,))[1], pattern, x.dtype
+    )
+    return nonzero_operator(vals, pattern).rmatvec(u)
 
 
 @dataclasses.dataclass(frozen=True)
 class SparseJacobian(JacobianStrategy):
-    """J by colour groups of ``pattern``, used through products only (no carry)."""
+    """J through `linearized_operator`, its column norms from the entries found by
+    one ``jvp`` per colour group of ``pattern`` (k products, not n); no carry."""
 
     flat_fun: Callable[[jax.Array], jax.Array]
     pattern: SparsityPattern
     forms_jacobian = False
 
     def __call__(self, x: jax.Array, f: jax.Array):
-        vals = colored_values(self.flat_fun, self.pattern, x.dtype)(x)
-        return sparse_linearization(vals, self.pattern, f), None
+        pattern, dtype = self.pattern, x.dtype
+        try:
+            operator = linearized_operator(self.flat_fun, x)
+            compressed = compressed_products(operator.matvec, pattern, dtype)
+        except (NotImplementedError, ValueError, TypeError):  # not transposable
+            compressed = compressed_products(
+                lambda seed: jax.jvp(self.flat_fun, (x,), (seed,))[1], pattern, dtype
+            )
+            vals = compressed[pattern.groups[pattern.cols], pattern.rows]
+            operator = nonzero_operator(vals, pattern)
+        norms = column_norms(compressed, pattern)
+        return Linearization(operator.rmatvec(f), norms, operator=operator), None
 
     def jacobian(self, x: jax.Array) -> None:
         return None
@@ -88,21 +123,16 @@ class SparseJacobian(JacobianStrategy):
 
 @dataclasses.dataclass(frozen=True)
 class OperatorJacobian(JacobianStrategy):
-    """J as ``jax.linearize`` of ``flat_fun`` and its transpose (no carry)."""
+    """J through `linearized_operator`, its column norms from ``jvp``s of unit
+    vectors a block at a time (n products; J never held whole); no carry."""
 
     flat_fun: Callable[[jax.Array], jax.Array]
     forms_jacobian = False
 
     def __call__(self, x: jax.Array, f: jax.Array):
-        _, jvp = jax.linearize(self.flat_fun, x)
-        vjp = jax.linear_transpose(jvp, x)
-
-        def rmatvec(u):
-            return vjp(u)[0]
-
-        norms = _column_norms(jvp, x.shape[0], f.shape[0], x.dtype)
-        operator = JacobianOperator(matvec=jvp, rmatvec=rmatvec)
-        return Linearization(rmatvec(f), norms, operator=operator), None
+        operator = linearized_operator(self.flat_fun, x)
+        norms = _column_norms(operator.matvec, x.shape[0], f.shape[0], x.dtype)
+        return Linearization(operator.rmatvec(f), norms, operator=operator), None
 
     def jacobian(self, x: jax.Array) -> None:
         return None

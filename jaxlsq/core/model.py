@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from .chunked import chunked_strategy
 from .implicit import implicit_solution, with_tangents
 from .jacobian import make_jacobian
-from .krylov import OperatorJacobian, SparseJacobian
+from .krylov import OperatorJacobian, SparseJacobian, transposed_product
 from .loop import LMState
 from .losses import robust_residuals
 from .options import SolveOptions
@@ -47,6 +47,9 @@ class Model(NamedTuple):
     forms_jacobian : bool
         False for the matrix-free strategies (``linear_solver="cg"``): no dense J
         exists, not even at the end (``Solution.jac`` is None).
+    sparsity : SparsityPattern or None
+        ``jac_sparsity``, for J^T products of a matrix-free fit whose residual
+        cannot be transposed (`jaxlsq.core.krylov.transposed_product`).
     """
 
     unravel: Callable
@@ -57,6 +60,7 @@ class Model(NamedTuple):
     loop_functions: Callable
     robust_with_slope: Callable
     forms_jacobian: bool = True
+    sparsity: SparsityPattern | None = None
 
 
 def make_model(
@@ -138,6 +142,7 @@ def make_model(
         loop_functions,
         robust_with_slope,
         not matrix_free,
+        sparsity,
     )
 
 
@@ -171,7 +176,7 @@ def assemble_solution(
     def times_jac(v, residual):  # v^T J of ``residual`` (x -> (m,)) at x, (n,)
         if jac_ is not None:
             return jac_.T @ v
-        return jax.vjp(residual, x)[1](v)[0]  # matrix-free: no J
+        return transposed_product(residual, x, v, model.sparsity)  # matrix-free
 
     if loss == "linear":
         cost = 0.5 * jnp.sum(f * f)
