@@ -23,6 +23,7 @@ demo: $(VENV)/.stamp-test+notebooks
 bench: $(VENV)/.stamp-test+bench
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/poisson.py
+	$(PY) benchmarks/sparse.py
 
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff format --check jaxlsq tests benchmarks examples

@@ -25,7 +25,13 @@ from jaxlsq.core.krylov import (
     trust_region_cg,
 )
 from jaxlsq.core.linearization import JacobianOperator
-from jaxlsq.core.sparsity import as_pattern, colored_jacobian, colored_values
+from jaxlsq.core.sparsity import (
+    as_pattern,
+    colored_jacobian,
+    colored_values,
+    column_norms,
+    compressed_products,
+)
 
 from . import nist
 
@@ -69,6 +75,38 @@ def test_colouring_recovers_the_dense_jacobian(kind):
     )
     if kind == "banded":  # 4 diagonals: 4 groups, whatever the size
         assert pattern.n_groups == 4
+
+
+def test_patterns_from_any_input_are_one_pattern_and_share_their_colouring():
+    # A COO matrix with a repeated entry and an explicit zero, its dense form and
+    # the same matrix as CSR are one pattern (the repeat counted once, the
+    # explicit zero not structural), and the host-side colouring is computed once.
+    coo = sp.coo_matrix(
+        ([1.0, 2.0, 0.0, 1.0, 3.0], ([0, 2, 1, 0, 1], [0, 1, 1, 0, 2])), shape=(3, 3)
+    )
+    dense = np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0]])
+    pats = [as_pattern(coo), as_pattern(dense), as_pattern(coo.tocsr())]
+    assert pats[0] == pats[1] == pats[2] and len({hash(p) for p in pats}) == 1
+    np.testing.assert_array_equal(pats[0].dense(), dense != 0)
+    assert pats[0].groups is pats[1].groups
+    index, piece_cols = pats[0].pieces()
+    assert sorted(piece_cols) == list(piece_cols) and index.shape[0] == 3
+
+
+def test_column_norms_neither_overflow_nor_lose_small_columns():
+    # Entries 1e200 (their squares overflow) in a long column spread over several
+    # pieces, next to a column of 1e-200: norms as numpy's scaled ones.
+    mask = np.zeros((300, 3), bool)
+    mask[:, 0] = True
+    mask[::7, 1] = True
+    mask[5:9, 2] = True
+    jac = np.where(mask, 1.0, 0.0) * np.array([1e200, 3.0, 1e-200])
+    jac[::3, 0] *= -0.5
+    pattern = as_pattern(mask)
+    product = jax.jit(lambda seed: jnp.asarray(jac) @ seed)
+    got = column_norms(compressed_products(product, pattern, jnp.float64), pattern)
+    want = [np.linalg.norm(jac[:, j] / s) * s for j, s in enumerate([1e200, 1, 1e-200])]
+    np.testing.assert_allclose(got, want, rtol=1e-14)
 
 
 def test_sparse_and_operator_linearizations_match_the_dense_one():
