@@ -453,6 +453,10 @@ ERROR_CASES = {
     "tolerances": dict(ftol=None, xtol=None, gtol=None),
     "lm-tolerance": dict(method="lm", xtol=None),
     "lm-sparsity": dict(method="lm", jac_sparsity=np.ones((30, 3))),
+    "sparsity-shape": dict(jac_sparsity=np.ones((29, 3))),
+    "sparsity-1d": dict(jac_sparsity=np.ones(3)),
+    "exact-sparsity": dict(tr_solver="exact", jac_sparsity=np.ones((30, 3))),
+    "lsmr-option": dict(tr_solver="lsmr", tr_options={"tol": 1e-3}),
     "nonfinite-jax": dict(args=(T, Y_NAN)),
     "nonfinite-host": dict(args=(T, Y_NAN), host=True),
     "lm-m<n": dict(fun=(_short_jnp, _short_jnp), method="lm"),
@@ -511,18 +515,86 @@ def test_callback_with_lm_warns_like_scipy():
     assert [str(w.message) for w in our_w] == [str(w.message) for w in ref_w]
 
 
-@pytest.mark.parametrize(
-    "kw",
-    [
-        dict(jac_sparsity=np.ones((30, 3))),
-        dict(tr_solver="lsmr"),
-        dict(tr_options={"regularize": True}),
-    ],
-    ids=["jac_sparsity", "lsmr", "tr_options"],
-)
-def test_not_implemented(kw):
-    with pytest.raises(NotImplementedError, match="jaxlsq.least_squares"):
-        least_squares(res_jnp, X0, args=(T, Y), **kw)
+def global_problem(k=30, points=20):
+    """k decays sharing one lifetime (n = 2k + 1) and its sparsity pattern."""
+    from .test_sparse import global_decays
+
+    t, ys, pattern, p0 = global_decays(k, points)
+
+    def fun_jnp(p):
+        return (p[1 : k + 1, None] * jnp.exp(-t / p[0]) + p[k + 1 :, None] - ys).ravel()
+
+    def fun_np(p):
+        return (p[1 : k + 1, None] * np.exp(-t / p[0]) + p[k + 1 :, None] - ys).ravel()
+
+    return fun_jnp, fun_np, pattern, p0
+
+
+SPARSE_CASES = {
+    "pattern": dict(),
+    "pattern, lsmr, tr_options": dict(
+        tr_solver="lsmr", tr_options=dict(atol=1e-10, btol=1e-10, maxiter=200)
+    ),
+    "pattern, soft_l1": dict(loss="soft_l1", f_scale=0.02),
+    "pattern, bounded, dogbox": dict(method="dogbox", bounds=(-5.0, 1.29)),
+    "lsmr alone": dict(tr_solver="lsmr", sparse=False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPARSE_CASES))
+def test_sparse_and_lsmr_fits_are_scipys(case):
+    """jac_sparsity / tr_solver='lsmr' run jaxlsq's matrix-free CG steps: scipy's
+    minimum (trf with LSMR steps, differences by colour groups), and scipy's
+    `jac` (CSR with a pattern; J's exact entries against its differences)."""
+    kw = dict(SPARSE_CASES[case])
+    fun_jnp, fun_np, pattern, p0 = global_problem()
+    if kw.pop("sparse", True):
+        kw["jac_sparsity"] = pattern
+    ours = least_squares(fun_jnp, p0, **kw)
+    ref = so.least_squares(fun_np, p0, **kw)
+    assert ours.success and ref.success and ours.status > 0
+    # Both stop at ftol = 1e-8 of the cost: the costs agree to that, the lifetime
+    # (well determined: 600 points) to sqrt(ftol) of its relative error.
+    assert_allclose(ours.cost, ref.cost, rtol=1e-7)
+    assert_allclose(ours.x[0], ref.x[0], rtol=1e-5)
+    if "jac_sparsity" in kw:  # scipy's sparse J: CSR with the pattern's nonzeros
+        assert ours.jac.format == ref.jac.format == "csr"
+        assert ours.jac.nnz == ref.jac.nnz
+    ours_jac = ours.jac.toarray() if hasattr(ours.jac, "toarray") else ours.jac
+    ref_jac = ref.jac.toarray() if hasattr(ref.jac, "toarray") else ref.jac
+    # scipy's J is 2-point differences at its own x: agreement to sqrt(eps) times
+    # J's size, plus the change of J between the two minima.
+    assert_allclose(ours_jac, ref_jac, atol=1e-4 * np.abs(ref_jac).max())
+    if kw.get("loss", "linear") == "linear":  # grad = J^T f at the solution
+        assert_allclose(ours.grad, ours_jac.T @ ours.fun, rtol=1e-10, atol=1e-12)
+
+
+def test_sparsity_with_a_callable_jac_is_ignored_like_scipy():
+    sparsity = np.ones((30, 3))
+    ours = least_squares(res_jnp, X0, jac=jac_jnp, jac_sparsity=sparsity, args=(T, Y))
+    ref = so.least_squares(res_np, X0, jac=jac_np, jac_sparsity=sparsity, args=(T, Y))
+    assert isinstance(ours.jac, np.ndarray) and isinstance(ref.jac, np.ndarray)
+    assert_allclose(ours.x, ref.x, rtol=1e-6)
+
+
+def test_tr_options_are_ignored_for_exact_and_regularize_warns_for_dogbox():
+    plain = least_squares(res_jnp, X0, args=(T, Y))
+    ours = least_squares(res_jnp, X0, args=(T, Y), tr_options={"regularize": True})
+    assert_array_equal(ours.x, plain.x)
+    kw = dict(method="dogbox", tr_solver="lsmr", tr_options={"regularize": True})
+    with pytest.warns(UserWarning) as ref_w:
+        so.least_squares(res_np, X0, args=(T, Y), **kw)
+    with pytest.warns(UserWarning) as our_w:
+        ours = least_squares(res_jnp, X0, args=(T, Y), **kw)
+    assert [str(w.message) for w in our_w] == [str(w.message) for w in ref_w]
+    assert_allclose(ours.x, plain.x, rtol=1e-6)
+
+
+def test_sparsity_with_a_numpy_fun_is_refused_by_name():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", HostFallbackWarning)
+        with pytest.raises(NotImplementedError, match="jac_sparsity"):
+            least_squares(res_np, X0, args=(T, Y), jac_sparsity=np.ones((30, 3)))
 
 
 def test_integer_workers_pool_the_host_differences_as_scipy():

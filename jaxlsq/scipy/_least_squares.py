@@ -106,12 +106,26 @@ def least_squares(
         Relative finite-difference step (host path with a string ``jac``), scipy's
         rule: ``x * diff_step``, default ``eps**(1/2)`` (2-point, cs) or
         ``eps**(1/3)`` (3-point) times ``max(1, |x|)``.
-    tr_solver : {None, "exact"}
-        Dense solves only; "lsmr" raises NotImplementedError.
+    tr_solver : {None, "exact", "lsmr"}
+        None: "lsmr" with ``jac_sparsity``, "exact" otherwise (scipy's rule).
+        "exact": dense SVD steps. "lsmr" (trf/dogbox, JAX path, no callable
+        ``jac``): jaxlsq's matrix-free steps, ``linear_solver="cg"`` (Steihaug CG
+        on the trust-region subproblem, J by jvp/vjp; scipy's LSMR solves the same
+        least-squares subproblem); on the host path or with a callable ``jac``,
+        dense steps (the same minimum within tolerance). Ignored by "lm".
     tr_options : dict, optional
-        Must be empty (they configure lsmr).
-    jac_sparsity : None
-        Not supported (NotImplementedError); "lm" rejects it as scipy.
+        Ignored unless the solver is "lsmr" (as scipy). For "lsmr", lsmr's
+        keywords: ``atol`` -> ``cg_tol``, ``maxiter`` -> ``cg_maxiter``;
+        ``damp``, ``btol``, ``conlim``, ``show``, ``x0`` and trf's
+        ``regularize`` are accepted and have no effect (the trust region
+        regularises the step); another key raises lsmr's ``TypeError``; dogbox
+        warns about ``regularize`` as scipy does.
+    jac_sparsity : array_like (m, n) or scipy.sparse matrix, optional
+        The Jacobian's structural nonzeros (trf/dogbox, string ``jac``; ignored
+        with a callable ``jac``, as scipy): J by one jvp per group of columns
+        that share no row, exact, and steps by "lsmr" (above); ``res.jac`` is
+        then CSR, as scipy's. Needs a JAX-traceable ``fun`` (NotImplementedError
+        on the host path). Wrong shape, "exact" or "lm" raise scipy's errors.
     max_nfev : int, optional
         Maximum number of evaluations of ``fun`` by the iterations (finite-difference
         calls not included, as scipy >= 1.16); default ``100 * n`` for every method.
@@ -163,10 +177,13 @@ def least_squares(
         ``max_nfev <= 0``; complex or >1-D ``x0``; bounds of the wrong length or
         shape, ``lb >= ub``, ``x0`` outside them; bad ``x_scale``; tolerances
         below eps; ``fun`` not 1-D or not finite at ``x0``; ``jac`` of the wrong
-        shape. Also ``f_scale <= 0`` with a robust loss.
+        shape; ``jac_sparsity`` of the wrong shape, with "exact" or "lm". Also
+        ``f_scale <= 0`` with a robust loss.
+    TypeError
+        An unknown ``tr_options`` key with "lsmr" (lsmr's own error).
     NotImplementedError
-        ``jac_sparsity``, ``tr_solver="lsmr"``, non-empty ``tr_options``, a
-        LinearOperator from ``jac``.
+        ``jac_sparsity`` with a ``fun`` that runs on the host; a LinearOperator
+        from ``jac``.
 
     Warns
     -----

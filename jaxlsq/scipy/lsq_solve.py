@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from ..core.losses import loss_scaled_jacobian, robust_cost
+from ..core.sparsity import SparsityPattern, as_pattern
 from ..core.status import MESSAGES, Status
 from . import host as _host
 from .differences import _Difference, _UserCall, check_workers, worker_map
@@ -109,23 +110,10 @@ def _least_squares(
     # -- what jaxlsq does not do -------------------------------------------------------
     if loss != "linear" and not float(f_scale) > 0:
         raise ValueError(f"`f_scale` must be positive, got {f_scale!r}.")
-    if jac_sparsity is not None:
-        if method == "lm" and not callable(jac):
-            raise ValueError("method='lm' does not support `jac_sparsity`.")
-        raise NotImplementedError(
-            "jaxlsq.least_squares: `jac_sparsity` is not supported (dense Jacobians "
-            "only); drop it -- a JAX-traceable `fun` gets its exact Jacobian anyway."
-        )
-    if tr_solver == "lsmr":
-        raise NotImplementedError(
-            "jaxlsq.least_squares: tr_solver='lsmr' is not supported; use None or "
-            "'exact' (dense trust-region solves)."
-        )
-    if tr_options:
-        raise NotImplementedError(
-            "jaxlsq.least_squares: `tr_options` are not supported (they configure "
-            f"'lsmr'); pass None or {{}}, got {tr_options!r}."
-        )
+    if callable(jac):  # scipy: the pattern only serves finite differences
+        jac_sparsity = None
+    elif method == "lm" and jac_sparsity is not None:
+        raise ValueError("method='lm' does not support `jac_sparsity`.")
     if callback is not None and method == "lm":
         warnings.warn(
             "Callback function specified, but not supported with `lm` method.",
@@ -172,7 +160,19 @@ def _least_squares(
             j0 = jac_w(x0.copy(), *call_args)
             _check_jac_shape(np.shape(j0), m, n)
 
+        # scipy's sparse choices: a pattern means LSMR unless 'exact' is asked for
+        # (an error); LSMR maps onto jaxlsq's matrix-free CG steps (JAX path).
+        if jac_sparsity is not None:
+            jac_sparsity = _check_sparsity(jac_sparsity, m, n, tr_solver, host)
+        lsmr = method != "lm" and (
+            tr_solver == "lsmr" or (tr_solver is None and jac_sparsity is not None)
+        )
+        cg_options = _lsmr_options(tr_options, method, stacklevel + 1) if lsmr else {}
         pad = max(n - m, 0)
+        if pad and jac_sparsity is not None:  # no nonzeros in the padded rows
+            jac_sparsity = SparsityPattern(
+                jac_sparsity.rows, jac_sparsity.cols, (m + pad, n)
+            )
         loop_fun: Any = fun_w if not pad else _Padded(fun_w, pad, n)
         if pad and isinstance(loop_jac, _Bound):
             loop_jac = _Padded(jac_w, pad, n)
@@ -187,6 +187,8 @@ def _least_squares(
             max_nfev=int(max_nfev), factor=_FACTOR[method], diag=diag,
             bounds=(lb, ub) if bounded else None, f_scale=float(f_scale),
         )  # fmt: skip
+        if lsmr and not host and not callable(loop_jac):
+            options.update(linear_solver="cg", jac_sparsity=jac_sparsity, **cg_options)
         if not host:
             with watching(watch) as monitor:
                 out = run_fit(
@@ -219,6 +221,8 @@ def _least_squares(
     if halt and status_j == Status.STOPPED:  # stopped at x0: the budget was spent
         status_j = Status.MAX_NFEV
     f, jac_x = out["fun"][:m], out["jac"][:m]
+    if pad and not isinstance(jac_x, np.ndarray):  # CSR: drop the padded rows
+        jac_x = jac_x[:m]
     # scipy evaluates fun(x0) first and raises if that is not finite (a non-finite
     # x0 included: the loop reports that as improper input, with f = fun(x0)).
     at_start = (
@@ -238,7 +242,7 @@ def _least_squares(
         x=x,
         cost=out["cost"],
         fun=f,
-        jac=loss_scaled_jacobian(jac_x, f, loss, float(f_scale), xp=np),
+        jac=_scaled_jacobian(jac_x, f, loss, float(f_scale)),
         grad=grad,
         optimality=optimality,
         active_mask=active_mask,
@@ -261,3 +265,62 @@ def _least_squares(
             f"first-order optimality {result.optimality:.2e}."
         )
     return result
+
+
+#: ``scipy.sparse.linalg.lsmr``'s keywords (what scipy passes ``tr_options`` to).
+_LSMR_KEYWORDS = ("damp", "atol", "btol", "conlim", "maxiter", "show", "x0")
+
+
+def _check_sparsity(jac_sparsity, m, n, tr_solver, host):
+    """scipy's checks of ``jac_sparsity`` (shape, then 'exact'), as a pattern."""
+    try:
+        pattern = as_pattern(jac_sparsity)
+    except ValueError:  # scipy: np.atleast_2d, then the shape test
+        pattern = as_pattern(np.atleast_2d(jac_sparsity))
+    if pattern.shape != (m, n):
+        raise ValueError("`jac_sparsity` has wrong shape.")
+    if tr_solver == "exact":
+        raise ValueError("tr_solver='exact' is incompatible with `jac_sparsity`.")
+    if host:
+        raise NotImplementedError(
+            "jaxlsq.least_squares: `jac_sparsity` needs a JAX-traceable `fun` (its "
+            "Jacobian then comes by colour groups of jvps); this `fun` runs on the "
+            "host. Drop `jac_sparsity` (dense differences) or write `fun` in jax."
+        )
+    return pattern
+
+
+def _lsmr_options(tr_options, method, stacklevel):
+    """``tr_options`` for ``tr_solver='lsmr'`` as `jaxlsq.solve`'s CG options.
+
+    ``atol`` -> ``cg_tol`` (CG stops when the model's gradient is ``cg_tol`` times
+    its start; lsmr's ``atol`` is the same kind of relative test) and ``maxiter``
+    -> ``cg_maxiter``. The other lsmr keywords are accepted and have no effect:
+    ``damp`` and trf's ``regularize`` (the trust region itself regularises the
+    step), ``btol``, ``conlim``, ``show``, ``x0``. An unknown keyword raises
+    scipy's ``TypeError``; 'dogbox' warns about ``regularize`` as scipy does."""
+    opts = dict(tr_options or {})
+    if method == "dogbox" and "regularize" in opts:
+        warnings.warn(
+            "The keyword 'regularize' in `tr_options` is not relevant for 'dogbox' "
+            "method.",
+            stacklevel=stacklevel,
+        )
+    opts.pop("regularize", None)
+    for key in opts:
+        if key not in _LSMR_KEYWORDS:
+            raise TypeError(f"lsmr() got an unexpected keyword argument '{key}'")
+    out = {}
+    if opts.get("atol") is not None:
+        out["cg_tol"] = float(opts["atol"])
+    if opts.get("maxiter") is not None:
+        out["cg_maxiter"] = int(opts["maxiter"])
+    return out
+
+
+def _scaled_jacobian(jac, f, loss, f_scale):
+    """scipy's reported ``jac``: `loss_scaled_jacobian`, dense or CSR."""
+    if isinstance(jac, np.ndarray) or loss == "linear":
+        return loss_scaled_jacobian(jac, f, loss, f_scale, xp=np)
+    rows = loss_scaled_jacobian(np.ones((f.size, 1)), f, loss, f_scale, xp=np)
+    return jac.multiply(rows).tocsr()

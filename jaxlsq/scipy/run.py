@@ -9,8 +9,9 @@ the results come back as a single packed float64 vector.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -19,6 +20,7 @@ from ..core.compiler import jit
 from ..core.monitor import take_error
 from ..core.options import SolveOptions
 from ..core.solve import solve
+from ..core.sparsity import colored_values
 
 
 class HostFit(NamedTuple):
@@ -32,7 +34,7 @@ class HostFit(NamedTuple):
     fun: np.ndarray  # (m,)
     grad: np.ndarray  # (n,)
     active_mask: np.ndarray  # (n,) int
-    jac: np.ndarray  # (m, n)
+    jac: Any  # (m, n): ndarray, or scipy.sparse CSR with ``jac_sparsity`` and cg
 
 
 def run_fit(fun, x0: np.ndarray, args: tuple, m: int, where: str, **options) -> HostFit:
@@ -52,16 +54,37 @@ def run_fit(fun, x0: np.ndarray, args: tuple, m: int, where: str, **options) -> 
         parts.append(packed[i : i + size])
         i += size
     x, f, grad, active = parts
-    jac = packed[i:].reshape(m, n)
+    pattern = opts.jac_sparsity
+    if opts.linear_solver == "cg" and pattern is not None:  # J's nonzeros
+        from scipy.sparse import csr_matrix
+
+        jac = csr_matrix((packed[i:], (pattern.rows, pattern.cols)), shape=(m, n))
+    else:
+        jac = packed[i:].reshape(m, n)
     return HostFit(status, nfev, njev, packed[3], x, f, grad, active.astype(int), jac)
 
 
 @jit(static_argnums=(0,))
 def _solve_packed(fun, x0, args, options):
     """``solve(...)`` packed as ``[status, nfev, njev, cost, x, f, grad, active,
-    jac.ravel()]`` (float64)."""
+    jac.ravel()]`` (float64). A matrix-free fit (``linear_solver="cg"``) has no
+    J: fun's own J at the solution is computed once here, as its nonzeros (nnz,)
+    by colour groups with ``jac_sparsity``, dense by ``jacfwd`` without."""
     sol = solve(fun, x0, args, options=options)
+    jac = sol.jac
+    if jac is None:
+
+        def flat(x):
+            return jnp.ravel(fun(x, *args)).astype(x.dtype)
+
+        if options.jac_sparsity is None:
+            jac = jax.jacfwd(flat)(sol.params)
+        else:
+            jac = colored_values(
+                lambda seed: jax.jvp(flat, (sol.params,), (seed,))[1],
+                options.jac_sparsity, sol.params.dtype,
+            )  # fmt: skip
     head = jnp.stack([sol.status, sol.nfev, sol.njev]).astype(jnp.float64)
     parts = (head, sol.cost, sol.params, sol.residuals, sol.grad, sol.active_mask,
-             sol.jac)  # fmt: skip
+             jac)  # fmt: skip
     return jnp.concatenate([jnp.ravel(p).astype(jnp.float64) for p in parts])
