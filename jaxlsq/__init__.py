@@ -13,6 +13,8 @@ from .batch.solve_batch import solve_batch
 from .core.compiler import CPU_COMPILER_OPTIONS, enable_compilation_cache
 from .core.options import SolveOptions
 from .core.solve import solve
+from .core.sparsity import SparsityPattern
+from .core.sparsity import as_pattern as sparsity_pattern
 from .core.status import MESSAGES, Solution, Status
 from .fitting.degeneracy import DegenerateFitWarning
 from .fitting.fit import fit
@@ -35,6 +37,7 @@ __all__ = [
     "OptimizeWarning",
     "Solution",
     "SolveOptions",
+    "SparsityPattern",
     "Status",
     "curve_fit",
     "enable_compilation_cache",
@@ -47,6 +50,7 @@ __all__ = [
     "poisson_deviance_residuals",
     "solve",
     "solve_batch",
+    "sparsity_pattern",
     "where_lanes",
 ]
 __version__ = "0.1.0"

@@ -261,6 +261,20 @@ def test_global_fit_matches_scipy_lsmr_and_the_dense_solver():
     np.testing.assert_allclose(cg.params[0], ref.x[0], rtol=1e-7)
 
 
+def test_a_pattern_converted_once_gives_the_same_fit_as_the_matrix():
+    # jaxlsq.sparsity_pattern(S) once, then every call skips S's conversion.
+    t, ys, pattern, p0 = global_decays(12)
+    args, x0 = (jnp.asarray(t), jnp.asarray(ys)), jnp.asarray(p0)
+    once = jaxlsq.sparsity_pattern(pattern)
+    assert isinstance(once, jaxlsq.SparsityPattern) and once.shape == pattern.shape
+    kw = dict(linear_solver="cg")
+    a = jaxlsq.solve(global_residuals, x0, args, jac_sparsity=pattern, **kw)
+    b = jaxlsq.solve(global_residuals, x0, args, jac_sparsity=once, **kw)
+    np.testing.assert_array_equal(a.params, b.params)
+    with pytest.raises(ValueError, match="jac_sparsity"):
+        jaxlsq.sparsity_pattern("not a pattern")
+
+
 def test_a_residual_jax_cannot_transpose_falls_back_to_the_nonzeros():
     # A while_loop has no transpose, so J^T cannot come from jax.linearize; with a
     # pattern the products then run over J's nonzeros (forward jvps only).
