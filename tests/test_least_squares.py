@@ -16,12 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize as so
+import scipy.sparse
+import scipy.sparse.linalg
 from numpy.testing import assert_allclose, assert_array_equal
 from scipy.optimize._numdiff import approx_derivative
 
 from jaxlsq import HostFallbackWarning
 from jaxlsq._testing import TERMINATION_MESSAGES, approx_jacobian
+from jaxlsq.core.sparsity import as_pattern
 from jaxlsq.scipy import curve_fit, least_squares
+from jaxlsq.scipy.differences import grouped_jacobian
 
 T = np.linspace(0.0, 3.0, 30)
 Y = 2.0 * np.exp(-1.5 * T) + 0.5 + 0.01 * np.sin(9 * T)
@@ -427,6 +431,14 @@ def _jac_t_np(p, t, y):
     return jac_np(p, t, y).T
 
 
+def _jac_csr_np(p, t, y):
+    return scipy.sparse.csr_array(jac_np(p, t, y))
+
+
+def _jac_op_np(p, t, y):
+    return scipy.sparse.linalg.aslinearoperator(jac_np(p, t, y))
+
+
 Y_NAN = np.where(np.arange(T.size) == 3, np.nan, Y)
 
 ERROR_CASES = {
@@ -464,6 +476,11 @@ ERROR_CASES = {
     "fun-2d": dict(fun=(_two_d_jnp, _two_d_jnp), jac=("2-point", jac_np)),
     "jac-shape-jax": dict(jac=(_jac_t_jnp, _jac_t_np)),
     "jac-shape-host": dict(jac=(_jac_t_np, _jac_t_np), host=True),
+    "lm-sparse-jac": dict(method="lm", jac=(_jac_csr_np,) * 2, host=True),
+    "exact-sparse-jac": dict(tr_solver="exact", jac=(_jac_csr_np,) * 2, host=True),
+    "lm-operator-jac": dict(method="lm", jac=(_jac_op_np,) * 2, host=True),
+    "exact-operator-jac": dict(tr_solver="exact", jac=(_jac_op_np,) * 2, host=True),
+    "x_scale-jac-operator": dict(x_scale="jac", jac=(_jac_op_np,) * 2, host=True),
 }
 
 
@@ -538,6 +555,15 @@ SPARSE_CASES = {
     "pattern, soft_l1": dict(loss="soft_l1", f_scale=0.02),
     "pattern, bounded, dogbox": dict(method="dogbox", bounds=(-5.0, 1.29)),
     "lsmr alone": dict(tr_solver="lsmr", sparse=False),
+    # a numpy fun: scipy's sparse differences by groups, dense steps
+    "host pattern": dict(host=True),
+    "host pattern, 3-point, soft_l1": dict(
+        host=True, jac="3-point", loss="soft_l1", f_scale=0.02
+    ),
+    "host pattern, cs": dict(host=True, jac="cs"),
+    "host pattern, bounded, dogbox": dict(
+        host=True, method="dogbox", bounds=(-5.0, 1.29)
+    ),
 }
 
 
@@ -550,9 +576,11 @@ def test_sparse_and_lsmr_fits_are_scipys(case):
     fun_jnp, fun_np, pattern, p0 = global_problem()
     if kw.pop("sparse", True):
         kw["jac_sparsity"] = pattern
-    ours = least_squares(fun_jnp, p0, **kw)
+    ours_fun = fun_np if kw.pop("host", False) else fun_jnp
+    ours = _host(least_squares, ours_fun, p0, **kw)
     ref = so.least_squares(fun_np, p0, **kw)
     assert ours.success and ref.success and ours.status > 0
+    assert type(ours.jac) is type(ref.jac)
     # Both stop at ftol = 1e-8 of the cost: the costs agree to that, the lifetime
     # (well determined: 600 points) to sqrt(ftol) of its relative error.
     assert_allclose(ours.cost, ref.cost, rtol=1e-7)
@@ -590,11 +618,95 @@ def test_tr_options_are_ignored_for_exact_and_regularize_warns_for_dogbox():
     assert_allclose(ours.x, plain.x, rtol=1e-6)
 
 
-def test_sparsity_with_a_numpy_fun_is_refused_by_name():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", HostFallbackWarning)
-        with pytest.raises(NotImplementedError, match="jac_sparsity"):
-            least_squares(res_np, X0, args=(T, Y), jac_sparsity=np.ones((30, 3)))
+def banded(p):
+    """8 residuals of 6 parameters, each row touching 2-3 neighbours (3 groups)."""
+    i = np.arange(8)
+    a, b, c = p[np.minimum(i, 5)], p[np.clip(i - 1, 0, 5)], p[np.clip(i - 2, 0, 5)]
+    return np.exp(0.3 * a) * b + np.sin(c) * (1 + i) + a * c**2
+
+
+BANDED_PATTERN = np.zeros((8, 6), bool)
+for _i in range(8):
+    BANDED_PATTERN[_i, [min(_i, 5), np.clip(_i - 1, 0, 5), np.clip(_i - 2, 0, 5)]] = 1
+
+
+@pytest.mark.parametrize("method", ["2-point", "3-point", "cs"])
+@pytest.mark.parametrize("rel_step", [None, 1e-4])
+def test_grouped_differences_are_scipys(method, rel_step):
+    """The host path's sparse differences against scipy's ``approx_derivative``
+    with ``sparsity``: the same entries (to rounding: scipy's groups differ), one
+    evaluation per group (two for 3-point) instead of one per column, steps
+    adjusted at the bounds as scipy's."""
+    x0 = np.array([1.0, 1.2 - 1e-9, 0.0, -2.0, 0.5, 3.0])  # at an upper bound; 0
+    lb = np.array([-np.inf, 0, -1, -2.0, -np.inf, 2.9])
+    ub = np.array([np.inf, 1.2, 1e-9, 5, np.inf, 3.0])
+    if method == "cs":
+        lb, ub = np.full(6, -np.inf), np.full(6, np.inf)
+    pattern = as_pattern(BANDED_PATTERN)
+    calls = []
+
+    def fun(p):
+        calls.append(1)
+        return banded(p)
+
+    vals = grouped_jacobian(fun, x0, banded(x0), method, rel_step, lb, ub,
+                            np.float64, pattern)  # fmt: skip
+    per = 2 if method == "3-point" else 1
+    assert len(calls) == per * pattern.n_groups < per * 6
+    ours = np.zeros((8, 6))
+    ours[pattern.rows, pattern.cols] = vals
+    ref = approx_derivative(
+        banded, x0, method=method, rel_step=rel_step, bounds=(lb, ub),
+        sparsity=BANDED_PATTERN,
+    ).toarray()  # fmt: skip
+    assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
+    dense = approx_derivative(banded, x0, method=method, rel_step=rel_step,
+                              bounds=(lb, ub))  # fmt: skip
+    # and the dense scheme's (which has rounding noise, ulps of f over h, where
+    # the pattern has no nonzero: numpy's vector code may round f_i differently
+    # when another parameter moves)
+    assert_allclose(ours[BANDED_PATTERN], dense[BANDED_PATTERN], rtol=1e-12)
+    assert np.all(np.abs(dense[~BANDED_PATTERN]) < 1e-9)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "operator"])
+@pytest.mark.parametrize("method", ["trf", "dogbox"])
+def test_jac_returning_sparse_or_a_linear_operator_fits_as_scipy(kind, method):
+    """A host ``jac`` may return a scipy.sparse matrix or a LinearOperator (LSMR
+    steps in scipy, densified here): scipy's minimum, and ``res.jac`` of scipy's
+    kind with the same values."""
+    jac = _jac_csr_np if kind == "sparse" else _jac_op_np
+    kw = dict(method=method, args=(T, Y_OUT), loss="cauchy", f_scale=0.1)
+    ours = _host(least_squares, res_np, X0, jac=jac, **kw, **TIGHT)
+    ref = so.least_squares(res_np, X0, jac=jac, **kw)  # (LSMR: TIGHT never stops)
+    minimum = so.least_squares(res_np, X0, jac=jac_np, **kw, **TIGHT)
+    assert ours.success and ref.success and minimum.success
+    assert ours.cost <= minimum.cost * (1 + 1e-12)
+    assert_allclose(ours.x, minimum.x, rtol=1e-7)
+    # scipy's inexact LSMR steps stop short (dogbox: 2e-4 away in x)
+    assert ours.cost <= ref.cost * (1 + 1e-12)
+    if kind == "sparse":
+        assert type(ours.jac) is type(ref.jac)
+        ours_jac, ref_jac = ours.jac.toarray(), ref.jac.toarray()
+    else:
+        assert isinstance(ours.jac, scipy.sparse.linalg.LinearOperator)
+        ours_jac, ref_jac = ours.jac @ np.eye(3), ref.jac @ np.eye(3)
+    # scipy's J at its own stop, the loss weights moving with x
+    assert_allclose(ours_jac, ref_jac, rtol=1e-2, atol=1e-3)
+    assert_allclose(ours_jac, minimum.jac, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("host", [False, True], ids=["jax", "host"])
+def test_curve_fit_with_jac_sparsity_gives_the_dense_covariance(host):
+    """curve_fit(jac_sparsity=...): scipy's own curve_fit raises there (its SVD
+    of the CSR jac); jaxlsq fits and gives the covariance of the dense fit
+    (scipy's, without the pattern)."""
+    kw = dict(p0=X0, method="trf", **CF_TIGHT)
+    model = model_np if host else model_jnp
+    popt, pcov = _host(curve_fit, model, T, Y, jac_sparsity=np.ones((30, 3)), **kw)
+    ref_popt, ref_pcov = so.curve_fit(model_np, T, Y, jac=_cf_jac, **kw)
+    assert_allclose(popt, ref_popt, rtol=1e-7)
+    assert_allclose(pcov, ref_pcov, rtol=1e-5)
 
 
 def test_integer_workers_pool_the_host_differences_as_scipy():

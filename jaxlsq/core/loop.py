@@ -288,5 +288,5 @@ def run_lm(
 
     final = lax.while_loop(is_running, outer_body, state)
     done = lm_finalize(strategy, final)
-    check_out(monitor, done, ~final.jac_current & (final.n_iter > 0))
+    check_out(monitor, done, ~final.jac_current & (final.n_iter > 0), flat_fun)
     return done

@@ -169,12 +169,16 @@ def check_in(monitor: Callable | None, st, grad: jax.Array, fresh: jax.Array):
     return st._replace(status=jnp.where(call & stop, stopped, st.status))
 
 
-def check_out(monitor: Callable | None, st, moved: jax.Array) -> None:
+def check_out(monitor: Callable | None, st, moved: jax.Array, flat_fun) -> None:
     """The final report of the returned state ``st`` (its Jacobian current) when
     its point was not reported yet (``moved``: the last iteration accepted a
-    step)."""
+    step). A matrix-free fit has no J: its gradient is one vjp of ``flat_fun``
+    at the returned point."""
     if monitor is not None:
-        grad = st.jac.T @ st.f
+        if st.jac is None:
+            grad = jax.vjp(flat_fun, st.x)[1](st.f)[0]
+        else:
+            grad = st.jac.T @ st.f
         lax.cond(
             moved, lambda: monitor(st, grad, True), lambda: jnp.zeros((), jnp.bool_)
         )

@@ -317,9 +317,12 @@ def curve_fit(
         cost = 2 * res.cost  # res.cost is half the (robust) sum of squares
         popt = res.x
         # scipy's pseudo-inverse of J^T J from the SVD of the (loss-modified)
-        # Jacobian: the fitting layer's, with the same cutoff
+        # Jacobian: the fitting layer's, with the same cutoff. A sparse J (from
+        # ``jac_sparsity``) is densified for it: (m, n) floats, where scipy's own
+        # curve_fit raises ("object arrays are not supported").
+        jac = res.jac.toarray() if hasattr(res.jac, "toarray") else res.jac
         with jax.enable_x64(True):
-            pcov = np.array(gram_pseudo_inverse(jnp.asarray(res.jac, jnp.float64)))
+            pcov = np.array(gram_pseudo_inverse(jnp.asarray(jac, jnp.float64)))
 
     warn_cov = False
     if pcov is None or np.isnan(pcov).any():

@@ -63,7 +63,10 @@ def least_squares(
         scipy's trf, ``x0`` is not moved to the interior).
     jac : {"2-point", "3-point", "cs"} or callable, default "2-point"
         Callable: ``jac(x, *args, **kwargs)`` returning the (m, n) Jacobian (a JAX
-        array on the JAX path; a numpy or scipy.sparse array on the host path). A
+        array on the JAX path; on the host path a numpy array, a scipy.sparse
+        matrix or a ``scipy.sparse.linalg.LinearOperator``, the last two densified
+        for the steps (a LinearOperator by ``n`` products with unit vectors: fine
+        for moderate ``n``) and returned in ``res.jac`` in the user's kind). A
         string picks scipy's finite-difference scheme *on the host path only*: with
         a JAX-traceable ``fun`` the exact Jacobian (``jax.jacfwd``) is used whatever
         the string -- more accurate than differences and the same solution.
@@ -124,8 +127,10 @@ def least_squares(
         The Jacobian's structural nonzeros (trf/dogbox, string ``jac``; ignored
         with a callable ``jac``, as scipy): J by one jvp per group of columns
         that share no row, exact, and steps by "lsmr" (above); ``res.jac`` is
-        then CSR, as scipy's. Needs a JAX-traceable ``fun`` (NotImplementedError
-        on the host path). Wrong shape, "exact" or "lm" raise scipy's errors.
+        then CSR, as scipy's. On the host path (a numpy ``fun``): scipy's sparse
+        differences (one evaluation of ``fun`` per group, two for "3-point"),
+        entries equal to the dense scheme's, and dense steps. Wrong shape,
+        "exact" or "lm" raise scipy's errors.
     max_nfev : int, optional
         Maximum number of evaluations of ``fun`` by the iterations (finite-difference
         calls not included, as scipy >= 1.16); default ``100 * n`` for every method.
@@ -177,13 +182,12 @@ def least_squares(
         ``max_nfev <= 0``; complex or >1-D ``x0``; bounds of the wrong length or
         shape, ``lb >= ub``, ``x0`` outside them; bad ``x_scale``; tolerances
         below eps; ``fun`` not 1-D or not finite at ``x0``; ``jac`` of the wrong
-        shape; ``jac_sparsity`` of the wrong shape, with "exact" or "lm". Also
-        ``f_scale <= 0`` with a robust loss.
+        shape; ``jac_sparsity`` of the wrong shape, with "exact" or "lm"; a
+        ``jac`` returning a sparse matrix or LinearOperator with "lm" or "exact",
+        or a LinearOperator with ``x_scale="jac"``. Also ``f_scale <= 0`` with a
+        robust loss.
     TypeError
         An unknown ``tr_options`` key with "lsmr" (lsmr's own error).
-    NotImplementedError
-        ``jac_sparsity`` with a ``fun`` that runs on the host; a LinearOperator
-        from ``jac``.
 
     Warns
     -----

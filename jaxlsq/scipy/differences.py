@@ -116,6 +116,52 @@ def approx_jacobian(fun, x0, f0, method, rel_step, lb, ub, out_dtype, workers=No
     return np.stack(cols, axis=1)
 
 
+def grouped_jacobian(fun, x0, f0, method, rel_step, lb, ub, out_dtype, pattern,
+                     workers=None):  # fmt: skip
+    """The nonzeros (nnz,) of the finite-difference Jacobian of ``fun`` at ``x0``,
+    one evaluation per colour group of ``pattern`` (a
+    `jaxlsq.core.sparsity.SparsityPattern`, two per group for "3-point"),
+    aligned with ``pattern.rows``/``pattern.cols``: scipy's ``approx_derivative``
+    with ``sparsity`` (its steps, its bound handling, its formulas). Every column
+    of a group is stepped at once; the rows of a column see only its own step
+    (no other column of the group touches them), so each entry equals the dense
+    scheme's. scipy's groups come from a seeded random column order, these from
+    the natural order: the values do not depend on the grouping."""
+    mapper = map if workers is None else workers
+    rows, cols, groups = pattern.rows, pattern.cols, pattern.groups
+    h = _absolute_step(rel_step, x0, _relative_step(method, out_dtype))
+    if method != "cs":
+        scheme = "1-sided" if method == "2-point" else "2-sided"
+        h, one_sided = _adjust_to_bounds(x0, h, scheme, lb, ub)
+    k = pattern.n_groups
+    members = [groups == g for g in range(k)]
+    if method == "cs":
+        points = [x0 + (h * e) * 1.0j for e in members]
+    elif method == "2-point":
+        points = [np.where(e, x0 + h, x0) for e in members]
+    else:  # 3-point: (lo, hi) per group, one-sided columns step h and 2h
+        points = []
+        for e in members:
+            points.append(np.where(e, np.where(one_sided, x0 + h, x0 - h), x0))
+            points.append(np.where(e, x0 + np.where(one_sided, 2 * h, h), x0))
+    evals = [np.ravel(np.asarray(f)) for f in mapper(fun, points)]
+    g = groups[cols]  # the group of each nonzero
+    if method == "cs":
+        df = np.stack([f.imag for f in evals])[g, rows]
+        return df / h[cols]
+    if method == "2-point":
+        df = np.stack(evals).astype(float)[g, rows] - f0[rows]
+        dx = np.stack(points)[g, cols] - x0[cols]
+        return df / dx
+    lo = np.stack(evals[0::2]).astype(float)[g, rows]
+    hi = np.stack(evals[1::2]).astype(float)[g, rows]
+    side = one_sided[cols]
+    df = np.where(side, -3.0 * f0[rows] + 4 * lo - hi, hi - lo)
+    x_lo, x_hi = np.stack(points[0::2])[g, cols], np.stack(points[1::2])[g, cols]
+    dx = np.where(side, x_hi - x0[cols], x_hi - x_lo)
+    return df / dx
+
+
 class _UserCall:
     """``fun(x, *args, **kwargs)`` as a one-argument callable (picklable for
     ``workers`` pools when ``fun`` is)."""
@@ -131,19 +177,25 @@ class _Difference:
     """The host path's Jacobian for a string ``jac``: scipy's schemes, counted as
     Jacobian evaluations (scipy's ``nfev`` excludes finite-difference calls)."""
 
-    def __init__(self, user_fun, method, rel_step, lb, ub, out_dtype, workers, m, pad):
+    def __init__(self, user_fun, method, rel_step, lb, ub, out_dtype, workers, m, pad,
+                 pattern=None):  # fmt: skip
         self.user_fun = user_fun
         self.method, self.rel_step = method, rel_step
         self.lb, self.ub, self.out_dtype = lb, ub, out_dtype
         self.workers, self.m, self.pad = workers, m, pad
+        self.pattern = pattern  # ``jac_sparsity`` (m, n): differences by groups
         self.njev = 0
 
     def __call__(self, func, x, fx):  # ``func`` (counted by the loop) is not used
         self.njev += 1
-        jac = approx_jacobian(
-            _Checked(self.user_fun, self.m), x, fx[: self.m], self.method,
-            self.rel_step, self.lb, self.ub, self.out_dtype, self.workers,
-        )  # fmt: skip
+        args = (_Checked(self.user_fun, self.m), x, fx[: self.m], self.method,
+                self.rel_step, self.lb, self.ub, self.out_dtype)  # fmt: skip
+        if self.pattern is None:
+            jac = approx_jacobian(*args, self.workers)
+        else:  # dense for the loop's steps (the host path has no sparse steps)
+            p = self.pattern
+            jac = np.zeros((self.m, x.size))
+            jac[p.rows, p.cols] = grouped_jacobian(*args, p, self.workers)
         if self.pad:
             jac = np.concatenate([jac, np.zeros((self.pad, x.size))])
         return jac

@@ -42,6 +42,16 @@ class _Bound:
         return getattr(self.f, "_jaxlsq_origin", self.f)
 
     def __call__(self, x, args, kwargs):
+        out = self.raw(x, args, kwargs)
+        if self.role == "jac" and not isinstance(out, jax.Array):
+            if hasattr(out, "toarray"):  # scipy.sparse
+                out = out.toarray()
+            elif hasattr(out, "matvec"):  # a LinearOperator: its columns
+                out = out.matmat(np.eye(out.shape[1]))
+        return out
+
+    def raw(self, x, args, kwargs):
+        """The user's function's own output (``jac``'s not densified)."""
         if self.static:
             args, kwargs = list(args), dict(kwargs)
             for key, value in self.static:
@@ -55,15 +65,6 @@ class _Bound:
                 raise ValueError(
                     "`fun` must return at most 1-d array_like. "
                     f"f0.shape: {np.shape(out)}"
-                )
-            return out
-        if not isinstance(out, jax.Array):
-            if hasattr(out, "toarray"):  # scipy.sparse
-                out = out.toarray()
-            elif hasattr(out, "matvec"):
-                raise NotImplementedError(
-                    "jaxlsq.least_squares: `jac` returned a LinearOperator; return "
-                    "a dense (m, n) array (or a scipy.sparse array) instead."
                 )
         return out
 

@@ -156,14 +156,19 @@ def _least_squares(
             else:
                 _check_jac_shape(shape, m, n)
                 loop_jac = jac_w
+        jac_kind = "dense"
         if jac_w is not None and host:  # scipy evaluates J0 too; check its shape
-            j0 = jac_w(x0.copy(), *call_args)
+            j0 = jac_w.raw(x0.copy(), *call_args)
             _check_jac_shape(np.shape(j0), m, n)
+            jac_kind = _check_jac_kind(j0, method, tr_solver, x_scale)
+            if jac_kind != "dense" and tr_solver is None:
+                tr_solver = "lsmr"  # scipy: LSMR for a sparse J or an operator
 
         # scipy's sparse choices: a pattern means LSMR unless 'exact' is asked for
         # (an error); LSMR maps onto jaxlsq's matrix-free CG steps (JAX path).
         if jac_sparsity is not None:
-            jac_sparsity = _check_sparsity(jac_sparsity, m, n, tr_solver, host)
+            jac_sparsity = _check_sparsity(jac_sparsity, m, n, tr_solver)
+        host_pattern = jac_sparsity if host else None  # (m, n), for the differences
         lsmr = method != "lm" and (
             tr_solver == "lsmr" or (tr_solver is None and jac_sparsity is not None)
         )
@@ -205,7 +210,7 @@ def _least_squares(
                 else:
                     difference = _Difference(
                         _UserCall(fun, *user_args), jac, diff_step, lb, ub,
-                        plan.out_dtype, mapper, m, pad,
+                        plan.out_dtype, mapper, m, pad, host_pattern,
                     )  # fmt: skip
                 problem = _host.HostProblem.get(loop_fun, host_jac, False, m + pad, n)
                 call = _host.HostProblem.call(call_args, EPS, difference)
@@ -223,6 +228,7 @@ def _least_squares(
     f, jac_x = out["fun"][:m], out["jac"][:m]
     if pad and not isinstance(jac_x, np.ndarray):  # CSR: drop the padded rows
         jac_x = jac_x[:m]
+    jac_x = _as_users_kind(jac_x, host_pattern, jac_kind)
     # scipy evaluates fun(x0) first and raises if that is not finite (a non-finite
     # x0 included: the loop reports that as improper input, with f = fun(x0)).
     at_start = (
@@ -242,7 +248,7 @@ def _least_squares(
         x=x,
         cost=out["cost"],
         fun=f,
-        jac=_scaled_jacobian(jac_x, f, loss, float(f_scale)),
+        jac=_scaled_jacobian(jac_x, f, loss, float(f_scale), jac_kind),
         grad=grad,
         optimality=optimality,
         active_mask=active_mask,
@@ -271,7 +277,7 @@ def _least_squares(
 _LSMR_KEYWORDS = ("damp", "atol", "btol", "conlim", "maxiter", "show", "x0")
 
 
-def _check_sparsity(jac_sparsity, m, n, tr_solver, host):
+def _check_sparsity(jac_sparsity, m, n, tr_solver):
     """scipy's checks of ``jac_sparsity`` (shape, then 'exact'), as a pattern."""
     try:
         pattern = as_pattern(jac_sparsity)
@@ -281,13 +287,40 @@ def _check_sparsity(jac_sparsity, m, n, tr_solver, host):
         raise ValueError("`jac_sparsity` has wrong shape.")
     if tr_solver == "exact":
         raise ValueError("tr_solver='exact' is incompatible with `jac_sparsity`.")
-    if host:
-        raise NotImplementedError(
-            "jaxlsq.least_squares: `jac_sparsity` needs a JAX-traceable `fun` (its "
-            "Jacobian then comes by colour groups of jvps); this `fun` runs on the "
-            "host. Drop `jac_sparsity` (dense differences) or write `fun` in jax."
-        )
     return pattern
+
+
+def _check_jac_kind(j0, method, tr_solver, x_scale) -> str:
+    """ "dense", "sparse" or "operator": what a host ``jac`` returned at x0, with
+    scipy's errors for the methods that need a dense J. (The loop densifies the
+    other two: `_Bound`; the result gives them back in the user's kind.)"""
+    if isinstance(j0, np.ndarray) or not hasattr(j0, "shape"):
+        return "dense"
+    if method == "lm":
+        raise ValueError("method='lm' works only with dense Jacobian matrices.")
+    if tr_solver == "exact":
+        raise ValueError("tr_solver='exact' works only with dense Jacobian matrices.")
+    if hasattr(j0, "toarray"):
+        return "sparse"
+    if isinstance(x_scale, str) and x_scale == "jac":
+        raise ValueError(
+            "x_scale='jac' can't be used when `jac` returns LinearOperator."
+        )
+    return "operator"
+
+
+def _as_users_kind(jac, pattern, kind):
+    """The final J (m, n) as scipy returns it: CSR with a pattern or for a sparse
+    ``jac``, as it came otherwise (a LinearOperator is made in `_scaled_jacobian`,
+    after the loss scaling)."""
+    if not isinstance(jac, np.ndarray) or (pattern is None and kind != "sparse"):
+        return jac
+    from scipy.sparse import csr_array
+
+    if pattern is None:
+        return csr_array(jac)
+    rows, cols = pattern.rows, pattern.cols
+    return csr_array((jac[rows, cols], (rows, cols)), shape=jac.shape)
 
 
 def _lsmr_options(tr_options, method, stacklevel):
@@ -318,9 +351,16 @@ def _lsmr_options(tr_options, method, stacklevel):
     return out
 
 
-def _scaled_jacobian(jac, f, loss, f_scale):
-    """scipy's reported ``jac``: `loss_scaled_jacobian`, dense or CSR."""
+def _scaled_jacobian(jac, f, loss, f_scale, kind="dense"):
+    """scipy's reported ``jac``: `loss_scaled_jacobian`, dense, CSR, or (a ``jac``
+    that returned a LinearOperator) a LinearOperator of the dense values."""
     if isinstance(jac, np.ndarray) or loss == "linear":
-        return loss_scaled_jacobian(jac, f, loss, f_scale, xp=np)
-    rows = loss_scaled_jacobian(np.ones((f.size, 1)), f, loss, f_scale, xp=np)
-    return jac.multiply(rows).tocsr()
+        jac = loss_scaled_jacobian(jac, f, loss, f_scale, xp=np)
+    else:
+        rows = loss_scaled_jacobian(np.ones((f.size, 1)), f, loss, f_scale, xp=np)
+        jac = jac.multiply(rows).tocsr()
+    if kind == "operator":
+        from scipy.sparse.linalg import aslinearoperator
+
+        return aslinearoperator(jac)
+    return jac

@@ -56,9 +56,9 @@ def run_fit(fun, x0: np.ndarray, args: tuple, m: int, where: str, **options) -> 
     x, f, grad, active = parts
     pattern = opts.jac_sparsity
     if opts.linear_solver == "cg" and pattern is not None:  # J's nonzeros
-        from scipy.sparse import csr_matrix
+        from scipy.sparse import csr_array
 
-        jac = csr_matrix((packed[i:], (pattern.rows, pattern.cols)), shape=(m, n))
+        jac = csr_array((packed[i:], (pattern.rows, pattern.cols)), shape=(m, n))
     else:
         jac = packed[i:].reshape(m, n)
     return HostFit(status, nfev, njev, packed[3], x, f, grad, active.astype(int), jac)
