@@ -260,3 +260,47 @@ def test_chunked_r_keeps_the_singular_values(kappa):
     np.testing.assert_allclose(got, s, rtol=0, atol=100 * np.finfo(float).eps)
     np.testing.assert_allclose(lin.jtf, a.T @ (a @ p - b), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(strategy.jacobian(p), a, rtol=0, atol=0)
+
+
+def two_variable_model(x, a, b, c):
+    """scipy's several-independent-variables convention: x is (2, M)."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    return a * xp.exp(-b * x[0]) + c * x[1]
+
+
+def two_variable_jac(x, a, b, c):
+    e = np.exp(-b * x[0])
+    return np.stack([e, -a * x[0] * e, x[1]], axis=1)
+
+
+@pytest.mark.filterwarnings("ignore::jaxlsq.HostFallbackWarning")  # the numpy jac
+@pytest.mark.parametrize(
+    "method, jac", [("lm", None), ("trf", None), ("trf", two_variable_jac)]
+)
+def test_curve_fit_with_points_last_xdata_runs_chunked_and_matches_scipy(method, jac):
+    """xdata (k, M) -- points last, as scipy takes several variables -- is held
+    points first, so a large fit takes the chunked Jacobian (it used to fall back
+    to the dense one: no array led with the points), while the model still sees
+    (k, M). Oracle: scipy's curve_fit; tolerances as the module's (ftol stops)."""
+    from jaxlsq.core.chunked import AUTO_CHUNK, auto_chunk_points
+    from jaxlsq.fitting.weights import Residuals
+
+    m = 3 * AUTO_CHUNK + 5
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.0, 2.0, (2, m))
+    y = two_variable_model(x, 1.5, 0.7, 0.3) + 0.01 * rng.normal(size=m)
+    p0 = np.ones(3)
+    held = Residuals(two_variable_model, None, unpack=True, points_last=True)
+    args = (jnp.asarray(np.moveaxis(x, -1, 0)), jnp.asarray(y), None)
+    assert auto_chunk_points(held, jnp.asarray(p0), args, m) == AUTO_CHUNK
+
+    ours, ours_cov = jaxlsq.scipy.curve_fit(
+        two_variable_model, x, y, p0=p0, method=method, jac=jac
+    )
+    ref, ref_cov = scipy.optimize.curve_fit(
+        two_variable_model, x, y, p0=p0, method=method, jac=jac
+    )
+    se = np.sqrt(np.diag(ref_cov))
+    assert np.all(np.abs(ours - ref) <= 10 * np.sqrt(1.49e-8 * m) * se)
+    # scipy's lm covariance comes from MINPACK's forward-difference fjac (~1e-6)
+    np.testing.assert_allclose(ours_cov, ref_cov, rtol=1e-5)

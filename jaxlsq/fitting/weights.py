@@ -30,11 +30,17 @@ class Residuals:
     ``unpack``: the model is called ``model(x, *params)`` (scipy ``curve_fit``'s
     convention) instead of ``model(x, params)`` (`jaxlsq.fit`'s). Works on JAX
     arrays (traced) and on numpy arrays (the scipy shim's host path) alike.
+
+    ``points_last``: the model takes ``x`` of shape (k, M), its points last (as
+    scipy's ``curve_fit`` does for several independent variables), and ``x`` is
+    held as (M, k): the points lead, so the chunked Jacobian can split ``x``
+    into blocks of points; each call hands the model ``moveaxis(x, 0, -1)``.
     """
 
     model: Callable
     kind: str | None
     unpack: bool = False
+    points_last: bool = False
 
     @property
     def _jaxlsq_origin(self):  # what the shims' warnings name
@@ -42,6 +48,7 @@ class Residuals:
 
     def __call__(self, params, x, y, transform):
         xp = jnp if isinstance(y, jax.Array) else np
+        x = points_last(x) if self.points_last else x
         out = self.model(x, *params) if self.unpack else self.model(x, params)
         out = xp.asarray(out).astype(y.dtype)
         if self.kind == "poisson":  # counts: deviance residuals (maximum likelihood)
@@ -56,15 +63,21 @@ class WeightedJacobian:
 
     jac: Callable
     kind: str | None
+    points_last: bool = False  # as `Residuals`'
 
     @property
     def _jaxlsq_origin(self):
         return self.jac
 
     def __call__(self, params, x, y, transform):
-        out = self.jac(x, *params)
+        out = self.jac(points_last(x) if self.points_last else x, *params)
         out = jnp.asarray(out) if isinstance(out, jax.Array) else np.asarray(out)
         return whiten(out, transform, self.kind, jacobian=True)
+
+
+def points_last(x):
+    """``x`` held points first, (M, k), as the model takes it: (k, M)."""
+    return (jnp if isinstance(x, jax.Array) else np).moveaxis(x, 0, -1)
 
 
 def whiten(r, transform, kind, *, jacobian: bool = False):

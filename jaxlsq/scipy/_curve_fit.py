@@ -266,9 +266,22 @@ def curve_fit(
         else:
             raise ValueError("`sigma` has incorrect shape.")
 
-    func = Residuals(f, kind, unpack=True)  # fit's residuals, scipy's call
+    # xdata (k, M) -- k independent variables, points last -- is held as (M, k),
+    # points first, so that a large fit's Jacobian can be built in blocks of points
+    # (`jaxlsq.core.chunked`); the model still receives (k, M).
+    move = (
+        isinstance(xdata, np.ndarray)
+        and xdata.ndim >= 2
+        and xdata.shape[-1] == ydata.size
+        and ydata.ndim == 1
+        and ydata.size > 1
+        and kind != "2d"
+    )
+    if move:
+        xdata = np.moveaxis(xdata, -1, 0)
+    func = Residuals(f, kind, unpack=True, points_last=move)  # scipy's call
     if callable(jac):
-        dfun = WeightedJacobian(jac, kind)
+        dfun = WeightedJacobian(jac, kind, points_last=move)
     elif method != "lm":
         dfun = "2-point" if jac is None else jac  # least_squares' scheme names
     elif jac is None:
