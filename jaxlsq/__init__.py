@@ -9,6 +9,7 @@ imports JAX without changing numpy's global random state).
 
 from . import _jax_import  # noqa: F401  (first of all: see its docstring)
 from .batch.lanes import finite_lanes, masked_mean, where_lanes
+from .batch.sharding import gather_batch, local_batch, shard_batch
 from .batch.solve_batch import solve_batch
 from .core.compiler import CPU_COMPILER_OPTIONS, enable_compilation_cache
 from .core.options import SolveOptions
@@ -44,10 +45,13 @@ __all__ = [
     "finite_lanes",
     "fit",
     "fit_batch",
+    "gather_batch",
     "least_squares",
     "leastsq",
+    "local_batch",
     "masked_mean",
     "poisson_deviance_residuals",
+    "shard_batch",
     "solve",
     "solve_batch",
     "sparsity_pattern",

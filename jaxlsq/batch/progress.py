@@ -46,9 +46,9 @@ def tick_finished(token: jax.Array | None, finished: jax.Array) -> None:
     jax.lax.cond(count > 0, lambda: tick(token, count, count), lambda: None)
 
 
-def progress_ticks(n_batch: int, chunk: int | None, mesh) -> int:
-    """Number of ticks of a vmap-schedule batch: chunks per device times devices."""
-    n_dev = 1 if mesh is None else mesh.size
+def progress_ticks(n_batch: int, chunk: int | None, n_dev: int) -> int:
+    """Number of ticks of a vmap-schedule batch over ``n_dev`` shards: chunks per
+    shard times shards."""
     per_device = -(-n_batch // n_dev)
     chunk = chunk if chunk is not None and chunk < per_device else per_device
     return -(-per_device // chunk) * n_dev

@@ -15,8 +15,8 @@ from ..core.solve import solve
 from ..core.status import Solution
 from .pool import DEFAULT_REFILL, DEFAULT_SLOTS, solve_refill
 from .progress import progress_ticks, tick, with_progress_bar
+from .sharding import batch_sharding, pad_rows, shard_fits
 
-_BATCH_AXIS = "batch"
 #: Values of solve_batch's ``schedule``.
 SCHEDULES = ("auto", "vmap", "refill")
 
@@ -79,12 +79,15 @@ def solve_batch(
     slots : int, optional
         Size of the pool for ``"refill"`` (default ``chunk_size``, or 1024; at most
         N; per device with ``devices``).
-    devices : None, int or list of jax.Device, default None
+    devices : None, int, list of jax.Device or jax.sharding.Mesh, default None
         Shard the batch over these devices (an int takes the first ``devices`` of
-        ``jax.devices()``): a 1-D mesh over the batch axis and ``jax.shard_map``, each
-        device fitting its shard in chunks, results left sharded on the devices. The
-        batch is padded to a multiple of the device count. ``None``: the default
-        device.
+        ``jax.devices()``; a Mesh splits the batch over all its axes) with
+        ``jax.shard_map``, each device fitting its shard in chunks, results left
+        sharded on the devices. The batch is padded to a multiple of the shard
+        count. ``None``: where the inputs are -- a batched `jax.Array` sharded
+        along its batch axis (over a mesh of any axis type, Explicit included, or
+        across hosts: see `jaxlsq.batch.sharding`) keeps its sharding; else the
+        default device.
     progress : bool, default False
         Show a tqdm progress bar (needs ``tqdm``; a plain text bar where
         ``ipywidgets`` is missing): one tick per chunk on ``"vmap"`` (what
@@ -155,18 +158,11 @@ def solve_batch(
     axes = broadcast_axes(in_axes, (x0, args))
     n_batch = batch_size((x0, args), axes)
     options = options.with_defaults(*_parameters_per_fit(x0, axes[0]))
-    mesh = _mesh(devices)
-    pool = pool_shape(
-        schedule,
-        n_batch,
-        chunk_size,
-        slots,
-        1 if mesh is None else mesh.size,
-        progress,
-        options,
-    )
-    treedef = jax.tree_util.tree_structure((x0, args))
+    leaves, treedef = jax.tree_util.tree_flatten((x0, args))
     axes_leaves = tuple(axes_per_leaf(treedef, axes))
+    mesh = batch_sharding(devices, leaves, axes_leaves)
+    n_dev = 1 if mesh is None else mesh.n_shards
+    pool = pool_shape(schedule, n_batch, chunk_size, slots, n_dev, progress, options)
     chunk = None if chunk_size is None or chunk_size >= n_batch else chunk_size
     run = functools.partial(
         _solve_batch_jit, fun, treedef, axes_leaves, chunk, n_batch, mesh, pool
@@ -174,9 +170,8 @@ def solve_batch(
     if not progress:
         return run(False, (x0, args), options, None)
     if pool is None:  # a tick per chunk
-        n_bars, unit = progress_ticks(n_batch, chunk, mesh), "chunk"
+        n_bars, unit = progress_ticks(n_batch, chunk, n_dev), "chunk"
     else:  # a tick per finished fit (the padding of a sharded batch included)
-        n_dev = 1 if mesh is None else mesh.size
         n_bars, unit = -(-n_batch // n_dev) * n_dev, "fit"
     return with_progress_bar(
         lambda token: run(True, (x0, args), options, token),
@@ -242,7 +237,7 @@ def _solve_batch_jit(
         if chunk is None or chunk >= n:
             return one_chunk(shared, per_fit)
         n_chunks = -(-n // chunk)
-        padded = [_pad(leaf, n_chunks * chunk) for leaf in per_fit]
+        padded = [pad_rows(leaf, n_chunks * chunk) for leaf in per_fit]
         split = [leaf.reshape((n_chunks, chunk) + leaf.shape[1:]) for leaf in padded]
         sols = jax.lax.map(lambda c: one_chunk(shared, c), split)
         return jax.tree_util.tree_map(
@@ -254,21 +249,7 @@ def _solve_batch_jit(
         return run(shared, per_fit)
     # One shard of the batch per device; each device fits its shard in chunks (or
     # runs its own pool).
-    n_padded = -(-n_batch // mesh.size) * mesh.size
-    per_fit = [_pad(leaf, n_padded) for leaf in per_fit]
-    spec = jax.sharding.PartitionSpec(_BATCH_AXIS)
-    sols = jax.shard_map(
-        run,
-        mesh=mesh,
-        in_specs=(jax.sharding.PartitionSpec(), spec),
-        out_specs=spec,
-        # Each device runs independent fits, no collectives: skip the varying-axes
-        # type check, which the solver's while_loops (constant initial carries) trip.
-        check_vma=False,
-    )(shared, per_fit)
-    if n_padded == n_batch:
-        return sols
-    return jax.tree_util.tree_map(lambda a: a[:n_batch], sols)
+    return shard_fits(run, mesh, shared, per_fit, n_batch)
 
 
 def pool_shape(
@@ -317,34 +298,6 @@ def _parameters_per_fit(x0: Any, x0_axes: Any) -> tuple[int, Any]:
     dtypes = [jnp.result_type(leaf) for leaf in leaves]
     floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
     return n, (jnp.result_type(*floats) if floats else jnp.result_type(float))
-
-
-def _pad(leaf: jax.Array, size: int) -> jax.Array:
-    """Pad the leading axis to ``size`` with copies of the last problem (a valid fit,
-    never NaN), so every call with the same shapes reuses one compiled program."""
-    missing = size - leaf.shape[0]
-    if missing == 0:
-        return leaf
-    return jnp.concatenate([leaf, jnp.repeat(leaf[-1:], missing, axis=0)])
-
-
-def _mesh(devices) -> jax.sharding.Mesh | None:
-    if devices is None:
-        return None
-    if isinstance(devices, int) and not isinstance(devices, bool):
-        available = jax.devices()
-        if not 1 <= devices <= len(available):
-            raise ValueError(
-                f"devices={devices} but {len(available)} device(s) are available"
-            )
-        devices = available[:devices]
-    devices = list(devices)
-    if not devices or not all(isinstance(d, jax.Device) for d in devices):
-        raise ValueError(
-            "devices must be None, a positive int or a list of jax.Device, "
-            f"got {devices!r}"
-        )
-    return jax.sharding.Mesh(np.array(devices), (_BATCH_AXIS,))
 
 
 def broadcast_axes(in_axes: Any, tree: Any, names: str = "(x0, args)") -> Any:

@@ -97,7 +97,9 @@ def warn_if_degenerate(result, where: str) -> None:
 
     if isinstance(result.degeneracy, jax.core.Tracer):
         return
-    flags = np.asarray(result.degeneracy)
+    from ..batch.sharding import local_batch  # a batch across hosts: its local fits
+
+    flags = local_batch(result.degeneracy)
     if not flags.any():
         return
     if flags.ndim == 0:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..batch.sharding import batch_sharding, first_fit, vmap_over_shards
 from ..batch.solve_batch import axes_per_leaf, batch_size, broadcast_axes, solve_batch
 from ..core.validate import check_bounds, flat_bounds
 from .checks import (
@@ -167,7 +168,9 @@ def fit_batch(
     f_scale = jnp.asarray(f_scale, dtype)
     n_success = sols.success.astype(jnp.int32)
     in_axes_finish = (0, x_axes, 0, transform_axis, None, 0)
-    results = jax.vmap(finish, in_axes=in_axes_finish, axis_size=n_batch)(
+    leaves, treedef = jax.tree_util.tree_flatten(inputs)
+    sharding = batch_sharding(devices, leaves, axes_per_leaf(treedef, axes))
+    results = vmap_over_shards(finish, sharding, in_axes_finish, n_batch)(
         sols, x, y, transform, f_scale, n_success
     )
     warn_if_degenerate(results, "fit_batch")
@@ -180,7 +183,7 @@ def _first_problem(inputs, axes):
     leaves, treedef = jax.tree_util.tree_flatten(inputs)
     axis_leaves = axes_per_leaf(treedef, axes)
     first = [
-        leaf if axis is None else jnp.take(jnp.asarray(leaf), 0, axis=axis)
+        leaf if axis is None else first_fit(leaf, axis)
         for leaf, axis in zip(leaves, axis_leaves, strict=True)
     ]
     return jax.tree_util.tree_unflatten(treedef, first)
