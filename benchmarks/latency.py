@@ -6,12 +6,14 @@ exponential decay with 3 parameters), side by side with scipy:
 * **first call**: trace + compile + run of the first fit in the process;
 * **warm**: best of 30 further calls on new data (same shapes and options);
 * **new options**: the first call with bounds added (``leastsq``: with
-  ``full_output=True``; ``solve_batch``: with ``ftol`` changed);
+  ``full_output=True``; ``solve_batch``: with ``ftol`` changed; optimistix and
+  jaxopt, which take tolerances as solver attributes: new tolerances);
 * **XLA defaults**: the first call with jaxlsq's `CPU_COMPILER_OPTIONS` emptied;
 * **cached first call**: the first call in a second process, with
   ``jaxlsq.enable_compilation_cache(dir)`` in both (the first one filled ``dir``).
 
     python benchmarks/latency.py [--only curve_fit,solve]
+    python benchmarks/latency.py --breakdown   # where a warm call's time goes
 
 Prints a markdown table. The machine is shared and noisy: compare rows of one run.
 """
@@ -102,6 +104,58 @@ CALL = lambda y: jaxlsq.solve_batch(res_jnp, x0, (jnp.asarray(YS + y[0]),),
 NEW = lambda y: jaxlsq.solve_batch(res_jnp, x0, (jnp.asarray(YS + y[0]),),
                                    in_axes=(None, (0,)), ftol=1e-9).params
 """,
+    "jaxlsq fit_batch (100 curves)": """
+import jaxlsq
+model = lambda x, p: model_jnp(x, *p)
+x0 = jnp.array(p0)
+CALL = lambda y: jaxlsq.fit_batch(model, t, jnp.asarray(YS + y[0]), x0).params
+NEW = lambda y: jaxlsq.fit_batch(model, t, jnp.asarray(YS + y[0]), x0,
+                                 bounds=(lo, hi)).params
+""",
+    "optimistix least_squares": """
+import optimistix as optx
+solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
+fn = lambda p, y: res_jnp(p, y)
+x0 = jnp.array(p0)
+run = jax.jit(lambda y: optx.least_squares(fn, solver, x0, args=y, throw=False).value)
+CALL = lambda y: run(jnp.asarray(y))
+solver9 = optx.LevenbergMarquardt(rtol=1e-9, atol=1e-9)  # a new option set
+run9 = jax.jit(lambda y: optx.least_squares(fn, solver9, x0, args=y, throw=False).value)
+NEW = lambda y: run9(jnp.asarray(y))
+""",
+    "optimistix jit(vmap) (100 curves)": """
+import optimistix as optx
+solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
+fn = lambda p, y: res_jnp(p, y)
+x0 = jnp.array(p0)
+one = lambda y: optx.least_squares(fn, solver, x0, args=y, throw=False).value
+run = jax.jit(jax.vmap(one))
+CALL = lambda y: run(jnp.asarray(YS + y[0]))
+solver9 = optx.LevenbergMarquardt(rtol=1e-9, atol=1e-9)
+run9 = jax.jit(jax.vmap(lambda y: optx.least_squares(fn, solver9, x0, args=y,
+                                                      throw=False).value))
+NEW = lambda y: run9(jnp.asarray(YS + y[0]))
+""",
+    "jaxopt LevenbergMarquardt": """
+import jaxopt
+x0 = jnp.array(p0)
+lm = jaxopt.LevenbergMarquardt(res_jnp, tol=1e-8, xtol=1e-8, gtol=1e-8)
+run = jax.jit(lambda y: lm.run(x0, y).params)
+CALL = lambda y: run(jnp.asarray(y))
+lm9 = jaxopt.LevenbergMarquardt(res_jnp, tol=1e-9, xtol=1e-9, gtol=1e-9)
+run9 = jax.jit(lambda y: lm9.run(x0, y).params)
+NEW = lambda y: run9(jnp.asarray(y))
+""",
+    "jaxopt jit(vmap) (100 curves)": """
+import jaxopt
+x0 = jnp.array(p0)
+lm = jaxopt.LevenbergMarquardt(res_jnp, tol=1e-8, xtol=1e-8, gtol=1e-8)
+run = jax.jit(jax.vmap(lambda y: lm.run(x0, y).params))
+CALL = lambda y: run(jnp.asarray(YS + y[0]))
+lm9 = jaxopt.LevenbergMarquardt(res_jnp, tol=1e-9, xtol=1e-9, gtol=1e-9)
+run9 = jax.jit(jax.vmap(lambda y: lm9.run(x0, y).params))
+NEW = lambda y: run9(jnp.asarray(YS + y[0]))
+""",
 }
 
 MEASURE = """
@@ -117,6 +171,80 @@ warm = min(timed(CALL, data(i)) for i in range(2, 32))
 new = timed(NEW, data(40))
 print(json.dumps({"first": first, "warm": warm, "new": new}))
 """
+
+
+BREAKDOWN = """
+import jaxlsq
+import jaxlsq.scipy.run as shim_run
+from scipy.optimize import curve_fit as scipy_curve_fit, leastsq as scipy_leastsq
+def best(f, reps=200):
+    out = []
+    for i in range(reps):
+        y = data(i % 30)
+        s = time.perf_counter()
+        jax.block_until_ready(f(y))
+        out.append(time.perf_counter() - s)
+    return min(out)
+recorded = {}
+inner = shim_run._solve_packed
+def recording(*a):
+    recorded["args"] = a
+    return inner(*a)
+shim_run._solve_packed = recording
+model = lambda x, p: model_jnp(x, *p)
+rows = {}
+for name, call in [
+    ("leastsq", lambda y: jaxlsq.leastsq(res_jnp, p0, args=(y,))),
+    ("curve_fit", lambda y: jaxlsq.curve_fit(model_jnp, t, y, p0=p0)),
+]:
+    call(data(0))
+    total = best(call)
+    args = recorded["args"]
+    program = best(lambda y: np.array(inner(*args)))
+    rows[name] = (total, program)
+fit_eager = lambda y: jaxlsq.fit(model, t, y, p0).params
+fit_eager(data(0))
+fit_jit = jax.jit(lambda y: jaxlsq.fit(model, t, y, p0).params)
+fit_jit(data(0))
+rows["fit"] = (best(fit_eager), best(fit_jit))
+empty = jax.jit(lambda y: y)
+empty(data(0))
+dispatch = best(lambda y: np.array(empty(y)))
+scipy_rows = {
+    "leastsq": best(lambda y: scipy_leastsq(res_np, p0, args=(y,))),
+    "curve_fit": best(lambda y: scipy_curve_fit(model_np, t, y, p0=p0)),
+}
+scipy_rows["fit"] = scipy_rows["curve_fit"]
+print(json.dumps({"rows": rows, "dispatch": dispatch, "scipy": scipy_rows}))
+"""
+
+
+def breakdown() -> None:
+    """Where a warm call's time goes, in one process: the whole call, the compiled
+    program alone (the shims' one jitted call with the same arguments, plus the
+    transfer back; `fit`: the same fit inside the user's ``jax.jit``), and the
+    floor of one jit dispatch and transfer (an identity function)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", SETUP + BREAKDOWN],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    got = json.loads(out.stdout.splitlines()[-1])
+    print(
+        "| warm call | whole call | compiled program + transfer | Python around it "
+        "| scipy's whole call |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for name, (total, program) in got["rows"].items():
+        print(
+            f"| {name} | {1e6 * total:,.0f} µs | {1e6 * program:,.0f} µs "
+            f"| {1e6 * (total - program):,.0f} µs "
+            f"| {1e6 * got['scipy'][name]:,.0f} µs |"
+        )
+    print(f"\nOne jit dispatch + transfer (identity): {1e6 * got['dispatch']:,.0f} µs")
 
 
 def run(entry: str, mode: str = "") -> dict:
@@ -137,6 +265,12 @@ def run(entry: str, mode: str = "") -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated entry names")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="where a warm call's time goes"
+    )
+    if parser.parse_args().breakdown:
+        breakdown()
+        return
     names = [n for n in ENTRIES if not parser.parse_args().only or any(
         part in n for part in parser.parse_args().only.split(","))]  # fmt: skip
     print(

@@ -187,6 +187,75 @@ def _build_optimistix(problem: Problem, x, tol):
     return jax.jit(jax.vmap(fit))
 
 
+#: The bare Gauss-Newton reference: iterations and curves per block.
+SOL_ITERS, SOL_BLOCK = 10, 500
+
+
+def _build_speed_of_light(problem: Problem, x, tol):
+    """NOT A SOLVER: the arithmetic floor of a batched LM on this machine.
+
+    ``SOL_ITERS`` plain Gauss-Newton steps on the whole batch at once, in blocks of
+    ``SOL_BLOCK`` curves under ``lax.map``: each Jacobian column by one ``jvp`` of
+    the batched model, the Gram matrix and ``J^T r`` as reductions over the points,
+    an unrolled Cholesky of the n x n systems. No damping, no stopping tests, no
+    bounds or status: what the robust loop's per-iteration work should cost.
+    """
+    n = problem.n_params
+
+    def model(p):  # (B, n) -> (B, m): the problem's model broadcasts over rows
+        return problem.model(p, x, jnp)
+
+    def step(p, y):
+        r = model(p) - y
+        basis = jnp.eye(n, dtype=p.dtype)
+        cols = [
+            jax.jvp(model, (p,), (jnp.broadcast_to(basis[i], p.shape),))[1]
+            for i in range(n)
+        ]
+        gram = [[jnp.sum(cols[i] * cols[j], -1) for j in range(n)] for i in range(n)]
+        rhs = [-jnp.sum(c * r, -1) for c in cols]
+        low = [[None] * n for _ in range(n)]  # Cholesky, entry by entry, (B,) each
+        for j in range(n):
+            d = gram[j][j] - sum(low[j][k] ** 2 for k in range(j))
+            low[j][j] = jnp.sqrt(d)
+            for i in range(j + 1, n):
+                off = gram[i][j] - sum(low[i][k] * low[j][k] for k in range(j))
+                low[i][j] = off / low[j][j]
+        z = []
+        for i in range(n):  # L z = rhs
+            z.append((rhs[i] - sum(low[i][k] * z[k] for k in range(i))) / low[i][i])
+        d = [None] * n
+        for i in reversed(range(n)):  # L^T d = z
+            acc = z[i] - sum(low[k][i] * d[k] for k in range(i + 1, n))
+            d[i] = acc / low[i][i]
+        return p + jnp.stack(d, axis=-1)
+
+    def block(args):
+        p, y = args
+        return jax.lax.fori_loop(0, SOL_ITERS, lambda _, q: step(q, y), p)
+
+    def fit(p0, y):
+        count = p0.shape[0]
+        size = min(SOL_BLOCK, count)
+        blocks = -(-count // size)
+        pad = blocks * size - count
+        p_pad = jnp.concatenate([p0, jnp.repeat(p0[-1:], pad, 0)])
+        y_pad = jnp.concatenate([y, jnp.repeat(y[-1:], pad, 0)])
+        out = jax.lax.map(
+            block,
+            (p_pad.reshape(blocks, size, n), y_pad.reshape(blocks, size, -1)),
+        )
+        params = out.reshape(blocks * size, n)[:count]
+        return {
+            "params": params,
+            "iters": jnp.full(count, SOL_ITERS),
+            "success": None,
+            "status": None,
+        }
+
+    return jax.jit(fit)
+
+
 def jaxopt_maxiter(n_params: int) -> int:
     """jaxopt's iteration cap: MINPACK's default ``max_nfev = 100 (n + 1)``."""
     return 100 * (n_params + 1)
@@ -258,6 +327,12 @@ BATCHED_METHODS = (
         "optimistix", "optimistix", _build_optimistix, "num_steps", OPTX_ERROR
     ),
     BatchedMethod("jaxopt", "jaxopt", _build_jaxopt, "iter_num", JAXOPT_ERROR),
+    BatchedMethod(
+        "speed-of-light",
+        f"speed of light: bare GN x{SOL_ITERS} (NOT a solver)",
+        _build_speed_of_light,
+        "steps",
+    ),
 )
 
 LOOP_METHODS = (

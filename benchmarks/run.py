@@ -89,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="comma-separated keys: jaxlsq, jaxlsq-eigh, jaxlsq-scipytols, "
         "jaxlsq-batch, jaxlsq-batch-refill, jaxlsq-batch-scipytols, optimistix, "
-        "jaxopt, scipy-dfun, scipy-fd (default: all)",
+        "jaxopt, speed-of-light, scipy-dfun, scipy-fd (default: all)",
     )
     p.add_argument("--out", type=Path, default=None, help="markdown report path")
     p.add_argument("--seed", type=int, default=0)
