@@ -62,6 +62,31 @@ def _sym_pinv_solver(h: jax.Array) -> Callable[[jax.Array], jax.Array]:
     return apply
 
 
+#: Above this many Jacobian entries (m * n) the Hessian is built one column at a
+#: time (`_hessian`): 2^22, 32 MiB per float64 intermediate of the residuals.
+SEQUENTIAL_HESSIAN_ENTRIES = 1 << 22
+
+
+def _hessian(grad_fn, residual_fn, x, args) -> jax.Array:
+    """The exact Hessian (n, n) of ``0.5 * ||r(x, args)||^2`` in ``x``.
+
+    ``jax.hessian`` pushes all n tangents through the reverse pass at once: every
+    intermediate of the residuals is held n times, O(m n) memory (gigabytes for one
+    fit of 10^7 points). Past `SEQUENTIAL_HESSIAN_ENTRIES` the n Hessian-vector
+    products (forward over reverse) run one after another under ``lax.map``: O(m)
+    memory, the same arithmetic, the same matrix to rounding.
+    """
+    n = x.shape[0]
+    m = jax.eval_shape(residual_fn, x, args).size
+    if m * n <= SEQUENTIAL_HESSIAN_ENTRIES:
+        return jax.hessian(_cost, argnums=1)(residual_fn, x, args)
+
+    def column(v):
+        return jax.jvp(lambda x_: grad_fn(x_, args), (x,), (v,))[1]
+
+    return lax.map(column, jnp.eye(n, dtype=x.dtype))
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def implicit_solution(
     residual_fn: Callable[[jax.Array, Any], jax.Array],
@@ -117,7 +142,7 @@ def _implicit_solution_jvp(residual_fn, primals, tangents):
     # Higher-order derivatives: H and b depend on args also through x_star; give
     # x_star its own implicit tangent (a no-op at first order).
     x_star = implicit_solution(residual_fn, lax.stop_gradient(x_star), args, frozen)
-    h = jax.hessian(_cost, argnums=1)(residual_fn, x_star, args)
+    h = _hessian(grad_fn, residual_fn, x_star, args)
     # dg/dargs . args_dot: linear in args_dot (JAX transposes it for reverse mode)
     _, b = jax.jvp(lambda a: grad_fn(x_star, a), (args,), (args_dot,))
     # Frozen rows/columns of H become the identity and their right-hand sides 0,
