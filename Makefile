@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test demo bench lint format clean
+.PHONY: test demo bench bench-large lint format clean
 
 # One stamp per set of extras, so `make test` never installs the benchmark peers.
 $(VENV)/.stamp-%: pyproject.toml
@@ -24,6 +24,14 @@ bench: $(VENV)/.stamp-test+bench
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/poisson.py
 	$(PY) benchmarks/sparse.py
+
+# One large fit, 10^4-10^7 points, against scipy and nlsq. nlsq declares Python >= 3.12
+# and a large dependency set; its core runs without them, so it is installed here
+# alone (never a dependency of jaxlsq).
+bench-large: $(VENV)/.stamp-test+bench
+	$(PY) -m pip install --quiet --no-deps --ignore-requires-python nlsq
+	$(PY) -m pip install --quiet optax psutil tqdm h5py xxhash pyyaml matplotlib
+	$(PY) benchmarks/large.py
 
 lint: $(VENV)/.stamp-test
 	$(VENV)/bin/ruff format --check jaxlsq tests benchmarks examples

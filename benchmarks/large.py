@@ -77,8 +77,9 @@ def worker(method: str, m: int, dtype: str, repeats: int) -> dict:
 
         fitter = nlsq.CurveFit()
 
-        def call():
-            return np.asarray(fitter.curve_fit(peak_j, x, y, p0=P0)[0])
+        def call():  # nlsq 0.7 returns a result object (popt as .popt)
+            res = fitter.curve_fit(peak_j, x, y, p0=P0)
+            return np.asarray(res.popt if hasattr(res, "popt") else res[0])
     else:
         import jax
 
