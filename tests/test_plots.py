@@ -159,3 +159,20 @@ def test_plot_errors_name_what_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match="pip install matplotlib"):
         result.plot(T, y)
+
+
+def test_readme_figures_script_draws_both_pictures(tmp_path):
+    """`examples/readme_figures.py` (the README's pictures) runs and writes PNGs."""
+    import importlib.util
+    import pathlib
+
+    path = (
+        pathlib.Path(__file__).resolve().parents[1] / "examples" / "readme_figures.py"
+    )
+    spec = importlib.util.spec_from_file_location("readme_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.main(tmp_path)
+    assert [p.name for p in written] == ["fit.png", "batch.png"]
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
