@@ -290,6 +290,28 @@ def test_nonfinite_jacobian_is_a_failure():
     assert "not finite" in ours.message
 
 
+def _overflowing(xp):
+    """Finite residuals whose sum of squares overflows (5 * 1e320 > 1.8e308)."""
+    return lambda p: 1e160 + (p[0] - 3.0) * xp.ones(5)
+
+
+@pytest.mark.parametrize("method", ["trf", "dogbox", "lm"])
+@pytest.mark.parametrize("xp", [jnp, np], ids=["jax", "host"])
+def test_overflowing_cost_at_x0_is_never_a_success(method, xp):
+    """scipy 1.17 stops at x0 with cost inf and calls it a success (its gtol test
+    compares inf with inf; the minimum is 1e160 away): a silent wrong answer.
+    jaxlsq stops at the same x0 and says why: status -1, "not finite", success
+    False (a "what still differs" row of the README's migration table)."""
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", HostFallbackWarning)
+        ref = so.least_squares(_overflowing(np), [0.0], method=method)
+        ours = least_squares(_overflowing(xp), [0.0], method=method)
+    assert ref.success and ref.cost == np.inf  # scipy's answer, as described
+    assert_array_equal(ours.x, ref.x)  # neither moves from x0
+    assert not ours.success and ours.status == -1
+    assert "not finite" in ours.message and not np.isfinite(ours.cost)
+
+
 def test_m_less_than_n_with_trf():
     def short(p):  # 2 residuals, 3 parameters; a unique minimiser in the box
         return jnp.stack([p[0] + p[1] - 1, p[1] - p[2] - 0.1])
@@ -731,6 +753,51 @@ def test_integer_workers_pool_the_host_differences_as_scipy():
             type(theirs.value),
             str(theirs.value),
         )
+
+
+def test_map_like_workers_map_the_host_differences_as_scipy():
+    """``workers`` as a map-like callable (the builtin ``map``, or a recording
+    one standing for a pool's ``map``): the host path hands its finite
+    differences to it, the same numbers as serial and as scipy given the same
+    callable (the same 2-point differences and the same trf path up to its
+    stopping tolerances: rtol 1e-6, as the integer-workers test)."""
+    mapped = []
+
+    def recording_map(f, points):
+        points = list(points)
+        mapped.append(len(points))
+        return list(map(f, points))
+
+    with warnings.catch_warnings():  # (the host-path hint, once per function)
+        warnings.simplefilter("ignore", HostFallbackWarning)
+        serial = least_squares(res_np, X0, args=(T, Y))
+        builtin = least_squares(res_np, X0, args=(T, Y), workers=map)
+        ours = least_squares(res_np, X0, args=(T, Y), workers=recording_map)
+    assert mapped and sum(mapped) > 0  # the differences went through the callable
+    ref = so.least_squares(res_np, X0, args=(T, Y), workers=map)
+    for res in (builtin, ours):
+        assert_array_equal(res.x, serial.x)
+        assert (res.nfev, res.njev, res.status) == (
+            serial.nfev, serial.njev, serial.status,
+        )  # fmt: skip
+        assert_allclose(res.x, ref.x, rtol=1e-6)
+        assert res.cost <= ref.cost * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("fun, jac", [(res_jnp, jac_jnp), (res_np, jac_np)],
+                         ids=["jax", "host"])  # fmt: skip
+def test_lm_njev_with_a_callable_jac_counts_the_final_jacobian(fun, jac):
+    """method='lm' with a callable jac: the same iterates and nfev as scipy (both
+    are lmder), and njev one more where the fit stopped right after an accepted
+    step: jaxlsq counts the Jacobian it evaluates at the returned x (res.jac),
+    which scipy evaluates too, after MINPACK, without counting it (njev is
+    MINPACK's). A README "what still differs" row."""
+    ours = _host(least_squares, fun, X0, jac, args=(T, Y), method="lm")
+    ref = so.least_squares(res_np, X0, jac_np, args=(T, Y), method="lm")
+    assert_allclose(ours.x, ref.x, rtol=1e-9)
+    assert (ours.status, ours.nfev) == (ref.status, ref.nfev)
+    assert ours.njev in (ref.njev, ref.njev + 1)
+    assert_allclose(ours.jac, jac_np(ours.x, T, Y), rtol=1e-12)  # J at x
 
 
 def test_f_scale_must_be_positive():

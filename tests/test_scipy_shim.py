@@ -469,6 +469,105 @@ def test_side_effecting_model_runs_on_the_host():
     assert float(model.last) == pytest.approx(popt[0], rel=1e-6)
 
 
+def _self_reading(kind):
+    """A residual (or, for curve_fit, a model) that reads the value it stored on
+    itself on its previous call, as a scipy user's may (a warm start, a log): the
+    trial trace stores a tracer there, which the host path must never read."""
+
+    if kind == "curve_fit":
+
+        def model(x, a, b, c):
+            prev = getattr(model, "last", 1.0)
+            model.last = a
+            return a * jnp.exp(-b * x) + c + 0.0 * prev
+
+        return model
+
+    def residual(p, x, y):
+        prev = getattr(residual, "last", 1.0)
+        residual.last = p[0]
+        return p[0] * jnp.exp(-p[1] * x) + p[2] - y + 0.0 * prev
+
+    return residual
+
+
+@pytest.mark.parametrize("kind", ["leastsq", "least_squares", "curve_fit"])
+def test_model_reading_what_it_stored_on_itself_runs_on_the_host(kind):
+    """Not a crash (UnexpectedTracerError, before): the attribute the failed trace
+    left holding a tracer is put back, the function runs on the host with the
+    hint, and its fit is scipy's on the same function (a fresh copy, so both
+    start from the same state). Host path and scipy are both MINPACK-style forward
+    differences on float64 values, so they stop at the same point up to the
+    stopping tolerances (xtol = 1.5e-8; rtol 1e-7 as for the numpy model in
+    test_side_effecting_model_runs_on_the_host); least_squares pairs our projected
+    LM against scipy's trf: the same minimum, cost no higher than scipy's (to
+    rounding: 1e-12 relative)."""
+    ours_f, ref_f = _self_reading(kind), _self_reading(kind)
+    with pytest.warns(HostFallbackWarning):
+        if kind == "leastsq":
+            ours = leastsq(ours_f, X0, args=(X, Y))[0]
+        elif kind == "least_squares":
+            res = jaxlsq.scipy.least_squares(ours_f, X0, args=(X, Y))
+            ours = res.x
+        else:
+            ours = curve_fit(ours_f, X, Y, p0=X0)[0]
+    if kind == "leastsq":
+        ref = so.leastsq(ref_f, X0, args=(X, Y))[0]
+    elif kind == "least_squares":
+        ref_res = so.least_squares(ref_f, X0, args=(X, Y))
+        ref = ref_res.x
+        assert res.success and res.cost <= ref_res.cost * (1 + 1e-12)
+    else:
+        ref = so.curve_fit(ref_f, X, Y, p0=X0)[0]
+    np.testing.assert_allclose(
+        ours, ref, rtol=1e-7 if kind != "least_squares" else 1e-6
+    )
+    assert not isinstance(ours_f.last, jax.core.Tracer)
+    assert float(ours_f.last) == pytest.approx(ours[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("xp", [jnp, np], ids=["jax", "host"])
+def test_overflowing_sum_of_squares_leastsq_and_curve_fit(xp):
+    """Finite residuals whose sum of squares overflows at x0 (5 * 1e320), the
+    minimum 1e160 away. scipy 1.17: leastsq says ier 4 (converged) at x0 and
+    curve_fit returns popt = p0 with pcov inf and only the covariance warning:
+    silent wrong answers. jaxlsq keeps the clearer error at the same x0: ier
+    NONFINITE_IER with "not finite" (a RuntimeWarning without full_output, as
+    scipy's other failures), and curve_fit raises scipy's "Optimal parameters not
+    found" RuntimeError (README, "what still differs")."""
+    c = 1e160
+
+    def res(p):
+        return c + (p[0] - 3.0) * xp.ones(5)
+
+    def model(x, a):
+        return c + (a - 3.0) * xp.ones_like(x)
+
+    x5 = np.arange(5.0)
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = so.leastsq(_overflowing_np, [0.0], full_output=True)
+        ref_popt, ref_pcov = so.curve_fit(
+            lambda x, a: c + (a - 3.0) * np.ones_like(x), x5, np.zeros(5), p0=[0.0]
+        )
+    assert ref[4] in SUCCESS and ref[0][0] == 0.0  # scipy's answer, as described
+    assert ref_popt[0] == 0.0 and np.isinf(ref_pcov).all()
+    ours = leastsq(res, [0.0], full_output=True)
+    np.testing.assert_array_equal(ours[0], ref[0])  # neither moves from x0
+    assert ours[4] == NONFINITE_IER and "not finite" in ours[3] and ours[1] is None
+    with pytest.warns(RuntimeWarning, match="not finite"):
+        leastsq(res, [0.0])
+    with (
+        pytest.raises(RuntimeError, match="Optimal parameters not found.*not finite"),
+        np.errstate(over="ignore"),
+    ):
+        curve_fit(model, x5, np.zeros(5), p0=[0.0])
+
+
+def _overflowing_np(p):
+    return 1e160 + (p[0] - 3.0) * np.ones(5)
+
+
 def test_host_path_accepts_non_array_args():
     def model(p, x, y, kind):
         assert kind == "exp"
@@ -548,6 +647,66 @@ def test_float64_with_x64_disabled_in_a_subprocess():
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
         text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("shim", ["leastsq", "least_squares", "curve_fit"])
+def test_x64_off_shim_leaves_the_users_arrays_float32_for_jax(shim):
+    """With x64 off, a shim whose residual closes over the user's numpy x, y
+    traces them in float64; JAX memoises that float64 copy per array (its key
+    holds no x64 state), and without the shim's cleanup (`jaxlsq.scipy.x64`) a
+    later float32 program was handed float64 buffers: ``jaxlsq.fit`` on the same
+    x, y raised RuntimeProgramInputMismatch. Here: the shim fit equals scipy's,
+    the arrays convert to float32 afterwards, ``fit`` runs, and a warm shim call
+    still compiles nothing. Tolerances: the shim is float64 (scipy's iterates to
+    the fit's xtol, 1e-6 is far above that and far below float32's 1e-3 here);
+    the float32 ``fit`` of the same exact-model data lands within float32's
+    rounding of the answer (1e-3 relative)."""
+    code = textwrap.dedent(
+        f"""
+        import warnings
+        import jax, jax.numpy as jnp, numpy as np
+        import scipy.optimize as so
+        import jaxlsq
+        from jaxlsq._testing import count_compiles
+        assert not jax.config.jax_enable_x64
+        warnings.simplefilter("ignore")
+        x = np.linspace(0, 5, 50)
+        y = 2 * np.exp(-1.5 * x) + 0.5 + 0.01 * np.sin(7 * x)
+        res = lambda p: p[0] * jnp.exp(-p[1] * x) + p[2] - y
+        model = lambda t, a, b, c: a * jnp.exp(-b * t) + c
+        res_np = lambda p: p[0] * np.exp(-p[1] * x) + p[2] - y
+        model_np = lambda t, a, b, c: a * np.exp(-b * t) + c
+        shim = "{shim}"
+        def run():
+            if shim == "leastsq":
+                return jaxlsq.leastsq(res, [1.0, 1.0, 1.0])[0]
+            if shim == "least_squares":
+                return jaxlsq.least_squares(res, np.ones(3)).x
+            return jaxlsq.curve_fit(model, x, y, p0=[1.0, 1.0, 1.0])[0]
+        ref = {{"leastsq": lambda: so.leastsq(res_np, [1.0, 1.0, 1.0])[0],
+               "least_squares": lambda: so.least_squares(res_np, np.ones(3)).x,
+               "curve_fit": lambda: so.curve_fit(model_np, x, y, p0=[1.0] * 3)[0],
+               }}[shim]()
+        p = run()
+        assert p.dtype == np.float64 and np.allclose(p, ref, rtol=1e-6), (p, ref)
+        assert jnp.asarray(x).dtype == jnp.float32 == jnp.asarray(y).dtype
+        got = jaxlsq.fit(lambda t, q: q[0] * jnp.exp(-q[1] * t) + q[2], x, y,
+                         jnp.ones(3)).params
+        assert got.dtype == jnp.float32 and np.allclose(got, ref, rtol=1e-3), got
+        with count_compiles() as compiles:
+            assert np.allclose(run(), ref, rtol=1e-6)
+        assert compiles[0] == 0, compiles[0]
+        assert jnp.asarray(x).dtype == jnp.float32
+        print("ok")
+        """
+    )
+    env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=180,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")

@@ -20,8 +20,9 @@ Two paths, chosen once per function (and argument shapes), never by the user:
   `HostFallbackWarning` says so, once per function.
 
 All work is done in float64 inside ``jax.enable_x64(True)``, whatever the global
-``jax_enable_x64`` setting; the global flag is never changed. scipy itself is not
-needed (it is the tests' oracle).
+``jax_enable_x64`` setting; the global flag is never changed (`jaxlsq.scipy.x64`:
+with it off, what that scope leaves in JAX's caches is cleared). scipy itself is
+not needed (it is the tests' oracle).
 """
 
 from ._curve_fit import curve_fit

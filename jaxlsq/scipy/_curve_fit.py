@@ -7,7 +7,6 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -16,6 +15,7 @@ from ..fitting.weights import Residuals, WeightedJacobian
 from ._leastsq import _LEASTSQ_SUCCESS, _leastsq
 from .errors import optimize_warning
 from .lsq_solve import _least_squares
+from .x64 import float64
 
 # ----------------------------------------------------------------------------------
 # curve_fit
@@ -334,7 +334,7 @@ def curve_fit(
         # ``jac_sparsity``) is densified for it: (m, n) floats, where scipy's own
         # curve_fit raises ("object arrays are not supported").
         jac = res.jac.toarray() if hasattr(res.jac, "toarray") else res.jac
-        with jax.enable_x64(True):
+        with float64():
             pcov = np.array(gram_pseudo_inverse(jnp.asarray(jac, jnp.float64)))
 
     warn_cov = False

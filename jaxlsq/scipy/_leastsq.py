@@ -9,7 +9,6 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -18,6 +17,7 @@ from . import host as _host
 from .errors import HostFallbackWarning  # noqa: F401
 from .plan import _plan
 from .run import run_fit
+from .x64 import float64
 
 _LEASTSQ_SUCCESS = (1, 2, 3, 4)
 _LEASTSQ_FAILURE = (5, 6, 7, 8)
@@ -235,7 +235,7 @@ def _leastsq(
     if not isinstance(args, tuple):
         args = (args,)
 
-    with jax.enable_x64(True):
+    with float64():
         plan = _plan(func, Dfun, col_deriv, x0, args, stacklevel=stacklevel + 1)
         m = plan.m
         if n > m:

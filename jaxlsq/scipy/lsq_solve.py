@@ -8,7 +8,6 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import jax
 import numpy as np
 
 from ..core.losses import loss_scaled_jacobian, robust_cost
@@ -36,6 +35,7 @@ from .lsq_result import (
 )
 from .plan import _plan, _warn_host
 from .run import run_fit
+from .x64 import float64
 
 EPS = float(np.finfo(float).eps)
 
@@ -132,7 +132,7 @@ def _least_squares(
     jac_w = _Bound(jac, "jac", static) if callable(jac) else None
     jac_desc = "your jac" if callable(jac) else _JAC_DESC[jac]
 
-    with jax.enable_x64(True):
+    with float64():
         plan = _plan(
             fun_w, None, False, x0, call_args, stacklevel=stacklevel + 1,
             jac_desc=jac_desc,
@@ -261,7 +261,7 @@ def _least_squares(
     if verbose >= 1:
         f0 = plan.f0
         if f0 is None:
-            with jax.enable_x64(True):
+            with float64():
                 f0 = np.ravel(np.asarray(fun_w(x0, *call_args), dtype=float))
         initial_cost = float(robust_cost(f0, loss, float(f_scale), xp=np))
         print(result.message)

@@ -4,6 +4,7 @@ func through callbacks, with a one-time `HostFallbackWarning`)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from typing import Any
@@ -96,7 +97,8 @@ def _plan(
         if isinstance(cached, _Plan):
             return cached
         if cached is None:
-            plan, err = _try_jax_plan(func, Dfun, col_deriv, x0, args)
+            with _untraced_attributes(func):
+                plan, err = _try_jax_plan(func, Dfun, col_deriv, x0, args)
             if plan is not None:
                 _JAX_PLANS.put(key, plan)
                 return plan
@@ -111,6 +113,38 @@ def _plan(
         _JAX_PLANS.put(key, "host")
     _warn_host(func, Dfun, err, stacklevel=stacklevel + 1, jac_desc=jac_desc)
     return plan
+
+
+@contextlib.contextmanager
+def _untraced_attributes(func):
+    """Put back, after the trial traces, every attribute of the user's function
+    (``func.__dict__``, through the shims' wrappers) that they left holding a JAX
+    tracer: a model that stores a value on itself (``m.last = a``) and reads it
+    on its next call would otherwise read the leaked tracer on the host path and
+    raise ``UnexpectedTracerError``; put back, it reads what scipy's first call
+    reads. Attributes set to plain values (a trace-time counter) are kept."""
+    origin = getattr(func, "_jaxlsq_origin", func)
+    attrs = getattr(origin, "__dict__", None)
+    if not isinstance(attrs, dict):  # no attributes of its own (or a mappingproxy)
+        yield
+        return
+    before = dict(attrs)
+    try:
+        yield
+    finally:
+        for name, value in list(attrs.items()):
+            if any(isinstance(leaf, jax.core.Tracer) for leaf in _leaves(value)):
+                if name in before:
+                    attrs[name] = before[name]
+                else:
+                    del attrs[name]
+
+
+def _leaves(value) -> list:
+    try:
+        return jax.tree_util.tree_leaves(value)
+    except Exception:  # an object JAX cannot flatten: look at it alone
+        return [value]
 
 
 def _try_jax_plan(func, Dfun, col_deriv, x0, args):
