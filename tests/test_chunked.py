@@ -304,3 +304,45 @@ def test_curve_fit_with_points_last_xdata_runs_chunked_and_matches_scipy(method,
     assert np.all(np.abs(ours - ref) <= 10 * np.sqrt(1.49e-8 * m) * se)
     # scipy's lm covariance comes from MINPACK's forward-difference fjac (~1e-6)
     np.testing.assert_allclose(ours_cov, ref_cov, rtol=1e-5)
+
+
+def peak_curve_fit(x, a, mu, s, b0, b1):
+    """`peak` in curve_fit's convention, numpy or JAX by the input."""
+    xp = jnp if isinstance(x, jax.Array) else np
+    return a * xp.exp(-0.5 * ((x - mu) / s) ** 2) + b0 + b1 * x
+
+
+def test_curve_fit_of_a_large_fit_takes_pcov_from_r_without_forming_j(monkeypatch):
+    """curve_fit without full_output needs J only through J^T J: a chunked fit
+    then returns R (n, n) by TSQR instead of the (m, n) J (nothing of size m x n
+    crosses to the host), and pcov from R equals pcov from J (full_output=True,
+    MINPACK's factors) to rounding times the conditioning, and scipy's to its
+    forward differences' accuracy (~1e-6)."""
+    import jaxlsq.scipy._leastsq as leastsq_module
+    from jaxlsq.core.chunked import AUTO_CHUNK
+
+    seen = []
+    run_fit = leastsq_module.run_fit
+
+    def spy(*args, **kwargs):
+        out = run_fit(*args, **kwargs)
+        seen.append((out.jac_is_r, np.shape(out.jac)))
+        return out
+
+    monkeypatch.setattr(leastsq_module, "run_fit", spy)
+    m = 3 * AUTO_CHUNK + 5
+    x, y = (np.asarray(a) for a in data(m, seed=5))
+    popt, pcov = jaxlsq.scipy.curve_fit(peak_curve_fit, x, y, p0=P0)
+    assert seen[-1] == (True, (5, 5)), seen
+    full = jaxlsq.scipy.curve_fit(peak_curve_fit, x, y, p0=P0, full_output=True)
+    assert seen[-1] == (False, (m, 5)), seen
+    np.testing.assert_array_equal(popt, full[0])
+    # entry by entry on the scale of sqrt(C_ii C_jj) (an off-diagonal entry near 0
+    # is a difference of large terms): rounding times the conditioning
+    kappa = np.linalg.cond(full[1])
+    scale = np.sqrt(np.outer(np.diag(full[1]), np.diag(full[1])))
+    assert np.all(np.abs(pcov - full[1]) <= 10 * kappa * np.finfo(float).eps * scale)
+    ref_popt, ref_pcov = scipy.optimize.curve_fit(peak_curve_fit, x, y, p0=P0)
+    se = np.sqrt(np.diag(ref_pcov))  # scipy's from forward differences: ~1e-6
+    assert np.all(np.abs(pcov - ref_pcov) <= 1e-5 * np.outer(se, se))
+    assert np.all(np.abs(popt - ref_popt) <= 10 * np.sqrt(1.49e-8 * m) * se)

@@ -70,6 +70,7 @@ CASES = {
     "jac_sparsity": (np.ones((30, 3)), "same"),  # J by 1 colour group: the same fit
     "cg_tol": (0.5, "changes"),  # with linear_solver="cg" (see _with)
     "cg_maxiter": (1, "changes"),
+    "keep_jac": (False, "same"),  # no Solution.jac: the same fit
 }
 
 
@@ -152,6 +153,10 @@ def test_every_option_is_honoured_by_every_entry_point(entry, name):
         with pytest.raises(ValueError, match="linear_solver='cg'"):  # no dense J
             _entry(entry, curves(), **opts)
         return
+    if name == "keep_jac" and (entry.startswith("fit") or "refill" in entry):
+        with pytest.raises(ValueError, match="keep_jac=False"):  # they need J
+            _entry(entry, curves(), **opts)
+        return
     if name == "jac" and entry.startswith("fit"):
         opts["jac"] = "rev"  # fit takes no callable jac (it would be the weighted one)
     elif name == "jac":
@@ -212,6 +217,7 @@ def test_unknown_option_is_named(entry):
         ("linear_solver", "qr", "linear_solver must be one of"),
         ("adjoint", "reverse", "adjoint must be one of"),
         ("jac", "central", "jac must be one of"),
+        ("keep_jac", "no", "keep_jac must be True or False"),
     ],
 )
 @pytest.mark.parametrize("entry", ["solve", "solve_batch", "fit"])

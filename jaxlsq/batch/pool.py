@@ -98,10 +98,10 @@ def solve_refill(
             f"adjoint={options.adjoint!r}: the refill schedule supports "
             "adjoint='implicit' only; use schedule='vmap'"
         )
-    if options.linear_solver == "cg":
+    if options.linear_solver == "cg" or not options.keep_jac:
+        what = "keep_jac=False" if options.keep_jac is False else "linear_solver='cg'"
         raise ValueError(
-            "linear_solver='cg': the refill schedule holds dense Jacobians; use "
-            "schedule='vmap'"
+            f"{what}: the refill schedule holds dense Jacobians; use schedule='vmap'"
         )
 
     # Checks, defaults and the model, from one problem (all share shapes and dtypes).

@@ -267,7 +267,7 @@ def pool_shape(
     ``"auto"`` takes the pool when a device has more fits than one pool width
     (``slots``, else ``chunk_size``) and neither a progress bar (cheaper on
     chunks, see below) nor what the pool does not support (the unrolled
-    adjoint, ``linear_solver="cg"``: ``options``) is asked for.
+    adjoint, ``linear_solver="cg"``, ``keep_jac=False``: ``options``) is asked for.
     """
     if schedule == "auto":
         per_device = -(-n_batch // n_devices)
@@ -277,7 +277,7 @@ def pool_shape(
         # slower (any effect in its loop; 2e4 decays, expdecay, 2-core CPU) where
         # lock-step chunks tick between chunks for 1.03-1.15x, so "auto" takes those.
         poolable = not progress and options.adjoint == "implicit"
-        poolable = poolable and options.linear_solver != "cg"
+        poolable = poolable and options.linear_solver != "cg" and options.keep_jac
         schedule = "refill" if several and poolable else "vmap"
     if schedule != "refill":
         return None

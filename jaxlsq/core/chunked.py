@@ -174,6 +174,20 @@ class ChunkedJacobian(JacobianStrategy):
         )
         return Linearization(jtf, scaled_norm(r, axis=0), r=r), None
 
+    def r_factor(self, x: jax.Array) -> jax.Array:
+        """R (n, n) with ``R^T R = J^T J`` at ``x``, by TSQR over the blocks: what a
+        covariance needs (J's singular values and right singular vectors), with
+        no (m, n) J formed."""
+        n = x.shape[0]
+
+        def reduce(r, block):
+            return merge_r(r, self._block_jacobian(x, block)), None
+
+        r, _ = lax.scan(reduce, jnp.zeros((n, n), x.dtype), self.blocks)
+        if self.tail is None:
+            return r
+        return merge_r(r, self._block_jacobian(x, self.tail))
+
     def jacobian(self, x: jax.Array) -> jax.Array:
         """The dense J (m, n) at ``x`` (for the solution): ``dense_jac`` when given
         (jacfwd of the whole residuals: one fused pass, 2.6x faster than by blocks

@@ -249,13 +249,14 @@ def lm_iteration(
     return tried._replace(jac=st.jac)
 
 
-def lm_finalize(jacobian, st: LMState) -> LMState:
+def lm_finalize(jacobian, st: LMState, keep_jac: bool = True) -> LMState:
     """The Jacobian at the returned point (for Solution.jac, grad and covariances):
     the loop's own when it belongs to the final x, else evaluated (and counted).
     A strategy whose linearization carries no J (``st.jac`` None) has it formed
     here, counted only if x moved since the last linearization; a matrix-free one
-    forms none (``st.jac`` stays None)."""
-    if not as_strategy(jacobian).forms_jacobian:
+    forms none (``st.jac`` stays None), and none is formed without ``keep_jac``
+    (the caller returns no J: one fit of 10^7 points then never holds (m, n))."""
+    if not as_strategy(jacobian).forms_jacobian or not keep_jac:
         return st
     if st.jac is None:
         evaluated = with_jacobian(jacobian, st)
@@ -287,6 +288,6 @@ def run_lm(
         return lm_iteration(flat_fun, strategy, options, st, monitor)
 
     final = lax.while_loop(is_running, outer_body, state)
-    done = lm_finalize(strategy, final)
+    done = lm_finalize(strategy, final, options.keep_jac)
     check_out(monitor, done, ~final.jac_current & (final.n_iter > 0), flat_fun)
     return done

@@ -46,7 +46,8 @@ class Model(NamedTuple):
         ``(f, f_scale) ->`` robust residuals and their elementwise derivative.
     forms_jacobian : bool
         False for the matrix-free strategies (``linear_solver="cg"``): no dense J
-        exists, not even at the end (``Solution.jac`` is None).
+        exists, not even at the end; and with ``keep_jac=False``, where the loop
+        may use one but none is returned (``Solution.jac`` is None either way).
     sparsity : SparsityPattern or None
         ``jac_sparsity``, for J^T products of a matrix-free fit whose residual
         cannot be transposed (`jaxlsq.core.krylov.transposed_product`).
@@ -73,13 +74,16 @@ def make_model(
     chunk_points: int | None = None,
     sparsity: SparsityPattern | None = None,
     matrix_free: bool = False,
+    keep_jac: bool = True,
 ) -> Model:
     """`Model` of ``fun`` for parameters like ``flat_x0`` (n,) and arguments like
     ``args`` (shapes and dtypes only). With ``chunk_points``, the loop's Jacobian
     is the chunked strategy (`jaxlsq.core.chunked`) over blocks of that many
     points; with ``sparsity`` (``jac_sparsity``), J comes by colour groups
     (`jaxlsq.core.sparsity`); ``matrix_free`` (``linear_solver="cg"``) gives the
-    loop a strategy of products only (`jaxlsq.core.krylov`)."""
+    loop a strategy of products only (`jaxlsq.core.krylov`). Without ``keep_jac``
+    no dense J is formed at the end (``forms_jacobian`` False; the loop's own
+    strategy is unchanged)."""
     dtype, n = flat_x0.dtype, flat_x0.size
 
     def raw_residual_fn(x, a):
@@ -141,7 +145,7 @@ def make_model(
         residual_fn,
         loop_functions,
         robust_with_slope,
-        not matrix_free,
+        not matrix_free and keep_jac,
         sparsity,
     )
 
@@ -156,7 +160,8 @@ def assemble_solution(
     """
     loss = model.loss
     args, f_scale = full_args
-    x, f, jac_ = st.x, st.f, st.jac
+    x, f = st.x, st.f
+    jac_ = st.jac if model.forms_jacobian else None  # (keep_jac=False: none kept)
 
     if options.lower is None:
         active_mask = jnp.zeros(x.shape, jnp.int32)

@@ -80,6 +80,11 @@ def _chunk(name, value):
             )
 
 
+def _flag(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
 def _monitor(name, value):
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be None or a callable, got {value!r}")
@@ -98,7 +103,7 @@ class SolveOptions:
 
     Static (select code): ``jac``, ``linear_solver``, ``loss``, ``adjoint``,
     ``chunk_points``, ``monitor``, ``jac_sparsity`` (stored as a hashable
-    `jaxlsq.core.sparsity.SparsityPattern`).
+    `jaxlsq.core.sparsity.SparsityPattern`), ``keep_jac``.
     Traced (values; never recompile): ``ftol``, ``xtol``, ``gtol``, ``max_nfev``,
     ``nfev_per_jac``, ``factor``, ``f_scale``, ``diag``, ``bounds``, ``fixed``,
     ``cg_tol``, ``cg_maxiter``.
@@ -122,6 +127,7 @@ class SolveOptions:
     chunk_points: int | str | None = _option("auto", static=True, check=_chunk)
     monitor: Callable | None = _option(None, static=True, check=_monitor)
     jac_sparsity: Any = _option(None, static=True, convert=as_pattern)
+    keep_jac: bool = _option(True, static=True, check=_flag)
     ftol: Any = _option(None, static=False, check=_nonnegative)
     xtol: Any = _option(None, static=False, check=_nonnegative)
     gtol: Any = _option(None, static=False, check=_nonnegative)

@@ -139,7 +139,8 @@ def solve(
         Cholesky factor where that is well conditioned, else by TSQR; see
         `jaxlsq.core.chunked`), so no (m, n) matrix exists inside the loop (its
         memory is O(chunk_points * n + n^2) beyond the data and residuals; the
-        dense J is formed once at the end for ``Solution.jac``). 3x faster than
+        dense J is formed once at the end for ``Solution.jac``, unless
+        ``keep_jac=False``). 3x faster than
         the dense Jacobian at 10^4-10^6 points (n = 5, 2-core CPU).
         ``"auto"``: blocks of 4096 points when there are at least 8192, the
         values are concrete (not under ``jit``/``vmap``) and ``fun`` passes the
@@ -152,6 +153,12 @@ def solve(
         points together (``ValueError`` if they differ; `check_pointwise`); under
         ``jit`` the contract is yours.
         Not with a callable ``jac``.
+    keep_jac : bool, default True
+        False: ``Solution.jac`` is None, and the (m, n) Jacobian is never formed
+        after the loop (``grad`` comes from one vjp). With ``chunk_points`` one
+        fit then holds O(chunk_points * n + n^2) beyond its data from start to
+        end. Static; not for `fit`/`fit_batch` (their statistics need J) nor the
+        refill pool.
     monitor : callable, optional
         ``monitor(progress) -> bool``, a host function told of the fit at its
         start and after every accepted step (a `jaxlsq.core.monitor.Progress`:
@@ -284,6 +291,7 @@ def _solve_jit(fun, x0, args, options: SolveOptions) -> Solution:
         options.chunk_points,
         options.jac_sparsity,
         options.linear_solver in MATRIX_FREE_SOLVERS,
+        options.keep_jac,
     )
     full_args = (args, options.f_scale)
     if options.adjoint == "implicit":  # the loop carries no tangents; added after

@@ -315,6 +315,11 @@ def fit_solve_options(
         loss=loss,
         f_scale=f_scale,
     )
+    if not built.keep_jac:
+        raise ValueError(
+            f"{where}: keep_jac=False returns no Jacobian, and a fit's statistics "
+            "(covariance, errors) need it: use jaxlsq.solve or the scipy shims"
+        )
     if built.linear_solver == "cg":
         raise ValueError(
             f"{where}: linear_solver='cg' forms no Jacobian, and a fit's statistics "

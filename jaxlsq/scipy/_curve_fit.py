@@ -305,7 +305,7 @@ def curve_fit(
             kwargs.pop("ftol", 1.49012e-08), kwargs.pop("xtol", 1.49012e-08),
             kwargs.pop("gtol", 0.0), kwargs.pop("maxfev", 0),
             kwargs.pop("epsfcn", None), kwargs.pop("factor", 100),
-            kwargs.pop("diag", None), stacklevel=3,
+            kwargs.pop("diag", None), stacklevel=3, factors=full_output,
         )  # fmt: skip
         if kwargs:
             raise TypeError(

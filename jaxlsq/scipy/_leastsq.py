@@ -218,9 +218,15 @@ def leastsq(
 
 def _leastsq(
     func, x0, args, Dfun, full_output, col_deriv, ftol, xtol, gtol, maxfev, epsfcn,
-    factor, diag, *, stacklevel: int,
+    factor, diag, *, stacklevel: int, factors: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    """``leastsq`` without the warnings/raising; returns a dict of results."""
+    """``leastsq`` without the warnings/raising; returns a dict of results.
+
+    ``factors=False`` (`curve_fit` without ``full_output``): with ``full_output``
+    only ``cov_x`` and the infodict's ``fvec``/``nfev`` are needed, not MINPACK's
+    ``fjac``/``ipvt``/``qtf``; a large (chunked) fit then never forms the (m, n)
+    J, and ``cov_x`` comes from R (n, n) of the same J, and ``jac`` is None.
+    """
     if not callable(func):
         raise TypeError(f"func must be callable, got {type(func).__name__}")
     if Dfun is not None and not callable(Dfun):
@@ -279,7 +285,10 @@ def _leastsq(
             diag=diag,
         )
         if plan.host is None:
-            fit = run_fit(func, x0, args, m, "leastsq", jac=plan.jac, **options)
+            fit = run_fit(
+                func, x0, args, m, "leastsq", compress_jac=not factors,
+                jac=plan.jac, **options,
+            )  # fmt: skip
             nfev, njev = fit.nfev, fit.njev
         else:
             if Dfun is None:  # lmdif counts its n difference calls per Jacobian
@@ -298,7 +307,14 @@ def _leastsq(
         ier, mesg = status, _message(status, ftol, xtol, gtol, maxfev)
     x, fvec, jac = fit.x, fit.fun, fit.jac
     out = dict(x=x, cov_x=None, infodict=None, mesg=mesg, ier=ier, jac=jac)
-    if full_output:
+    if full_output and fit.jac_is_r:  # cov_x from R = jac: inv(R^T R), trtri's rule
+        infodict = {"fvec": fvec, "nfev": nfev}
+        if Dfun is not None:
+            infodict["njev"] = njev
+        out.update(infodict=infodict, jac=None)
+        if ier in _LEASTSQ_SUCCESS:
+            out["cov_x"] = _host.covariance_from_r(jac.T, np.arange(n))
+    elif full_output:
         infodict = {"fvec": fvec, "nfev": nfev}
         if Dfun is not None:
             infodict["njev"] = njev

@@ -9,13 +9,14 @@ the results come back as a single packed float64 vector.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..core.chunked import resolve_chunk_points
+from ..core.chunked import chunked_strategy, resolve_chunk_points
 from ..core.compiler import jit
 from ..core.monitor import take_error
 from ..core.options import SolveOptions
@@ -34,15 +35,39 @@ class HostFit(NamedTuple):
     fun: np.ndarray  # (m,)
     grad: np.ndarray  # (n,)
     active_mask: np.ndarray  # (n,) int
-    jac: Any  # (m, n): ndarray, or scipy.sparse CSR with ``jac_sparsity`` and cg
+    jac: Any  # (m, n): ndarray, or scipy.sparse CSR with ``jac_sparsity`` and cg;
+    # with ``compress_jac`` granted: R (n, n), upper triangular, R^T R = J^T J
+    jac_is_r: bool = False
 
 
-def run_fit(fun, x0: np.ndarray, args: tuple, m: int, where: str, **options) -> HostFit:
+def run_fit(
+    fun,
+    x0: np.ndarray,
+    args: tuple,
+    m: int,
+    where: str,
+    compress_jac: bool = False,
+    **options,
+) -> HostFit:
     """Fit ``fun`` from ``x0`` (n,) with `jaxlsq.solve`'s ``options`` (checked here
     first, eagerly, so a bad value raises what ``solve`` raises; ``where`` names
-    the shim); call inside ``jax.enable_x64(True)``."""
+    the shim); call inside ``jax.enable_x64(True)``.
+
+    ``compress_jac``: the caller needs J only through ``J^T J`` (a covariance).
+    Where the fit runs chunked (one large fit, `jaxlsq.core.chunked`) with the
+    linear loss, the (m, n) J is then never formed: ``jac`` is R (n, n) by TSQR
+    (``jac_is_r``), and nothing of size m x n crosses to the host.
+    """
     opts = SolveOptions.build(where=where, **options)
     opts = resolve_chunk_points(fun, x0, args, m, opts)  # eagerly: "auto" sees values
+    compress = (
+        compress_jac
+        and isinstance(opts.chunk_points, int)
+        and opts.loss == "linear"
+        and opts.linear_solver != "cg"
+    )
+    if compress:
+        opts = dataclasses.replace(opts, keep_jac=False)
     packed = np.array(_solve_packed(fun, x0, args, opts))  # the one transfer (a copy)
     error = None if opts.monitor is None else take_error(opts.monitor)
     if error is not None:  # the monitor's own exception (it stopped the fit)
@@ -60,8 +85,10 @@ def run_fit(fun, x0: np.ndarray, args: tuple, m: int, where: str, **options) -> 
 
         jac = csr_array((packed[i:], (pattern.rows, pattern.cols)), shape=(m, n))
     else:
-        jac = packed[i:].reshape(m, n)
-    return HostFit(status, nfev, njev, packed[3], x, f, grad, active.astype(int), jac)
+        jac = packed[i:].reshape(n if compress else m, n)
+    return HostFit(
+        status, nfev, njev, packed[3], x, f, grad, active.astype(int), jac, compress
+    )
 
 
 @jit(static_argnums=(0,))
@@ -69,10 +96,17 @@ def _solve_packed(fun, x0, args, options):
     """``solve(...)`` packed as ``[status, nfev, njev, cost, x, f, grad, active,
     jac.ravel()]`` (float64). A matrix-free fit (``linear_solver="cg"``) has no
     J: fun's own J at the solution is computed once here, as its nonzeros (nnz,)
-    by colour groups with ``jac_sparsity``, dense by ``jacfwd`` without."""
+    by colour groups with ``jac_sparsity``, dense by ``jacfwd`` without. A chunked
+    fit with ``keep_jac=False`` packs R (n, n) of J at the solution instead."""
     sol = solve(fun, x0, args, options=options)
     jac = sol.jac
-    if jac is None:
+    if not options.keep_jac:
+        blocks = chunked_strategy(
+            fun, lambda x: x, x0, (args, 1.0), options.chunk_points, "linear",
+            sol.residuals.size, None,
+        )  # fmt: skip
+        jac = blocks.r_factor(sol.params)
+    elif jac is None:
 
         def flat(x):
             return jnp.ravel(fun(x, *args)).astype(x.dtype)
