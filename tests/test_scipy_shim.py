@@ -643,13 +643,7 @@ def test_float64_with_x64_disabled_in_a_subprocess():
         print("ok")
         """
     )
-    env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().endswith("ok")
+    _run_with_x64_off(code, timeout=120)
 
 
 @pytest.mark.parametrize("shim", ["leastsq", "least_squares", "curve_fit"])
@@ -703,10 +697,16 @@ def test_x64_off_shim_leaves_the_users_arrays_float32_for_jax(shim):
         print("ok")
         """
     )
+    _run_with_x64_off(code, timeout=180)
+
+
+def _run_with_x64_off(code: str, timeout: int) -> None:
+    """Run ``code`` in a fresh CPU process with JAX's default x64 off; it prints
+    "ok" last when its own assertions pass."""
     env = dict(os.environ, JAX_ENABLE_X64="0", JAX_PLATFORMS="cpu")
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=180,
+        text=True, timeout=timeout,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
