@@ -105,12 +105,9 @@ def test_chunked_two_residuals_per_point_bounds_and_robust_loss():
     np.testing.assert_allclose(chunked.cost, dense.cost, rtol=1e-12)
 
 
-# The harder NIST problems (higher difficulty, ill-conditioned or long valleys),
-# each in blocks of 5 points (so with a tail wherever 5 does not divide m).
-NIST_HARD = ["MGH09", "Thurber", "BoxBOD", "Eckerle4", "Rat43", "MGH10", "Lanczos1"]
-
-
-@pytest.mark.parametrize("name", NIST_HARD)
+# Every NIST problem, each in blocks of 5 points (so with a tail wherever 5 does
+# not divide m): the certified values from both starts, as the dense path.
+@pytest.mark.parametrize("name", nist.NAMES)
 def test_chunked_nist_certified_values(name):
     problem = nist.load(name)
     for start in (1, 2):
