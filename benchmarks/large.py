@@ -14,7 +14,9 @@ Methods:
 * ``jaxlsq-curve_fit``: the scipy shim (``jaxlsq.scipy.curve_fit``), jax model;
 * ``jaxlsq-dense``: ``jaxlsq.solve(..., chunk_points=None)``, the dense Jacobian;
 * ``jaxlsq-chunked``: ``jaxlsq.solve`` with its default ``chunk_points="auto"``
-  (`jaxlsq.core.chunked`: J in blocks of 4096 points, never the whole (m, n));
+  (`jaxlsq.core.chunked`: J in blocks of 4096 points in the loop; the (m, n) J
+  once at the end, for ``Solution.jac``);
+* ``jaxlsq-chunked-nojac``: the same with ``keep_jac=False``: no (m, n) J at all;
 * ``nlsq``: ``nlsq.curve_fit``, when nlsq is installed (a benchmark-only install:
   ``pip install --no-deps --ignore-requires-python nlsq`` plus its dependencies).
 
@@ -40,7 +42,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SIZES = (10_000, 100_000, 1_000_000, 4_000_000, 10_000_000)
-METHODS = ("scipy", "jaxlsq-curve_fit", "jaxlsq-dense", "jaxlsq-chunked", "nlsq")
+METHODS = (
+    "scipy",
+    "jaxlsq-curve_fit",
+    "jaxlsq-dense",
+    "jaxlsq-chunked",
+    "jaxlsq-chunked-nojac",
+    "nlsq",
+)
 P_TRUE = (3.0, 5.0, 0.8, 1.0, 0.1)
 P0 = (2.0, 4.5, 1.0, 0.5, 0.0)
 
@@ -100,13 +109,16 @@ def worker(method: str, m: int, dtype: str, repeats: int) -> dict:
                 return jaxlsq.scipy.curve_fit(peak_j, x, y, p0=P0)[0]
         else:
             xj, yj, p0 = jnp.asarray(x), jnp.asarray(y), jnp.asarray(P0, dtype)
-            chunk = "auto" if method == "jaxlsq-chunked" else None
+            chunk = None if method == "jaxlsq-dense" else "auto"
+            keep_jac = method != "jaxlsq-chunked-nojac"
 
             def residuals(p, x, y):
                 return peak_j(x, *p) - y
 
             def call():
-                sol = jaxlsq.solve(residuals, p0, (xj, yj), chunk_points=chunk)
+                sol = jaxlsq.solve(
+                    residuals, p0, (xj, yj), chunk_points=chunk, keep_jac=keep_jac
+                )
                 return np.asarray(sol.params)
 
     before = rss_mb()
