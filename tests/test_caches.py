@@ -53,3 +53,36 @@ def test_every_cache_is_bounded_and_can_be_cleared():
     caches.RESIDUAL_SIZES.put((len, "x"), 1)
     caches.clear_all()
     assert all(len(c) == 0 for c in caches.ALL)
+
+
+def test_a_warm_fit_does_not_check_its_model_again(monkeypatch):
+    """`fit`'s model check (`one_output`: ``jax.eval_shape``, ~0.2 ms even when
+    JAX's trace cache hits) is cached like the residual count: a fit on new data
+    of the same shapes does not repeat it; a new shape does."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxlsq
+
+    calls = []
+    eval_shape = jax.eval_shape
+
+    def counted(fn, *args, **kwargs):
+        calls.append(fn)
+        return eval_shape(fn, *args, **kwargs)
+
+    def model(x, p):
+        return p[0] * jnp.exp(-p[1] * x)
+
+    monkeypatch.setattr(jax, "eval_shape", counted)
+    x = np.linspace(0.0, 3.0, 40)
+    p0 = np.array([1.0, 1.0])
+    jaxlsq.fit(model, x, 2.0 * np.exp(-0.7 * x), p0)
+    assert model in calls  # checked once
+    calls.clear()
+    fitted = jaxlsq.fit(model, x, 3.0 * np.exp(-0.9 * x), p0)
+    assert model not in calls
+    np.testing.assert_allclose(fitted.params, [3.0, 0.9], rtol=1e-8)
+    jaxlsq.fit(model, x[:30], 3.0 * np.exp(-0.9 * x[:30]), p0)
+    assert model in calls

@@ -90,6 +90,9 @@ class BoundedCache:
 
 #: (fun, x0 signature, args signature) -> number of residuals m (`jaxlsq.solve`).
 RESIDUAL_SIZES = BoundedCache(4096)
+#: (fn, call, args signature) -> the ShapeDtypeStruct of ``fn(*args)``
+#: (`jaxlsq.core.validate.one_output`: `fit`'s model check).
+OUTPUT_SHAPES = BoundedCache(1024)
 #: (func, Dfun, col_deriv, n, args signature) -> the scipy shims' path: a plan of
 #: the JAX path, or "host".
 SHIM_PLANS = BoundedCache(512)
@@ -107,6 +110,7 @@ LOSS_TRACES = BoundedCache(256)
 
 ALL = (
     RESIDUAL_SIZES,
+    OUTPUT_SHAPES,
     SHIM_PLANS,
     HOST_WARNED,
     JAC_TRACES,
