@@ -304,3 +304,29 @@ def test_solve_options_is_a_pytree_with_static_structure():
     leaves = jax.tree_util.tree_leaves(a)
     # ftol, nfev_per_jac, factor, f_scale (None: no leaf)
     assert leaves == [1e-3, 0, 10.0, 1.0]
+
+
+@pytest.mark.parametrize("entry", ["solve", "fit", "least_squares"])
+def test_adding_bounds_to_a_single_fit_compiles_nothing(entry):
+    """A single fit without bounds runs the bounded program with +-inf bounds, so a
+    notebook's next cell that adds bounds reuses it (it recompiled before); with
+    bounds that do not bind, the fit is the unbounded one, bit for bit."""
+    y = curves()[0]
+    box = (np.full(3, -10.0), np.full(3, 10.0))
+
+    def fun(p):  # one function for both calls (a new one would compile anew)
+        return residuals(p, X, y)
+
+    def run(bounds):
+        if entry == "solve":
+            return np.asarray(jaxlsq.solve(residuals, P0, (X, y), bounds=bounds).params)
+        if entry == "fit":
+            return np.asarray(jaxlsq.fit(model, X, y, P0, bounds=bounds).params)
+        kw = {} if bounds is None else {"bounds": bounds}
+        return jaxlsq.least_squares(fun, P0, **kw).x
+
+    free = run(None)
+    with count_compiles() as compiles:
+        boxed = run(box)
+    assert compiles[0] == 0, compiles[0]
+    np.testing.assert_array_equal(boxed, free)

@@ -227,10 +227,19 @@ class SolveOptions:
             if diag.shape != (n,):
                 raise ValueError(f"diag must have shape ({n},), got {diag.shape}")
             check_concrete(diag, "diag", lambda d: np.all(d > 0), "entries must be > 0")
-        bounds = None
         if self.bounds is not None:
             bounds = flat_bounds(self.bounds, x0, n, dtype)
             check_bounds(*bounds, x0)
+        elif not traced:
+            # A single fit without bounds runs the bounded program with +-inf
+            # bounds: adding bounds later (a notebook's next cell) then compiles
+            # nothing. Same iterates (the 54 NIST fits bit for bit), same warm time
+            # (279 against 278-344 us, expdecay). Batches (traced here, inside
+            # vmap) keep the unbounded program: +-inf cost them 8% (131k against
+            # 131-145k fits/s, 2e4 decays, 2-core CPU).
+            bounds = (np.full(n, -np.inf, dtype), np.full(n, np.inf, dtype))
+        else:
+            bounds = None
         fixed = None
         if self.fixed is not None:
             fixed = flat_like(self.fixed, x0, n, bool, "fixed")

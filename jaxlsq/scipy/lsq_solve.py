@@ -187,10 +187,16 @@ def _least_squares(
         halt = method != "lm" and max_nfev == 1  # scipy: x0, no step (see Watch)
         if method != "lm" and (callback is not None or verbose == 2 or halt):
             watch = Watch(callback, verbose, method, lb, ub, bounded, m, halt)
+        # trf/dogbox without bounds run the bounded program with lb, ub = +-inf
+        # (the same iterates): adding bounds later compiles nothing (not for lm,
+        # MINPACK's own program, nor the matrix-free steps, where bounds cost a
+        # product per trial)
+        same_program = method != "lm" and not lsmr
         options = dict(
             ftol=float(ftol), xtol=float(xtol), gtol=float(gtol),
             max_nfev=int(max_nfev), factor=_FACTOR[method], diag=diag,
-            bounds=(lb, ub) if bounded else None, f_scale=float(f_scale),
+            bounds=(lb, ub) if bounded or same_program else None,
+            f_scale=float(f_scale),
         )  # fmt: skip
         if lsmr and not host and not callable(loop_jac):
             options.update(linear_solver="cg", jac_sparsity=jac_sparsity, **cg_options)
