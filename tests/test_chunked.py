@@ -343,3 +343,59 @@ def test_curve_fit_of_a_large_fit_takes_pcov_from_r_without_forming_j(monkeypatc
     se = np.sqrt(np.diag(ref_pcov))  # scipy's from forward differences: ~1e-6
     assert np.all(np.abs(pcov - ref_pcov) <= 1e-5 * np.outer(se, se))
     assert np.all(np.abs(popt - ref_popt) <= 10 * np.sqrt(1.49e-8 * m) * se)
+
+
+def test_bounded_curve_fit_of_a_large_fit_takes_pcov_from_r(monkeypatch):
+    """The same on curve_fit's trf path (bounds): R (n, n) instead of J without
+    full_output, the same pcov (scipy's rank cutoff kept: max(m, n) with m, not n)
+    as with J, and scipy's pcov to its differences' accuracy."""
+    import jaxlsq.scipy.lsq_solve as lsq_module
+    from jaxlsq.core.chunked import AUTO_CHUNK
+
+    seen = []
+    run_fit = lsq_module.run_fit
+
+    def spy(*args, **kwargs):
+        out = run_fit(*args, **kwargs)
+        seen.append((out.jac_is_r, np.shape(out.jac)))
+        return out
+
+    monkeypatch.setattr(lsq_module, "run_fit", spy)
+    m = 3 * AUTO_CHUNK + 5
+    x, y = (np.asarray(a) for a in data(m, seed=6))
+    box = ([0.0, 0.0, 0.1, -10.0, -10.0], [10.0, 10.0, 5.0, 10.0, 10.0])
+    popt, pcov = jaxlsq.scipy.curve_fit(peak_curve_fit, x, y, p0=P0, bounds=box)
+    assert seen[-1] == (True, (5, 5)), seen
+    full = jaxlsq.scipy.curve_fit(
+        peak_curve_fit, x, y, p0=P0, bounds=box, full_output=True
+    )
+    assert seen[-1] == (False, (m, 5)), seen
+    np.testing.assert_array_equal(popt, full[0])
+    kappa = np.linalg.cond(full[1])
+    scale = np.sqrt(np.outer(np.diag(full[1]), np.diag(full[1])))
+    assert np.all(np.abs(pcov - full[1]) <= 10 * kappa * np.finfo(float).eps * scale)
+    ref_popt, ref_pcov = scipy.optimize.curve_fit(
+        peak_curve_fit, x, y, p0=P0, bounds=box
+    )
+    se = np.sqrt(np.diag(ref_pcov))
+    assert np.all(np.abs(pcov - ref_pcov) <= 1e-5 * np.outer(se, se))
+    assert np.all(np.abs(popt - ref_popt) <= 10 * np.sqrt(1e-8 * m) * se)
+
+
+def test_pcov_from_r_keeps_scipys_rank_cutoff():
+    """scipy drops singular values <= max(m, n) eps s_max. A J (1000 x 3) with
+    singular values (1, 0.5, 1e-14): the last lies between n eps and m eps, so
+    the cutoff must use m: from R (3 x 3) with ``rows=1000`` the pseudo-inverse
+    equals J's (the direction dropped); without ``rows`` it would keep 1e28."""
+    from jaxlsq.fitting.statistics import gram_pseudo_inverse
+
+    rng = np.random.default_rng(8)
+    u, _ = np.linalg.qr(rng.normal(size=(1000, 3)))
+    v, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    jac = u @ np.diag([1.0, 0.5, 1e-14]) @ v.T
+    r = np.linalg.qr(jac, mode="r")
+    from_j = np.asarray(gram_pseudo_inverse(jnp.asarray(jac)))
+    from_r = np.asarray(gram_pseudo_inverse(jnp.asarray(r), rows=1000))
+    np.testing.assert_allclose(from_r, from_j, rtol=0, atol=1e-10)
+    assert np.abs(from_j).max() < 10  # 1/s^2 of the kept values: 1 and 4
+    assert np.abs(np.asarray(gram_pseudo_inverse(jnp.asarray(r)))).max() > 1e20

@@ -210,14 +210,17 @@ def covariance(
     return cov, corr
 
 
-def _gram_pinv_parts(jac):
-    """``(J^T J)^+`` (n, n) and the null-space projector ``I - (J^T J)^+ J^T J``."""
+def _gram_pinv_parts(jac, rows=None):
+    """``(J^T J)^+`` (n, n) and the null-space projector ``I - (J^T J)^+ J^T J``.
+    ``rows``: J's row count m where ``jac`` is its R factor (n, n) (the same
+    singular values and right vectors; the cutoff is scipy's, with max(m, n))."""
     m, n = jac.shape
+    m = m if rows is None else jnp.maximum(rows, m)
     eps = jnp.finfo(jac.dtype).eps
     # solve's SVD helper: LAPACK for one matrix, vectorised code under vmap (a Jacobi
     # eigen-decomposition of J^T J when well conditioned, else QR + Jacobi SVD)
     v, s = right_svd(jac, jnp.ones((n,), jac.dtype))
-    keep = s > max(m, n) * eps * jnp.max(s)
+    keep = s > jnp.maximum(m, n) * eps * jnp.max(s)
     inv_s2 = jnp.where(keep, 1 / jnp.where(keep, s, 1) ** 2, 0)
     return (v * inv_s2) @ v.T, (v * ~keep) @ v.T
 
@@ -258,8 +261,9 @@ def _stderr(v):
 
 
 @jit
-def gram_pseudo_inverse(jac: jax.Array) -> jax.Array:
+def gram_pseudo_inverse(jac: jax.Array, rows=None) -> jax.Array:
     """``(J^T J)^+`` (n, n) of ``jac`` (m, n) with scipy ``curve_fit``'s rank cutoff
     (singular values ``<= max(m, n) * eps * s_max`` dropped): the covariance
-    `covariance` builds on, and scipy's own ``pcov`` before its scaling."""
-    return _gram_pinv_parts(jac)[0]
+    `covariance` builds on, and scipy's own ``pcov`` before its scaling. ``rows``:
+    J's row count when ``jac`` is its R factor (n, n)."""
+    return _gram_pinv_parts(jac, rows)[0]

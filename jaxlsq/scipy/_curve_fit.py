@@ -320,7 +320,9 @@ def curve_fit(
     else:
         if "max_nfev" not in kwargs:
             kwargs["max_nfev"] = kwargs.pop("maxfev", None)
-        res = _least_squares_kwargs(func, p0, dfun, (lb, ub), method, fit_args, kwargs)
+        res = _least_squares_kwargs(
+            func, p0, dfun, (lb, ub), method, fit_args, kwargs, not full_output
+        )
         if not res.success:
             raise RuntimeError("Optimal parameters not found: " + res.message)
         infodict = dict(nfev=res.nfev, fvec=res.fun)
@@ -335,7 +337,9 @@ def curve_fit(
         # curve_fit raises ("object arrays are not supported").
         jac = res.jac.toarray() if hasattr(res.jac, "toarray") else res.jac
         with float64():
-            pcov = np.array(gram_pseudo_inverse(jnp.asarray(jac, jnp.float64)))
+            pcov = np.array(
+                gram_pseudo_inverse(jnp.asarray(jac, jnp.float64), rows=ysize)
+            )
 
     warn_cov = False
     if pcov is None or np.isnan(pcov).any():
@@ -369,8 +373,11 @@ _LSQ_DEFAULTS = dict(
 )  # fmt: skip
 
 
-def _least_squares_kwargs(func, p0, jac, bounds, method, fit_args, kwargs):
-    """``least_squares(func, p0, jac=jac, bounds=bounds, method=method, **kwargs)``."""
+def _least_squares_kwargs(
+    func, p0, jac, bounds, method, fit_args, kwargs, compress=False
+):
+    """``least_squares(func, p0, jac=jac, bounds=bounds, method=method, **kwargs)``
+    (``compress``: see `_least_squares`)."""
     unknown = sorted(set(kwargs) - set(_LSQ_DEFAULTS))
     if unknown:
         raise TypeError(
@@ -381,5 +388,5 @@ def _least_squares_kwargs(func, p0, jac, bounds, method, fit_args, kwargs):
         func, p0, jac, bounds, method, o["ftol"], o["xtol"], o["gtol"],
         o["x_scale"], o["loss"], o["f_scale"], o["diff_step"], o["tr_solver"],
         o["tr_options"], o["jac_sparsity"], o["max_nfev"], o["verbose"], fit_args,
-        o["kwargs"], o["callback"], o["workers"], stacklevel=4,
+        o["kwargs"], o["callback"], o["workers"], stacklevel=4, compress=compress,
     )  # fmt: skip

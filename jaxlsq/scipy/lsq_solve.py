@@ -55,8 +55,11 @@ _FACTOR = {"lm": 100.0, "trf": 10.0, "dogbox": 10.0}
 def _least_squares(
     fun, x0, jac, bounds, method, ftol, xtol, gtol, x_scale, loss, f_scale,
     diff_step, tr_solver, tr_options, jac_sparsity, max_nfev, verbose, args, kwargs,
-    callback, workers, *, stacklevel: int,
+    callback, workers, *, stacklevel: int, compress: bool = False,
 ):  # fmt: skip
+    """``least_squares`` (the public shim's body). ``compress`` (`curve_fit`
+    without ``full_output``): the caller needs ``jac`` only through ``J^T J``, so
+    a large chunked fit returns R (n, n) as ``jac`` (`jaxlsq.scipy.run.run_fit`)."""
     # -- scipy's checks, in scipy's order, with its messages ---------------------------
     if method not in _METHODS:
         raise ValueError("`method` must be 'trf', 'dogbox' or 'lm'.")
@@ -204,7 +207,8 @@ def _least_squares(
             with watching(watch) as monitor:
                 out = run_fit(
                     loop_fun, x0, call_args, m + pad, "least_squares",
-                    jac=loop_jac, loss=loop_loss, monitor=monitor, **options,
+                    compress_jac=compress, jac=loop_jac, loss=loop_loss,
+                    monitor=monitor, **options,
                 )._asdict()  # fmt: skip
             nfev, njev = out["nfev"], out["njev"]
         else:
