@@ -309,6 +309,20 @@ def peak_curve_fit(x, a, mu, s, b0, b1):
     return a * xp.exp(-0.5 * ((x - mu) / s) ** 2) + b0 + b1 * x
 
 
+def record_jacobians(monkeypatch, module) -> list:
+    """``(jac_is_r, jac.shape)`` of every `run_fit` that ``module`` makes, in order."""
+    seen = []
+    run_fit = module.run_fit
+
+    def spy(*args, **kwargs):
+        out = run_fit(*args, **kwargs)
+        seen.append((out.jac_is_r, np.shape(out.jac)))
+        return out
+
+    monkeypatch.setattr(module, "run_fit", spy)
+    return seen
+
+
 def test_curve_fit_of_a_large_fit_takes_pcov_from_r_without_forming_j(monkeypatch):
     """curve_fit without full_output needs J only through J^T J: a chunked fit
     then returns R (n, n) by TSQR instead of the (m, n) J (nothing of size m x n
@@ -318,15 +332,7 @@ def test_curve_fit_of_a_large_fit_takes_pcov_from_r_without_forming_j(monkeypatc
     import jaxlsq.scipy._leastsq as leastsq_module
     from jaxlsq.core.chunked import AUTO_CHUNK
 
-    seen = []
-    run_fit = leastsq_module.run_fit
-
-    def spy(*args, **kwargs):
-        out = run_fit(*args, **kwargs)
-        seen.append((out.jac_is_r, np.shape(out.jac)))
-        return out
-
-    monkeypatch.setattr(leastsq_module, "run_fit", spy)
+    seen = record_jacobians(monkeypatch, leastsq_module)
     m = 3 * AUTO_CHUNK + 5
     x, y = (np.asarray(a) for a in data(m, seed=5))
     popt, pcov = jaxlsq.scipy.curve_fit(peak_curve_fit, x, y, p0=P0)
@@ -352,15 +358,7 @@ def test_bounded_curve_fit_of_a_large_fit_takes_pcov_from_r(monkeypatch):
     import jaxlsq.scipy.lsq_solve as lsq_module
     from jaxlsq.core.chunked import AUTO_CHUNK
 
-    seen = []
-    run_fit = lsq_module.run_fit
-
-    def spy(*args, **kwargs):
-        out = run_fit(*args, **kwargs)
-        seen.append((out.jac_is_r, np.shape(out.jac)))
-        return out
-
-    monkeypatch.setattr(lsq_module, "run_fit", spy)
+    seen = record_jacobians(monkeypatch, lsq_module)
     m = 3 * AUTO_CHUNK + 5
     x, y = (np.asarray(a) for a in data(m, seed=6))
     box = ([0.0, 0.0, 0.1, -10.0, -10.0], [10.0, 10.0, 5.0, 10.0, 10.0])
