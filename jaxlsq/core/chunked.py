@@ -158,10 +158,6 @@ class ChunkedJacobian(JacobianStrategy):
             a = jnp.concatenate([self._block_jacobian(x, data).T, fb[None]])
             return carry + jnp.einsum("im,jm->ij", a, a), None
 
-        def tsqr_pass(r, block):
-            return merge_r(r, self._block_jacobian(x, block[0])), None
-
-        zeros = jnp.zeros((n, n), dtype)
         augmented = self._scan(x, f, gram_pass, jnp.zeros((n + 1, n + 1), dtype))
         gram, jtf = augmented[:n, :n], augmented[:n, n]
         usable = _well_conditioned(gram)
@@ -170,7 +166,7 @@ class ChunkedJacobian(JacobianStrategy):
             lambda: (
                 jnp.linalg.cholesky(jnp.where(usable, gram, jnp.eye(n, dtype=dtype))).T
             ),
-            lambda: self._scan(x, f, tsqr_pass, zeros),
+            lambda: self.r_factor(x),
         )
         return Linearization(jtf, scaled_norm(r, axis=0), r=r), None
 

@@ -215,7 +215,7 @@ def _gram_pinv_parts(jac, rows=None):
     ``rows``: J's row count m where ``jac`` is its R factor (n, n) (the same
     singular values and right vectors; the cutoff is scipy's, with max(m, n))."""
     m, n = jac.shape
-    m = m if rows is None else jnp.maximum(rows, m)
+    m = m if rows is None else rows
     eps = jnp.finfo(jac.dtype).eps
     # solve's SVD helper: LAPACK for one matrix, vectorised code under vmap (a Jacobi
     # eigen-decomposition of J^T J when well conditioned, else QR + Jacobi SVD)

@@ -307,19 +307,16 @@ def _leastsq(
         ier, mesg = status, _message(status, ftol, xtol, gtol, maxfev)
     x, fvec, jac = fit.x, fit.fun, fit.jac
     out = dict(x=x, cov_x=None, infodict=None, mesg=mesg, ier=ier, jac=jac)
-    if full_output and fit.jac_is_r:  # cov_x from R = jac: inv(R^T R), trtri's rule
+    if full_output:
         infodict = {"fvec": fvec, "nfev": nfev}
         if Dfun is not None:
             infodict["njev"] = njev
-        out.update(infodict=infodict, jac=None)
-        if ier in _LEASTSQ_SUCCESS:
-            out["cov_x"] = _host.covariance_from_r(jac.T, np.arange(n))
-    elif full_output:
-        infodict = {"fvec": fvec, "nfev": nfev}
-        if Dfun is not None:
-            infodict["njev"] = njev
-        fjac, ipvt, qtf = _host.minpack_qr(jac, fvec)
-        infodict.update(fjac=fjac, ipvt=ipvt, qtf=qtf)
+        if fit.jac_is_r:  # R itself (no pivoting): cov_x = inv(R^T R), trtri's rule
+            fjac, ipvt = jac.T, np.arange(n)
+            out["jac"] = None
+        else:
+            fjac, ipvt, qtf = _host.minpack_qr(jac, fvec)
+            infodict.update(fjac=fjac, ipvt=ipvt, qtf=qtf)
         out["infodict"] = infodict
         if ier in _LEASTSQ_SUCCESS:
             out["cov_x"] = _host.covariance_from_r(fjac, ipvt)
