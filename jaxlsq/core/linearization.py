@@ -12,7 +12,7 @@ The contract of a Jacobian strategy
 A strategy is a callable ``strategy(x, f) -> (Linearization, carry)``:
 
 * ``x`` (n,) the point, ``f`` (m,) the residuals there divided by a power of 2
-  near their largest entry (already evaluated by the loop: a strategy must not
+  near their norm (already evaluated by the loop: a strategy must not
   count or re-evaluate them; the loop scales so that ``J^T f`` cannot underflow
   where J is tiny, and scales back exactly);
 * the `Linearization` holds ``jtf`` (``J^T f`` of the ``f`` given) and
@@ -192,12 +192,17 @@ def linearize_dense(jac: jax.Array, f: jax.Array) -> Linearization:
     # same bits) wherever J^T J is in range, and no overflow or underflow where a
     # column's entries are beyond ~1e±154 (float64; ~1e±19 in float32), whose
     # squares would be inf or 0 (MINPACK's enorm scales for the same reason).
-    if jac_t.shape[0] > SMALL_N:
+    n = jac_t.shape[0]
+    if n > SMALL_N:
         return Linearization(jtf, scaled_norm(jac_t, axis=1), None, jac_t)
     scale = power_of_two(jnp.max(jnp.abs(jac_t), axis=1))  # (n,)
     scaled = jac_t / scale[:, None]
     gram = gram_matrix(scaled)
-    col_norms = scale * jnp.sqrt(jnp.diagonal(gram))
+    # The diagonal by the same products as gram_matrix's own (XLA merges the two),
+    # not read off ``gram``: a single fit then never forms the off-diagonal
+    # entries, which only a batch's factorisation reads (`_small_system`).
+    squares = jnp.stack([jnp.sum(scaled[i] * scaled[i]) for i in range(n)])
+    col_norms = scale * jnp.sqrt(squares)
     return Linearization(jtf, col_norms, gram, jac_t, gram_scale=scale)
 
 

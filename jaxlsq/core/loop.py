@@ -109,7 +109,7 @@ def lm_iteration(
     # batch's most-rejecting lane (1.9x the fits/s on 2-D Gaussians with the default
     # tolerances; same iterates, nfev and njev).
     fresh = ~st.jac_current
-    unit = residual_unit(st.f)  # once: the strategy's f / u and the steps below
+    unit = residual_unit(st.fnorm)  # once: the strategy's f / u and the steps below
     evaluated, lin = with_linearization(jacobian, st, unit)
     jac_cost = jnp.where(fresh, jnp.asarray(options.nfev_per_jac, jnp.int32), 0)
     st = evaluated._replace(
@@ -126,12 +126,15 @@ def lm_iteration(
         diag = jnp.maximum(diag, acnorm)
     else:  # mode 2: the user's fixed scaling
         diag = jnp.asarray(user_diag, dtype)
-    xnorm0 = _norm(diag * st.x)
-    delta0 = jnp.where(xnorm0 > 0, factor * xnorm0, factor)
-    st = st._replace(
-        xnorm=jnp.where(first, xnorm0, st.xnorm),
-        delta=jnp.where(first, delta0, st.delta),
-    )
+
+    def first_radius(diag: jax.Array):
+        xnorm0 = _norm(diag * st.x)
+        return xnorm0, jnp.where(xnorm0 > 0, factor * xnorm0, factor)
+
+    # Only the first iteration reads ||D x||: a cond, not a where, so that a single
+    # fit skips the norm on every later iteration (under vmap both are computed).
+    xnorm, delta = lax.cond(first, first_radius, lambda _: (st.xnorm, st.delta), diag)
+    st = st._replace(xnorm=xnorm, delta=delta)
     # gtol test: largest |cos| between f and a column of J (0 when f == 0), from
     # J^T (f / u) and ||f|| / u: no underflow where J^T f would have one.
     fnorm_safe = positive_or_one(st.fnorm / unit)
@@ -176,11 +179,16 @@ def lm_iteration(
             projected = jnp.clip(x_trial, lower, upper)
             clipped = jnp.any(projected != x_trial)
             x_trial = projected
-            actual_step = x_trial - st.x
-            pre, dir_ = model_terms(lin, actual_step / unit, st.f / unit, fnorm / unit)
-            pnorm = jnp.where(clipped, _norm(diag * actual_step), pnorm)
-            prered = jnp.where(clipped, pre, prered)
-            dirder = jnp.where(clipped, dir_, dirder)
+
+            def projected_terms(_):  # the model at the step actually taken
+                actual = x_trial - st.x
+                pre, dir_ = model_terms(lin, actual / unit, st.f / unit, fnorm / unit)
+                return _norm(diag * actual), pre, dir_
+
+            # (a cond: a single fit evaluates the model only for a clipped step)
+            pnorm, prered, dirder = lax.cond(
+                clipped, projected_terms, lambda _: (pnorm, prered, dirder), None
+            )
         # Before the first accepted step the radius never exceeds the step tried.
         delta = jnp.where(st.n_iter == 0, jnp.minimum(st.delta, pnorm), st.delta)
         f_trial = flat_fun(x_trial)

@@ -40,10 +40,14 @@ def scaled_norm(v: jax.Array, axis: int | None = None) -> jax.Array:
     return jnp.where(jnp.isfinite(jnp.squeeze(largest, axis)), norm, jnp.inf)
 
 
-def residual_unit(f: jax.Array) -> jax.Array:
-    """The power of 2 of ``max |f|`` (1 for f == 0 or non-finite f): the loop hands
-    strategies ``f / unit`` (see `jaxlsq.core.loop.with_linearization`)."""
-    return power_of_two(jnp.max(jnp.abs(f)))
+def residual_unit(fnorm: jax.Array) -> jax.Array:
+    """The power of 2 of ``||f||`` (1 for f == 0): the loop hands strategies
+    ``f / unit`` (see `jaxlsq.core.state.with_linearization`). Every entry of
+    ``f / unit`` is below 2 and the largest above ``1 / (2 sqrt(m))``: no underflow
+    where ``J^T f`` would have one. Read off the carried ``||f||`` (an ``||f||``
+    that overflowed counts as the largest float) rather than another pass over
+    ``f``: any power of 2 gives the same bits wherever nothing under/overflows."""
+    return power_of_two(jnp.minimum(fnorm, jnp.finfo(fnorm.dtype).max))
 
 
 def jacobian_unit(col_norms: jax.Array, diag: jax.Array) -> jax.Array:

@@ -134,7 +134,7 @@ def with_linearization(
     ``x -> J`` function; see `jaxlsq.core.linearization`), and the state holding its
     carry (the dense J) as ``st.jac``. NaN/inf in J stops the fit.
 
-    The strategy is handed ``f / u`` (``u = unit``, `residual_unit` of ``f``), so
+    The strategy is handed ``f / u`` (``u = unit``, `residual_unit` of ``||f||``), so
     ``lin.jtf`` is ``J^T (f / u)``: the gtol cosines come from it without the
     underflow of ``J^T f`` (tiny f and J would read as a converged gradient); the
     steps multiply by ``u`` (exact wherever ``J^T f`` is in range).
