@@ -70,7 +70,8 @@ class FitResult:
     degeneracy : Array, int32, shape ()
         0 for a sound fit; for a successful but degenerate one a bit mask of
         `jaxlsq.fitting.degeneracy`'s flags: 1 a parameter cannot be estimated, 2
-        two parameters correlated beyond 0.999, 4 ``R^2 < 0.05``. See `degenerate`.
+        two parameters correlated beyond 0.999, 4 ``R^2 < 0.05``, 8 (Poisson) the
+        model is 0 at a zero-count point. See `degenerate`.
     names : tuple of str
         Parameter names (flat order): dict keys / pytree paths, ``[i]`` suffixes for
         array leaves.
