@@ -182,8 +182,8 @@ class FitResult:
 
     def bootstrap(self, x, y, **kwargs):
         """Bootstrap errors and percentile intervals: resample (``kind="residual"``
-        or ``"pairs"``) and refit ``n_samples`` times in one vmapped call; see
-        `jaxlsq.fitting.bootstrap.bootstrap`."""
+        or ``"pairs"``) and refit ``n_samples`` times in one vmapped call (every fit
+        of a batch at once); see `jaxlsq.fitting.bootstrap.bootstrap`."""
         from .bootstrap import bootstrap
 
         return bootstrap(self, x, y, **kwargs)
