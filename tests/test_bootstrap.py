@@ -105,5 +105,40 @@ def test_bootstrap_arguments_are_checked():
     with pytest.raises(ValueError, match="x of shape"):
         result.bootstrap(np.stack([T, T]), Y, kind="pairs")
     fits = jaxlsq.fit_batch(decay, T, np.stack([Y, Y]), P0)
-    with pytest.raises(ValueError, match="one fit"):
+    with pytest.raises(ValueError, match=r"leading axis \(2,\)"):
         fits.bootstrap(T, Y)
+
+
+@pytest.mark.parametrize("kind", ["residual", "pairs"])
+def test_a_batch_bootstraps_each_fit_as_alone(kind):
+    # fit_batch's curves, each bootstrapped in one call: fit i's refits, errors and
+    # intervals are those of fits[i].bootstrap with key split(key, N)[i] (the same
+    # resamples), to the refits' accuracy: the batch runs another vmapped program
+    # (N x B lanes, not B), whose rounding a stopping test can turn into an
+    # iteration more or less: parameters agree to ~sqrt(eps), not bit for bit.
+    rng = np.random.default_rng(7)
+    ys = np.stack([
+        a * np.exp(-k * T) + 0.5 + 0.05 * rng.standard_normal(T.size)
+        for a, k in ((3.0, 1.3), (2.0, 0.8), (4.0, 2.0))
+    ])  # fmt: skip
+    sigma = np.full(T.shape, 0.05)
+    fits = jaxlsq.fit_batch(decay, T, ys, P0, sigma=sigma, **TIGHT)
+    key = jax.random.key(11)
+    boot = fits.bootstrap(T, ys, n_samples=16, kind=kind, sigma=sigma, key=key, **TIGHT)
+    assert np.asarray(boot.success).shape == (3, 16)
+    assert np.asarray(boot.indices).shape == (3, 16, T.size)
+    for i, k in enumerate(jax.random.split(key, 3)):
+        one = fits[i].bootstrap(
+            T, ys[i], n_samples=16, kind=kind, sigma=sigma, key=k, **TIGHT
+        )
+        np.testing.assert_array_equal(np.asarray(boot.indices[i]), one.indices)
+        np.testing.assert_allclose(flat(boot.params)[i], flat(one.params), rtol=1e-7)
+        for name in NAMES:
+            np.testing.assert_allclose(
+                float(boot.stderr[name][i]), float(one.stderr[name]), rtol=1e-6
+            )
+            for (p_b, v_b), (p_1, v_1) in zip(
+                boot.intervals[name], one.intervals[name], strict=True
+            ):
+                assert p_b == p_1
+                np.testing.assert_allclose(v_b[i], v_1, rtol=1e-7)

@@ -80,3 +80,27 @@ def test_batched_result_equals_a_solo_fit_to_the_fits_accuracy():
     # determined to about sqrt(eps) * kappa relative, far below 1e-6 here.
     np.testing.assert_allclose(a.params[0], solo.params, rtol=1e-6)
     assert int(a.status[0]) in (1, 2, 3, 4) and bool(solo.success)
+
+
+def test_an_svd_lane_is_bit_identical_alone_or_among_many():
+    # Only the lanes that need an SVD compute one, SVD_ROUND at a time: a lane's
+    # SVD steps must not depend on how many others need one, nor on its round.
+    from jaxlsq.core.factorize import SVD_ROUND
+
+    size = 3 * SVD_ROUND
+    curves = [_curve(1.5 + 0.01 * i, 0.4, 1.0, 2.5, seed=i + 1) for i in range(size)]
+    alone_y = np.stack([TARGET, *curves[1:]])
+    alone_p0 = np.stack([SINGULAR_START] + [GOOD_START] * (size - 1))
+    many_y = np.stack(curves)
+    at = 2 * SVD_ROUND + 3  # in the third round
+    many_y[at] = TARGET
+    many_p0 = np.stack([SINGULAR_START] * size)
+    run = dict(in_axes=(0, (None, 0)), schedule="vmap", chunk_size=None)
+    a = jaxlsq.solve_batch(two_exponentials, alone_p0, (X, alone_y), **run)
+    b = jaxlsq.solve_batch(two_exponentials, many_p0, (X, many_y), **run)
+    assert bool(a.success[0]) and bool(b.success.all())
+    for name, value in _fields(a, 0).items():
+        np.testing.assert_array_equal(_fields(b, at)[name], value, err_msg=name)
+    # ...and it is the fit: the same solution as a solo fit, to the fit's accuracy.
+    solo = jaxlsq.solve(two_exponentials, SINGULAR_START, (X, TARGET))
+    np.testing.assert_allclose(a.params[0], solo.params, rtol=1e-6)

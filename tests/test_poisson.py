@@ -418,3 +418,57 @@ def test_gradients_through_fit_batch_poisson_equal_per_curve_gradients():
         g_one = np.asarray(jax.grad(one_loss)(ys[i]))
         scale = np.abs(g_one).max()
         np.testing.assert_allclose(g_batch[i], g_one, rtol=0, atol=1e-7 * scale)
+
+
+# A 5x5 spot (Gpufit's GAUSS_2D: amplitude, x0, y0, sigma, offset) at ~2 background
+# photons whose unbounded MLE has a negative offset: the model touches 0 at a
+# zero-count pixel (drawn by benchmarks/poisson.py, spot 4637 of its 10^4).
+EDGE_XY = np.stack([np.tile(np.arange(5.0), 5), np.repeat(np.arange(5.0), 5)])
+EDGE_Y = np.array([17, 46, 48, 17, 0, 34, 85, 92, 45, 7, 38, 84, 78, 29, 11,
+                   14, 50, 33, 12, 4, 10, 12, 11, 6, 0], float)  # fmt: skip
+EDGE_P0 = np.array([88.735, 1.31, 1.703, 0.945, 1.689])
+
+
+def spot_with_offset(xy, p):
+    r2 = (xy[0] - p[1]) ** 2 + (xy[1] - p[2]) ** 2
+    return p[0] * jnp.exp(-r2 / (2 * p[3] ** 2)) + p[4]
+
+
+def test_an_mle_on_the_edge_of_the_domain_is_the_constrained_mle_and_flagged():
+    from jaxlsq.fitting.degeneracy import AT_ZERO
+
+    with pytest.warns(jaxlsq.DegenerateFitWarning, match="edge of the model's domain"):
+        fit = jaxlsq.fit(
+            spot_with_offset, EDGE_XY, EDGE_Y, EDGE_P0, estimator="poisson"
+        )
+    assert bool(fit.success) and int(fit.degeneracy) == AT_ZERO
+    assert "edge of the model's domain" in fit.report()
+
+    # Oracle: the MLE constrained to mu >= 0 at every pixel (scipy's SLSQP on the
+    # negative log-likelihood), to a thousandth of a standard error.
+    def mu(p):
+        return np.asarray(spot_with_offset(EDGE_XY, p))
+
+    def nll(p):
+        return np.sum(mu(p) - EDGE_Y * np.log(np.maximum(mu(p), 1e-300)))
+
+    ref = minimize(nll, EDGE_P0, method="SLSQP", options=dict(ftol=1e-14),
+                   constraints=[{"type": "ineq", "fun": mu}])  # fmt: skip
+    assert ref.success and float(fit.params[4]) < 0
+    np.testing.assert_array_less(
+        np.abs(ref.x - np.asarray(fit.params)) / np.asarray(fit.stderr), 1e-3
+    )
+    assert mu(np.asarray(fit.params)).min() < 1e-8 * abs(float(fit.params[4]))
+    # With the offset bounded at 0 (the cure the warning names) the fit is sound, and
+    # in a batch only the edge fit is flagged.
+    lower = np.array([0.0, -np.inf, -np.inf, 0.0, 0.0])
+    bounded = jaxlsq.fit(spot_with_offset, EDGE_XY, EDGE_Y, EDGE_P0,
+                         estimator="poisson", bounds=(lower, np.inf))  # fmt: skip
+    assert bool(bounded.success) and int(bounded.degeneracy) == 0
+    sound_y = np.asarray(np.round(spot_with_offset(EDGE_XY, ref.x) + 3.0))
+    with pytest.warns(jaxlsq.DegenerateFitWarning, match="1 of 2 fits"):
+        batch = jaxlsq.fit_batch(
+            spot_with_offset, EDGE_XY, np.stack([EDGE_Y, sound_y]), EDGE_P0,
+            in_axes=(None, 0, None, None), estimator="poisson",
+        )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(batch.degeneracy), [AT_ZERO, 0])

@@ -162,10 +162,12 @@ def _truncated_spectrum(v, s, gs, size) -> StepSystem:
 def right_svd(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Right singular vectors V (n, n) and singular values s (n,) of ``jac / diag``.
 
-    ``jac`` is (m, n) and ``diag`` (n,) positive. LAPACK for one matrix; under
-    ``vmap``, `_batched_svd`.
+    ``jac`` is (m, n) and ``diag`` (n,) positive. LAPACK, also under ``vmap`` (one
+    matrix at a time): the fit statistics' covariance, computed once per fit,
+    where `_batched_svd`'s unrolled code cost 0.6 s of compile (n = 3) for a few
+    milliseconds per 10^4 fits.
     """
-    return _right_svd(jac.T, diag)
+    return _right_svd_unbatched(jac.T, diag)
 
 
 def _right_svd_unbatched(jac_t, diag):
@@ -179,24 +181,6 @@ def _right_svd_unbatched(jac_t, diag):
         return vt.T, s
     _, s, vt = jnp.linalg.svd(jac_t.T / diag, full_matrices=False)
     return vt.T, s
-
-
-@jax.custom_batching.custom_vmap
-def _right_svd(jac_t: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(V, s) of ``jac_t.T / diag``: LAPACK for one matrix, `_batched_svd` under
-    ``vmap``."""
-    return _right_svd_unbatched(jac_t, diag)
-
-
-@_right_svd.def_vmap
-def _right_svd_batched(axis_size, in_batched, jac_t, diag):
-    if not any(in_batched):  # (happens under jvp)
-        return _right_svd_unbatched(jac_t, diag), (False, False)
-    jac_t, diag = (
-        _with_batch_axis(x, b, axis_size)
-        for x, b in zip((jac_t, diag), in_batched, strict=True)
-    )
-    return _batched_svd(jac_t, diag), (True, True)
 
 
 def _with_batch_axis(x: jax.Array, batched: bool, axis_size: int) -> jax.Array:
@@ -241,9 +225,10 @@ def _small_system(
       from exactly-zero columns of J (frozen parameters), which the Gram matrix
       separates exactly.
     * otherwise, lane by lane: the SVD of ``Js`` (`_batched_svd`), which keeps
-      MINPACK's accuracy (condition number not squared). The SVDs are computed
-      only when some running lane (``active``) needs one, and every lane keeps
-      its own path: a lane's steps never depend on the other lanes of its batch.
+      MINPACK's accuracy (condition number not squared), computed only for the
+      running lanes (``active``) that need one (`_with_svd_lanes`). Every lane
+      keeps its own path: a lane's steps never depend on the other lanes of its
+      batch, neither in value nor in cost beyond its own SVDs.
     """
     return _small_system_unbatched(jac_t, diag, gs)
 
@@ -279,26 +264,52 @@ def _small_system_batched(
 
     gram_system = StepSystem(eye, scaled, gs)
 
-    def with_svd_lanes(_):
-        v, s = _batched_svd(jac_t, diag)
-        spectrum = jax.vmap(_truncated_spectrum, in_axes=(0, 0, 0, None))
-        svd_system = _as_matrix(spectrum(v, s, gs, size))
+    # Each lane takes its own path, so its steps do not depend on its neighbours:
+    # the Gram system where it is well conditioned, its own SVD elsewhere. Only the
+    # running lanes that need an SVD compute one, SVD_ROUND of them at a time
+    # (gathered, then scattered back): a few ill-conditioned fits cost their own
+    # SVDs, not the whole batch's at every step (a straggler of a pool of 1024
+    # Poisson spots held it at 3 ms per step, 1024 LAPACK SVDs, for hundreds of
+    # steps). A lane's SVD is computed by the same per-matrix code whichever
+    # round and neighbours it has.
+    need = ~well_conditioned & active
+    return _with_svd_lanes(jac_t, diag, gs, need, gram_system, size), StepSystem(
+        True, True, True
+    )
+
+
+#: Lanes per round of `_with_svd_lanes`: small, so that one ill-conditioned lane
+#: costs a few SVDs; rounds run only while lanes needing one remain.
+SVD_ROUND = 16
+
+
+def _with_svd_lanes(jac_t, diag, gs, need, gram_system, size) -> StepSystem:
+    """``gram_system`` (batched, M (B, n, n)) with the lanes where ``need`` (B,)
+    replaced by their SVD systems, computed `SVD_ROUND` lanes at a time for the
+    lanes that need one only (a fixed number of rounds, each a ``lax.cond`` that
+    skips once no lane is left: differentiable, one copy of the SVD code)."""
+    batch = need.shape[0]
+    width = min(SVD_ROUND, batch)
+    rounds = -(-batch // width)
+    count = jnp.sum(need, dtype=jnp.int32)
+    # Lanes needing an SVD first, then ``batch`` (out of range: a gather reads a
+    # clamped row, a scatter drops it) to fill up to ``rounds * width``.
+    order = jnp.nonzero(need, size=rounds * width, fill_value=batch)[0]
+    spectrum = jax.vmap(_truncated_spectrum, in_axes=(0, 0, 0, None))
+
+    def one_round(r, system):
+        lanes = lax.dynamic_slice_in_dim(order, r * width, width)
+        rows = jnp.minimum(lanes, batch - 1)
+        v, s = _batched_svd(jac_t[rows], diag[rows])
+        part = _as_matrix(spectrum(v, s, gs[rows], size))
         return jax.tree_util.tree_map(
-            lambda a, b: jnp.where(
-                well_conditioned.reshape((-1,) + (1,) * (a.ndim - 1)), a, b
-            ),
-            gram_system,
-            svd_system,
+            lambda whole, new: whole.at[lanes].set(new, mode="drop"), system, part
         )
 
-    # Each lane takes its own path, so its steps do not depend on its neighbours:
-    # the Gram system where it is well conditioned, the SVD elsewhere. The SVDs
-    # are computed (for the whole batch: one branch, decided on one scalar) only
-    # when some running lane needs one; every lane's SVD is its own (per-lane
-    # code, and JAX's batched while_loop leaves converged lanes unchanged).
-    need_svd = jnp.any(~well_conditioned & active)
-    out = lax.cond(need_svd, with_svd_lanes, lambda _: gram_system, None)
-    return out, StepSystem(True, True, True)
+    def body(r, system):
+        return lax.cond(r * width < count, one_round, lambda r, s: s, r, system)
+
+    return lax.fori_loop(0, rounds, body, gram_system)
 
 
 def _scaled_gram(gram: jax.Array, diag: jax.Array):

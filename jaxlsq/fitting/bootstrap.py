@@ -19,6 +19,7 @@ are left out of the statistics and counted).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -64,55 +65,86 @@ def bootstrap(
     sigma: Any = None,
     **fit_options: Any,
 ) -> Bootstrap:
-    """Bootstrap a fit: resample, refit ``n_samples`` times in one vmapped call.
+    """Bootstrap a fit, or every fit of a batch: resample, refit ``n_samples`` times
+    in one vmapped call.
 
     Parameters
     ----------
     result : FitResult
-        One fit (`jaxlsq.fit`).
+        One fit (`jaxlsq.fit`), or a batch with one leading axis (N,) (`fit_batch`
+        over the curves ``y``, ``x`` shared).
     x, y : the fit's data (``y`` flat (m,) or any shape; for ``"pairs"`` ``x`` an
-        array of shape (m, ...) and ``y`` (m,)).
+        array of shape (m, ...) and ``y`` (m,)). A batch: ``y`` with the leading
+        axis (N, ...), ``x`` shared.
     n_samples : int, default 1000
-        Resamples B.
+        Resamples B (per fit).
     kind : {"residual", "pairs"}, default "residual"
     key : jax.random key, optional
-        Default ``jax.random.key(0)`` (reproducible).
+        Default ``jax.random.key(0)`` (reproducible). A batch's fit ``i`` uses
+        ``jax.random.split(key, N)[i]``: the resamples ``fits[i].bootstrap(...,
+        key=that)`` would draw.
     sigmas : sequence of float, default (1, 2)
         Percentile interval levels (``>= 1`` standard deviations, ``< 1`` a
         probability).
     sigma, **fit_options
-        The fit's ``sigma``, ``bounds``, ``loss``, solve options... (``fixed``,
-        ``estimator`` and ``absolute_sigma`` come from ``result``).
+        The fit's ``sigma`` (a batch: shared, or with ``y``'s leading axis),
+        ``bounds``, ``loss``, solve options... (``fixed``, ``estimator`` and
+        ``absolute_sigma`` come from ``result``).
 
     Returns
     -------
     Bootstrap
+        For a batch every field gains the leading axis (N,) after none: ``params``
+        leaves (N, B, ...), ``success`` (N, B), ``indices`` (N, B, m), ``stderr``
+        leaves (N, ...), interval values (N,) (NaN for a fit without two
+        successful refits).
     """
-    if result.batch_shape:
-        raise ValueError("bootstrap takes one fit (index a batch: fits[i])")
+    if len(result.batch_shape) > 1:
+        raise ValueError(f"bootstrap takes one batch axis, got {result.batch_shape}")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if int(n_samples) < 2:
         raise ValueError(f"n_samples must be >= 2, got {n_samples}")
     key = jax.random.key(0) if key is None else key
     y = jnp.asarray(y, result.best_fit.dtype)
-    best_fit = jnp.reshape(result.best_fit, y.shape)
-    m = y.size
     options = dict(fit_options, estimator=result.estimator)
     options["absolute_sigma"] = result.absolute_sigma
     if any(result.fixed):  # the fit's own mask, as a pytree like its params
         leaves, treedef = jax.tree_util.tree_flatten(result.params)
         shapes = tuple(np.shape(leaf) for leaf in leaves)
+        if result.batch_shape:
+            shapes = tuple(s[1:] for s in shapes)
         options["fixed"] = unflatten(np.asarray(result.fixed), treedef, shapes)
+    args = (int(n_samples), kind, options)
+    if not result.batch_shape:
+        fits, indices = _resample_and_refit(result, x, y, sigma, key, *args)
+        return _summarise(result, fits, indices, sigmas)
+    n = result.batch_shape[0]
+    if y.shape[:1] != (n,):
+        raise ValueError(
+            f"y must have the batch's leading axis ({n},), got shape {y.shape}"
+        )
+    batched_sigma = sigma is not None and np.shape(sigma) == y.shape
+    fits, indices = jax.vmap(
+        lambda res, y_i, s_i, k: _resample_and_refit(res, x, y_i, s_i, k, *args),
+        in_axes=(0, 0, 0 if batched_sigma else None, 0),
+    )(result, y, sigma, jax.random.split(key, n))
+    return _summarise(result, fits, indices, sigmas)
+
+
+def _resample_and_refit(result, x, y, sigma, key, n_samples, kind, options):
+    """``(fits, indices)`` of one fit: ``n_samples`` resamples of ``(x, y, sigma)``
+    refitted in one ``vmap`` (see `bootstrap`)."""
+    best_fit = jnp.reshape(result.best_fit, y.shape)
+    m = y.size
 
     def refit(x_b, y_b, sigma_b):
         return fit(result.model, x_b, y_b, result.params, sigma=sigma_b, **options)
 
-    indices = None
     if kind == "residual" and result.estimator == "poisson":
         samples = jax.random.poisson(key, best_fit, (n_samples, *y.shape))
-        fits = jax.vmap(lambda yb: refit(x, yb.astype(y.dtype), None))(samples)
-    elif kind == "residual":
+        return jax.vmap(lambda yb: refit(x, yb.astype(y.dtype), None))(samples), None
+    if kind == "residual":
         if result.sigma_kind == "2d":
             raise ValueError(
                 "kind='residual' takes a scalar or per-point sigma, not a covariance"
@@ -121,35 +153,51 @@ def bootstrap(
         standard = ((y - best_fit) / scale).reshape(-1)
         indices = jax.random.randint(key, (n_samples, m), 0, m)
         samples = best_fit + scale * standard[indices].reshape((n_samples, *y.shape))
-        fits = jax.vmap(lambda yb: refit(x, yb, sigma))(samples)
-    else:
-        x = jnp.asarray(x)
-        if y.ndim != 1 or x.shape[:1] != (m,):
-            raise ValueError(
-                "kind='pairs' needs y of shape (m,) and x of shape (m, ...) (the data "
-                f"points along the first axis), got y {y.shape} and x {x.shape}"
-            )
-        indices = jax.random.randint(key, (n_samples, m), 0, m)
-        sig = None if sigma is None else jnp.broadcast_to(jnp.asarray(sigma), (m,))
-        fits = jax.vmap(
-            lambda idx: refit(x[idx], y[idx], None if sig is None else sig[idx])
-        )(indices)
-    return _summarise(result, fits, indices, sigmas)
+        return jax.vmap(lambda yb: refit(x, yb, sigma))(samples), indices
+    x = jnp.asarray(x)
+    if y.ndim != 1 or x.shape[:1] != (m,):
+        raise ValueError(
+            "kind='pairs' needs y of shape (m,) and x of shape (m, ...) (the data "
+            f"points along the first axis), got y {y.shape} and x {x.shape}"
+        )
+    indices = jax.random.randint(key, (n_samples, m), 0, m)
+    sig = None if sigma is None else jnp.broadcast_to(jnp.asarray(sigma), (m,))
+    fits = jax.vmap(
+        lambda idx: refit(x[idx], y[idx], None if sig is None else sig[idx])
+    )(indices)
+    return fits, indices
 
 
 def _summarise(result, fits, indices, sigmas) -> Bootstrap:
-    ok = np.asarray(fits.success)
-    stderr = jax.tree_util.tree_map(
-        lambda leaf: jnp.std(jnp.asarray(leaf)[ok], axis=0, ddof=1), fits.params
-    )
-    flat = np.asarray(flat_params(fits))[ok]
-    best = np.asarray(flat_params(result))
+    """The refits' standard deviations and percentile intervals over the sample
+    axis (the last of ``fits``' leading axes), successful refits only."""
+    ok = np.asarray(fits.success)  # (B,) or (N, B)
+
+    def spread(leaf):
+        leaf = np.asarray(leaf)
+        mask = ok.reshape(ok.shape + (1,) * (leaf.ndim - ok.ndim))
+        kept = np.where(mask, leaf, np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            count = mask.sum(axis=ok.ndim - 1)
+            mean = np.nansum(kept, axis=ok.ndim - 1) / np.maximum(count, 1)
+            dev = np.where(mask, leaf - np.expand_dims(mean, ok.ndim - 1), 0)
+            var = (dev**2).sum(axis=ok.ndim - 1) / (count - 1)
+        return jnp.asarray(np.where(count >= 2, np.sqrt(var), np.nan))
+
+    stderr = jax.tree_util.tree_map(spread, fits.params)
+    flat = np.asarray(flat_params(fits))  # (..., B, n)
+    flat = np.where(ok[..., None], flat, np.nan)
+    best = np.asarray(flat_params(result))  # (..., n)
     probs = [level_probability(s) for s in sigmas]
     intervals = {}
     for j, name in enumerate(result.names):
         if result.fixed[j]:
             continue
-        lower = [(p, np.percentile(flat[:, j], 50 * (1 - p))) for p in probs[::-1]]
-        upper = [(p, np.percentile(flat[:, j], 50 * (1 + p))) for p in probs]
-        intervals[name] = lower + [(0.0, best[j])] + upper
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN fits: NaN
+            lower = [(p, np.nanpercentile(flat[..., j], 50 * (1 - p), axis=-1))
+                     for p in probs[::-1]]  # fmt: skip
+            upper = [(p, np.nanpercentile(flat[..., j], 50 * (1 + p), axis=-1))
+                     for p in probs]  # fmt: skip
+        intervals[name] = lower + [(0.0, best[..., j])] + upper
     return Bootstrap(fits.params, fits.success, indices, stderr, intervals)

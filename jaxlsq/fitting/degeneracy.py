@@ -15,10 +15,19 @@ also under ``jit``/``vmap``), a bit mask of:
 * `LOW_R_SQUARED` (4): ``R^2 < 0.05`` (`R_SQUARED_LIMIT`; the deviance pseudo-R^2
   for counts): the model explains almost none of the data's variation about its
   mean -- a flat valley, a local minimum, or the wrong model (legitimate only
-  when the data hold no signal).
+  when the data hold no signal);
+* `AT_ZERO` (8), Poisson estimator only: the model is 0, to the rounding of the
+  parameters (`model_at_zero`), at a zero-count point. The maximum-likelihood fit
+  then lies on the edge of the model's domain (``mu >= 0``): typically an
+  unbounded offset went negative until the model touched 0 where nothing was
+  counted. There the Cramer-Rao errors do not hold, and the fit converges slowly
+  (the deviance residual ``sqrt(2 mu)`` of such a point is far from linear near 0:
+  of 10^4 unbounded 2-D Gaussian spots at 2 background photons,
+  ``benchmarks/poisson.py``, the 93 that end there took a median 54 evaluations,
+  all fits 12). The cure is a bound (``offset >= 0``).
 
-The usual cure is another start: ``fit(..., starts=...)`` fits from many and keeps
-the best.
+The usual cure for the others is another start: ``fit(..., starts=...)`` fits from
+many and keeps the best.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import numpy as np
 NOT_ESTIMABLE = 1
 CORRELATED = 2
 LOW_R_SQUARED = 4
+AT_ZERO = 8
 CORRELATION_LIMIT = 0.999
 R_SQUARED_LIMIT = 0.05
 
@@ -39,10 +49,11 @@ class DegenerateFitWarning(UserWarning):
     """A fit succeeded but is degenerate (see `jaxlsq.fitting.degeneracy`)."""
 
 
-def degeneracy_flags(stderr, corr, r_squared, fixed, dof, success):
+def degeneracy_flags(stderr, corr, r_squared, fixed, dof, success, at_zero=False):
     """The ``degeneracy`` bit mask (int32, shape ()) of one fit: `stderr` (n,),
     `corr` (n, n), ``r_squared`` (), the static ``fixed`` mask (n,) and ``dof``;
-    0 for a fit that did not succeed (its status already says why)."""
+    ``at_zero`` (bool, ()) from `model_at_zero` for the Poisson estimator; 0 for
+    a fit that did not succeed (its status already says why)."""
     free = ~np.asarray(fixed, bool)
     n = free.size
     pair = free[:, None] & free[None, :] & ~np.eye(n, dtype=bool)
@@ -54,8 +65,24 @@ def degeneracy_flags(stderr, corr, r_squared, fixed, dof, success):
         not_estimable.astype(jnp.int32) * NOT_ESTIMABLE
         + correlated.astype(jnp.int32) * CORRELATED
         + low_r2.astype(jnp.int32) * LOW_R_SQUARED
+        + jnp.asarray(at_zero).astype(jnp.int32) * AT_ZERO
     )
     return jnp.where(success, flags, 0).astype(jnp.int32)
+
+
+def model_at_zero(fisher_jac, mu, counts, params):
+    """`AT_ZERO` (bool, shape ()): at a point where ``counts`` (m,) is 0 the model
+    ``mu`` (m,) is within rounding of the parameters of 0, ``0 < mu_k <=
+    sqrt(eps) sum_j |dmu_k/dp_j p_j|``: a change of the parameters in their last
+    digits would make it negative. ``fisher_jac`` (m, n) is ``J_mu / sqrt(mu)``
+    (`jaxlsq.fitting.poisson.fisher_jacobian`), ``params`` (n,) flat.
+
+    An offset that went negative is caught (``dmu_k/d offset = 1``); the tail of
+    a peak without background, tiny but bounded away from 0 relative to its own
+    derivatives (``dmu/dp`` proportional to ``mu``), is not."""
+    eps = jnp.finfo(mu.dtype).eps
+    reach = (jnp.abs(fisher_jac) @ jnp.abs(params)) * jnp.sqrt(jnp.maximum(mu, 0))
+    return jnp.any((counts == 0) & (mu > 0) & (mu <= jnp.sqrt(eps) * reach))
 
 
 def describe(result) -> list[str]:
@@ -87,6 +114,14 @@ def describe(result) -> list[str]:
             f"R^2 = {float(result.r_squared):.3g}: the model explains almost none of "
             "the data's variation"
         )
+    if flags & AT_ZERO:
+        phrases.append(
+            "the model is 0 (to rounding) at a point with zero counts: the "
+            "maximum-likelihood fit lies on the edge of the model's domain (mu >= "
+            "0), where the Cramer-Rao errors do not hold. If a parameter (an "
+            "offset) went negative to get there, bound it: bounds=(lower, upper) "
+            "with lower = 0 for it"
+        )
     return phrases
 
 
@@ -103,12 +138,15 @@ def warn_if_degenerate(result, where: str) -> None:
     if not flags.any():
         return
     if flags.ndim == 0:
-        text = (
-            f"{where}: the fit succeeded but is degenerate: "
-            + "; ".join(describe(result))
-            + ". Often a flat valley or a local minimum: try other starting points "
-            f"({where}(..., starts=...) fits from many and keeps the best)."
+        text = f"{where}: the fit succeeded but is degenerate: " + "; ".join(
+            describe(result)
         )
+        if int(flags) & ~AT_ZERO:
+            text += (
+                ". Often a flat valley or a local minimum: try other starting "
+                f"points ({where}(..., starts=...) fits from many and keeps the best)"
+            )
+        text += "."
     else:
         text = (
             f"{where}: {int(np.count_nonzero(flags))} of {flags.size} fits succeeded "

@@ -120,14 +120,17 @@ def _residuals_and_slope(mu, y):
         poly = poly * w + c
     # d = v^2 q / 2 with q = 2 (y + mu + 2 y v S) > 0: r = -v sqrt(q), and
     # dr/dmu = (mu - y) / (mu r) = (y + mu) / (mu sqrt(q)) without the 0/0 at mu = y.
-    sqrt_q = jnp.sqrt(2 * (total + 2 * y * jnp.where(near, v, 0) * poly))
-    r_near = (mu - y) / total * sqrt_q  # = -v sqrt(q), +0 at mu = y
-    slope_near = total / (mu_safe * sqrt_q)
+    q = 2 * (total + 2 * y * jnp.where(near, v, 0) * poly)
     # Elsewhere the formula (y = 0: d = mu); its cancellation is mild for |v| >= 1/3.
     ratio = jnp.where(counted & ~near & (mu > 0), y / mu_safe, 1)
     d_far = jnp.where(counted, mu - y + y * jnp.log(ratio), mu)
     d_far = jnp.where(near | (mu < 0), 1, jnp.maximum(d_far, jnp.finfo(mu.dtype).tiny))
-    r_far = jnp.sign(mu - y) * jnp.sqrt(2 * d_far)
+    # One square root per point, of q or 2 d (a square root costs as much as the
+    # logarithm on CPU: this and the log are most of the residual's time).
+    root = jnp.sqrt(jnp.where(near, q, 2 * d_far))
+    r_near = (mu - y) / total * root  # = -v sqrt(q), +0 at mu = y
+    slope_near = total / (mu_safe * root)
+    r_far = jnp.sign(mu - y) * root
     slope_far = (mu - y) / (mu_safe * jnp.where(near | (r_far == 0), 1, r_far))
     r = jnp.where(near, r_near, r_far)
     slope = jnp.where(near, slope_near, slope_far)

@@ -70,7 +70,8 @@ class FitResult:
     degeneracy : Array, int32, shape ()
         0 for a sound fit; for a successful but degenerate one a bit mask of
         `jaxlsq.fitting.degeneracy`'s flags: 1 a parameter cannot be estimated, 2
-        two parameters correlated beyond 0.999, 4 ``R^2 < 0.05``. See `degenerate`.
+        two parameters correlated beyond 0.999, 4 ``R^2 < 0.05``, 8 (Poisson) the
+        model is 0 at a zero-count point. See `degenerate`.
     names : tuple of str
         Parameter names (flat order): dict keys / pytree paths, ``[i]`` suffixes for
         array leaves.
@@ -181,8 +182,8 @@ class FitResult:
 
     def bootstrap(self, x, y, **kwargs):
         """Bootstrap errors and percentile intervals: resample (``kind="residual"``
-        or ``"pairs"``) and refit ``n_samples`` times in one vmapped call; see
-        `jaxlsq.fitting.bootstrap.bootstrap`."""
+        or ``"pairs"``) and refit ``n_samples`` times in one vmapped call (every fit
+        of a batch at once); see `jaxlsq.fitting.bootstrap.bootstrap`."""
         from .bootstrap import bootstrap
 
         return bootstrap(self, x, y, **kwargs)

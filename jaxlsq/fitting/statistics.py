@@ -17,7 +17,7 @@ from ..core.compiler import jit
 from ..core.factorize import right_svd
 from ..core.losses import loss_scaled_jacobian
 from ..core.status import Status
-from .degeneracy import degeneracy_flags
+from .degeneracy import degeneracy_flags, model_at_zero
 from .poisson import fisher_jacobian, null_deviance, poisson_statistics
 from .result import FitResult
 from .weights import whiten
@@ -95,7 +95,13 @@ def fit_result(
         counts_ok = jnp.all(counts >= 0)
         status = jnp.where(counts_ok, status, int(Status.IMPROPER_INPUT))
         success = success & counts_ok
-    degeneracy = degeneracy_flags(stderr_flat, corr, r_squared, fixed_np, dof, success)
+    at_zero = False
+    if poisson:
+        flat = jax.flatten_util.ravel_pytree(sol.params)[0]
+        at_zero = model_at_zero(cov_jac, mu, counts, flat.astype(dtype))
+    degeneracy = degeneracy_flags(
+        stderr_flat, corr, r_squared, fixed_np, dof, success, at_zero
+    )
     active = getattr(sol, "active_mask", None)
     if active is None:
         active = jnp.zeros((n,), jnp.int32)
