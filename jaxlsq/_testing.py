@@ -38,7 +38,6 @@ from .core.losses import LOSSES, loss_scaled_jacobian, robust_cost, robust_resid
 from .core.options import STATIC_OPTIONS, TRACED_OPTIONS
 from .core.steps import _damped_coefficients as damped_coefficients
 from .core.steps import damped_step
-from .core.unrolled import householder_r, jacobi_svd
 from .fitting.checks import param_names
 from .fitting.report import _percent as percent
 from .fitting.statistics import _gram_pinv as gram_pinv
@@ -62,8 +61,6 @@ __all__ = [
     "scaled_gram",
     "damped_coefficients",
     "damped_step",
-    "householder_r",
-    "jacobi_svd",
     "DenseJacobian",
     "JacobianStrategy",
     "Linearization",

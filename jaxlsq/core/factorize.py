@@ -45,22 +45,12 @@ from .chunked import TALL_BLOCK, tall_r
 from .linearization import SMALL_N, Linearization
 from .unrolled import (
     gram_matrix,
-    householder_r,
-    jacobi_svd,
     ldl,
     unit_lower_inverse,
 )
 
 #: Names accepted by ``solve(..., linear_solver=...)``.
 LINEAR_SOLVERS = ("svd", "eigh")
-
-
-# Up to this many parameters a batch's SVD is the unrolled Householder QR + Jacobi
-# SVD (`_small_svd`); above, LAPACK one matrix at a time. Measured on 1024 matrices
-# 25 x n, float64, 2-core CPU: unrolled 0.54 / 1.0 / 2.5 / 5.3 ms for n = 3 / 4 / 5
-# / 6, LAPACK 1.5 / 2.2 / 3.1 / 4.1 ms; the unrolled code also takes 0.6 s (n = 3)
-# to 1.6 s (n = 6) longer to compile, in every program that holds it.
-_UNROLLED_SVD_N = 4
 
 
 class StepSystem(NamedTuple):
@@ -164,7 +154,7 @@ def right_svd(jac: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     ``jac`` is (m, n) and ``diag`` (n,) positive. LAPACK, also under ``vmap`` (one
     matrix at a time): the fit statistics' covariance, computed once per fit,
-    where `_batched_svd`'s unrolled code cost 0.6 s of compile (n = 3) for a few
+    where an unrolled batched SVD cost 0.6 s of compile (n = 3) for a few
     milliseconds per 10^4 fits.
     """
     return _right_svd_unbatched(jac.T, diag)
@@ -186,17 +176,6 @@ def _right_svd_unbatched(jac_t, diag):
 def _with_batch_axis(x: jax.Array, batched: bool, axis_size: int) -> jax.Array:
     """``x`` with a leading batch axis: as it is if ``batched``, else broadcast."""
     return x if batched else jnp.broadcast_to(x, (axis_size, *x.shape))
-
-
-def _batched_svd(jac_t: jax.Array, diag: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(V, s) of every ``jac_t[b].T / diag[b]`` of a batch, (B, n, m) and (B, n).
-
-    For n <= _UNROLLED_SVD_N, `_small_svd`, which XLA vectorises across the batch
-    (batched LAPACK runs one tiny matrix at a time); for larger n LAPACK, which is
-    then as fast and far quicker to compile.
-    """
-    one = _small_svd if jac_t.shape[-2] <= _UNROLLED_SVD_N else _right_svd_unbatched
-    return jax.vmap(one)(jac_t, diag)
 
 
 @jax.custom_batching.custom_vmap
@@ -224,7 +203,7 @@ def _small_system(
       the steps are accurate to ``sqrt(eps)`` relative. Exactly-zero rows come
       from exactly-zero columns of J (frozen parameters), which the Gram matrix
       separates exactly.
-    * otherwise, lane by lane: the SVD of ``Js`` (`_batched_svd`), which keeps
+    * otherwise, lane by lane: LAPACK's SVD of ``Js``, which keeps
       MINPACK's accuracy (condition number not squared), computed only for the
       running lanes (``active``) that need one (`_with_svd_lanes`). Every lane
       keeps its own path: a lane's steps never depend on the other lanes of its
@@ -288,6 +267,7 @@ def _with_svd_lanes(jac_t, diag, gs, need, gram_system, size) -> StepSystem:
     replaced by their SVD systems, computed `SVD_ROUND` lanes at a time for the
     lanes that need one only (a fixed number of rounds, each a ``lax.cond`` that
     skips once no lane is left: differentiable, one copy of the SVD code)."""
+    jac_t, diag, gs = (jnp.asarray(a) for a in (jac_t, diag, gs))  # (gathered)
     batch = need.shape[0]
     width = min(SVD_ROUND, batch)
     rounds = -(-batch // width)
@@ -300,7 +280,7 @@ def _with_svd_lanes(jac_t, diag, gs, need, gram_system, size) -> StepSystem:
     def one_round(r, system):
         lanes = lax.dynamic_slice_in_dim(order, r * width, width)
         rows = jnp.minimum(lanes, batch - 1)
-        v, s = _batched_svd(jac_t[rows], diag[rows])
+        v, s = jax.vmap(_right_svd_unbatched)(jac_t[rows], diag[rows])
         part = _as_matrix(spectrum(v, s, gs[rows], size))
         return jax.tree_util.tree_map(
             lambda whole, new: whole.at[lanes].set(new, mode="drop"), system, part
@@ -341,10 +321,3 @@ def _scaled_gram(gram: jax.Array, diag: jax.Array):
     )
     matrix = jnp.stack([jnp.stack(row) for row in a])
     return matrix, well_conditioned
-
-
-def _small_svd(jac_t, diag):
-    r = householder_r(jac_t)
-    n = len(r)
-    scaled = [[r[i][j] / diag[j] for j in range(n)] for i in range(n)]
-    return jacobi_svd(scaled)

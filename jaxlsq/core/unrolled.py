@@ -11,11 +11,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
-
-# One-sided Jacobi sweeps for n <= SMALL_N: convergence is quadratic, so 12 sweeps
-# are a generous cap; the loop stops once a sweep finds nothing to rotate.
-_JACOBI_SWEEPS = 12
 
 
 def ldl(a: list[list[jax.Array]]):
@@ -80,96 +75,6 @@ def unit_upper_solve(lower, b):
             s = s - lower[k][i] * x[k]
         x[i] = s
     return x
-
-
-def householder_r(a_t: jax.Array) -> list[list[jax.Array]]:
-    """R factor of the QR factorisation of ``a = a_t.T`` (m, n), m >= n, by Householder.
-
-    Takes the transpose (n, m) so each column of ``a`` is a contiguous row. Written
-    on a Python list of columns and unrolled over the n steps, so that under
-    ``vmap`` every operation is elementwise or a length-m reduction across the batch
-    (XLA fuses them; indexed updates of a stacked (batch, m, n) array do not fuse).
-    Rows of R may differ in sign from LAPACK's.
-
-    Returns
-    -------
-    list of lists of scalars
-        ``r[i][j]`` for ``i <= j``, zero below the diagonal.
-    """
-    n, m = a_t.shape
-    cols = [a_t[j] for j in range(n)]
-    rows = jnp.arange(m)
-    zero = jnp.zeros((), a_t.dtype)
-    r = [[zero] * n for _ in range(n)]
-    for k in range(n):
-        below = rows >= k
-        x = jnp.where(below, cols[k], 0)
-        norm_x = jnp.linalg.norm(x)
-        alpha = jnp.where(cols[k][k] >= 0, -norm_x, norm_x)  # sign avoids cancellation
-        v = jnp.where(rows == k, x - alpha, x)
-        vnorm2 = v @ v
-        scale = 2 / jnp.where(vnorm2 > 0, vnorm2, 1)
-        r[k][k] = jnp.where(vnorm2 > 0, alpha, cols[k][k])
-        for j in range(k + 1, n):
-            cols[j] = cols[j] - (scale * (v @ cols[j])) * v
-            r[k][j] = cols[j][k]
-    return r
-
-
-def jacobi_svd(r: list[list[jax.Array]]):
-    """Right singular vectors (n, n) and singular values (n,) of a square matrix.
-
-    One-sided (Hestenes) Jacobi: rotate pairs of columns until they are orthogonal;
-    the accumulated rotations are V and the column norms the singular values. It is
-    accurate to working precision even for tiny singular values and converges
-    quadratically. Unrolled on scalars (``r[i][j]``) so XLA fuses it into one
-    elementwise kernel across a vmapped batch.
-    """
-    n = len(r)
-    a = [[r[i][j] for i in range(n)] for j in range(n)]  # a[j] = column j
-    one, zero = jnp.ones_like(r[0][0]), jnp.zeros_like(r[0][0])
-    v = [[one if i == j else zero for i in range(n)] for j in range(n)]
-    tiny = jnp.finfo(r[0][0].dtype).tiny
-
-    def dot(p, q):
-        return sum(pi * qi for pi, qi in zip(p, q, strict=True))
-
-    eps = jnp.finfo(r[0][0].dtype).eps
-
-    def sweep(carry):
-        a, v, _, count = carry
-        worst = jnp.zeros_like(tiny)
-        for i in range(n):
-            for j in range(i + 1, n):
-                alpha, beta, gamma = dot(a[i], a[i]), dot(a[j], a[j]), dot(a[i], a[j])
-                # Columns already orthogonal to working precision: no rotation.
-                cosine = jnp.abs(gamma) / jnp.maximum(jnp.sqrt(alpha * beta), tiny)
-                worst = jnp.maximum(worst, cosine)
-                rotate = (jnp.abs(gamma) > tiny) & (cosine > eps)
-                zeta = (beta - alpha) / (2 * jnp.where(rotate, gamma, 1))
-                t = jnp.where(zeta >= 0, 1, -1) / (
-                    jnp.abs(zeta) + jnp.sqrt(1 + zeta**2)
-                )
-                t = jnp.where(rotate, t, 0)
-                c = 1 / jnp.sqrt(1 + t * t)
-                s = c * t
-                for mat in (a, v):
-                    ci, cj = mat[i], mat[j]
-                    mat[i] = [c * p - s * q for p, q in zip(ci, cj, strict=True)]
-                    mat[j] = [s * p + c * q for p, q in zip(ci, cj, strict=True)]
-        return a, v, worst <= eps, count + 1
-
-    def unfinished(carry):
-        _, _, converged, count = carry
-        return ~converged & (count < _JACOBI_SWEEPS)
-
-    # Stops after the first sweep that found every pair of columns orthogonal; a
-    # loop over sweeps (not unrolled) keeps the compiled program small.
-    init = (a, v, jnp.zeros((), bool), jnp.zeros((), jnp.int32))
-    a, v, _, _ = lax.while_loop(unfinished, sweep, init)
-    vmat = jnp.stack([jnp.stack(col) for col in v], axis=1)
-    svals = jnp.stack([jnp.sqrt(dot(col, col)) for col in a])
-    return vmat, svals
 
 
 # Above this many parameters the Gram matrix is one matrix product (SMALL_N).
