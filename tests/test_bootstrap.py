@@ -142,3 +142,22 @@ def test_a_batch_bootstraps_each_fit_as_alone(kind):
             ):
                 assert p_b == p_1
                 np.testing.assert_allclose(v_b[i], v_1, rtol=1e-7)
+
+
+def test_a_batchs_sigma_broadcasts_against_its_curves():
+    # One sigma per curve, (N,) as fit_batch takes it: curve i is bootstrapped with
+    # its own sigma (the refits equal fits[i].bootstrap with sigma[i]); (N,) when
+    # N == m could be per curve or per point: refused by name.
+    rng = np.random.default_rng(3)
+    ys = np.stack([Y + 0.02 * rng.standard_normal(T.size) for _ in range(2)])
+    sig = np.array([0.05, 0.2])
+    fits = jaxlsq.fit_batch(decay, T, ys, P0, sigma=sig, in_axes=(None, 0, None, 0))
+    key = jax.random.key(5)
+    boot = fits.bootstrap(T, ys, n_samples=8, sigma=sig, key=key, **TIGHT)
+    for i, k in enumerate(jax.random.split(key, 2)):
+        one = fits[i].bootstrap(T, ys[i], n_samples=8, sigma=sig[i], key=k, **TIGHT)
+        np.testing.assert_allclose(flat(boot.params)[i], flat(one.params), rtol=1e-7)
+    ys3 = np.stack([ys[0, :3], ys[1, :3], ys[0, :3]])  # N = m = 3
+    square = jaxlsq.fit_batch(decay, T[:3], ys3, P0)
+    with pytest.raises(ValueError, match="ambiguous"):
+        square.bootstrap(T[:3], ys3, sigma=np.array([0.05, 0.2, 0.1]))

@@ -104,3 +104,31 @@ def test_an_svd_lane_is_bit_identical_alone_or_among_many():
     # ...and it is the fit: the same solution as a solo fit, to the fit's accuracy.
     solo = jaxlsq.solve(two_exponentials, SINGULAR_START, (X, TARGET))
     np.testing.assert_allclose(a.params[0], solo.params, rtol=1e-6)
+
+
+def test_a_batch_of_batches_gives_the_flat_batchs_fits():
+    # vmap of vmap (multi-start batches, a batch's profiles): the SVD lanes' rule
+    # folds the outer axis into the lanes, so the rounds still skip on one count;
+    # the fits are those of the flat batch, bit for bit.
+    import jax
+
+    from jaxlsq.core.factorize import SVD_ROUND
+
+    size = 2 * SVD_ROUND
+    curves = [_curve(1.5 + 0.01 * i, 0.4, 1.0, 2.5, seed=i + 1) for i in range(size)]
+    ys = np.stack(curves)
+    p0 = np.stack([SINGULAR_START if i % 3 == 0 else GOOD_START for i in range(size)])
+
+    def one(p, y):
+        return jaxlsq.solve(two_exponentials, p, (X, y))
+
+    flat = jax.jit(jax.vmap(one))(p0, ys)
+    nested = jax.jit(jax.vmap(jax.vmap(one)))(
+        p0.reshape(4, -1, 4), ys.reshape(4, -1, X.size)
+    )
+    assert bool(flat.success.all())
+    for name in ("params", "cost", "nfev", "njev", "status"):
+        got = np.asarray(getattr(nested, name))
+        np.testing.assert_array_equal(
+            got.reshape(np.shape(getattr(flat, name))), getattr(flat, name), name
+        )

@@ -472,3 +472,22 @@ def test_an_mle_on_the_edge_of_the_domain_is_the_constrained_mle_and_flagged():
             in_axes=(None, 0, None, None), estimator="poisson",
         )  # fmt: skip
     np.testing.assert_array_equal(np.asarray(batch.degeneracy), [AT_ZERO, 0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_edge_flag_does_not_depend_on_the_axis_origin(dtype):
+    # A peak without background: its tails are ~0 with zero counts, but they carry
+    # no information (leverage ~ mu): no flag, wherever the x axis starts.
+    rng = np.random.default_rng(2)
+    xs = np.linspace(-15.0, 15.0, 31)
+    y = rng.poisson(200.0 * np.exp(-(xs**2) / 8.0)).astype(dtype)
+
+    def peak(x, p):
+        return p[0] * jnp.exp(-((x - p[1]) ** 2) / (2 * p[2] ** 2))
+
+    for origin in (0.0, 1000.0):
+        x = (xs + origin).astype(dtype)
+        p0 = np.array([150.0, origin + 0.3, 1.5], dtype)
+        fit = jaxlsq.fit(peak, x, y, p0, estimator="poisson")
+        assert bool(fit.success), origin
+        assert int(fit.degeneracy) == 0, origin

@@ -96,7 +96,7 @@ def factorize(
         discarded): it never makes the batch compute an SVD.
     unit : Array, shape (), optional
         When given, ``lin.jtf`` is ``J^T (f / unit)`` (``unit`` a power of 2; see
-        `jaxlsq.core.loop.with_linearization`): ``g`` is ``(lin.jtf / diag) *
+        `jaxlsq.core.state.with_linearization`): ``g`` is ``(lin.jtf / diag) *
         unit``, which does not underflow where ``J^T f`` would.
     """
     n = lin.jtf.shape[0]
@@ -189,9 +189,10 @@ def _small_system(
 ) -> StepSystem:
     """`StepSystem` (M stored (n, n)) of ``Js = jac_t.T / diag`` for n <= SMALL_N.
 
-    One matrix: LAPACK's SVD (fast to compile, fast to run). Under ``vmap``, code
-    that XLA vectorises across the batch; ``custom_vmap`` picks the implementation
-    by whether the call is batched, which tracing alone cannot see:
+    One matrix: LAPACK's SVD (fast to compile, fast to run). Under ``vmap``, the
+    normal equations vectorised across the batch where they are accurate, LAPACK
+    lane by lane where not; ``custom_vmap`` picks the implementation by whether
+    the call is batched, which tracing alone cannot see:
 
     * usually, the normal equations themselves: ``V = I``, ``M = gram / (d d^T)``
       with ``d = gram_diag`` (``gram`` may be of J's columns divided by powers of
@@ -236,7 +237,6 @@ def _small_system_batched(
         _with_batch_axis(x, b, axis_size)
         for x, b in zip(inputs, in_batched, strict=True)
     )
-    size = max(jac_t.shape[-2:])
     scaled, well_conditioned = jax.vmap(_scaled_gram)(gram, gram_diag)
     n = gs.shape[-1]
     eye = jnp.broadcast_to(jnp.eye(n, dtype=gs.dtype), (axis_size, n, n))
@@ -252,7 +252,7 @@ def _small_system_batched(
     # steps). A lane's SVD is computed by the same per-matrix code whichever
     # round and neighbours it has.
     need = ~well_conditioned & active
-    return _with_svd_lanes(jac_t, diag, gs, need, gram_system, size), StepSystem(
+    return StepSystem(*_with_svd_lanes(jac_t, diag, need, *gram_system)), StepSystem(
         True, True, True
     )
 
@@ -262,13 +262,21 @@ def _small_system_batched(
 SVD_ROUND = 16
 
 
-def _with_svd_lanes(jac_t, diag, gs, need, gram_system, size) -> StepSystem:
-    """``gram_system`` (batched, M (B, n, n)) with the lanes where ``need`` (B,)
-    replaced by their SVD systems, computed `SVD_ROUND` lanes at a time for the
-    lanes that need one only (a fixed number of rounds, each a ``lax.cond`` that
-    skips once no lane is left: differentiable, one copy of the SVD code)."""
-    jac_t, diag, gs = (jnp.asarray(a) for a in (jac_t, diag, gs))  # (gathered)
+@jax.custom_batching.custom_vmap
+def _with_svd_lanes(jac_t, diag, need, v, m, g):
+    """``(v, m, g)``, a batched `StepSystem` (B, ...) of the normal equations, with
+    the lanes where ``need`` (B,) replaced by their SVD systems (of ``jac_t`` (B,
+    n, m) over ``diag`` (B, n)), computed `SVD_ROUND` lanes at a time for the lanes
+    that need one only: a fixed number of rounds, each a ``lax.cond`` that skips
+    once no lane is left (differentiable, one copy of the SVD code).
+
+    Under a further ``vmap`` (a batch of batches: ``vmap`` of `fit` with
+    ``starts``, a batch's profile intervals) the conds would become selects that
+    run every round; the vmap rule instead folds the outer axis into the lanes."""
+    # (Arrays, for the traced gathers below: the rule's callers may pass numpy.)
+    jac_t, diag, v, m, g = (jnp.asarray(a) for a in (jac_t, diag, v, m, g))
     batch = need.shape[0]
+    size = max(jac_t.shape[-2:])
     width = min(SVD_ROUND, batch)
     rounds = -(-batch // width)
     count = jnp.sum(need, dtype=jnp.int32)
@@ -280,16 +288,32 @@ def _with_svd_lanes(jac_t, diag, gs, need, gram_system, size) -> StepSystem:
     def one_round(r, system):
         lanes = lax.dynamic_slice_in_dim(order, r * width, width)
         rows = jnp.minimum(lanes, batch - 1)
-        v, s = jax.vmap(_right_svd_unbatched)(jac_t[rows], diag[rows])
-        part = _as_matrix(spectrum(v, s, gs[rows], size))
-        return jax.tree_util.tree_map(
-            lambda whole, new: whole.at[lanes].set(new, mode="drop"), system, part
+        vr, sr = jax.vmap(_right_svd_unbatched)(jac_t[rows], diag[rows])
+        part = _as_matrix(spectrum(vr, sr, g[rows], size))
+        return tuple(
+            whole.at[lanes].set(new, mode="drop")
+            for whole, new in zip(system, part, strict=True)
         )
 
     def body(r, system):
         return lax.cond(r * width < count, one_round, lambda r, s: s, r, system)
 
-    return lax.fori_loop(0, rounds, body, gram_system)
+    return lax.fori_loop(0, rounds, body, (v, m, g))
+
+
+@_with_svd_lanes.def_vmap
+def _with_svd_lanes_batched(axis_size, in_batched, *args):
+    # (A, B, ...) -> (A B, ...): the rounds then skip on one count for all A B lanes.
+    args = [
+        _with_batch_axis(a, b, axis_size) for a, b in zip(args, in_batched, strict=True)
+    ]
+    lanes = args[2].shape[1]
+    out = _with_svd_lanes(*(a.reshape((-1,) + a.shape[2:]) for a in args))
+    return tuple(o.reshape((axis_size, lanes) + o.shape[1:]) for o in out), (
+        True,
+        True,
+        True,
+    )
 
 
 def _scaled_gram(gram: jax.Array, diag: jax.Array):

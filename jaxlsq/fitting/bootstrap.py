@@ -43,7 +43,9 @@ class Bootstrap(NamedTuple):
     the Poisson parametric bootstrap, None) -- replaying them reproduces every
     resample; ``stderr``: pytree, the standard deviation of the successful
     refits; ``intervals``: ``name -> [(prob, value), ...]`` as `conf_interval`'s
-    (percentiles of the successful refits, the fit's value in the middle).
+    (percentiles of the successful refits, the fit's value in the middle). For a
+    batch of N fits every field has a leading (N,) axis more: (N, B, ...), (N,
+    B), (N, B, m), stderr leaves (N, ...), interval values (N,).
     """
 
     params: Any
@@ -87,7 +89,9 @@ def bootstrap(
         Percentile interval levels (``>= 1`` standard deviations, ``< 1`` a
         probability).
     sigma, **fit_options
-        The fit's ``sigma`` (a batch: shared, or with ``y``'s leading axis),
+        The fit's ``sigma`` (a batch: numpy broadcasting against ``y`` (N, m):
+        ``(m,)`` shared, ``(N, 1)``/``(N, m)`` per curve, ``(N,)`` per curve when
+        ``N != m``),
         ``bounds``, ``loss``, solve options... (``fixed``, ``estimator`` and
         ``absolute_sigma`` come from ``result``).
 
@@ -124,12 +128,41 @@ def bootstrap(
         raise ValueError(
             f"y must have the batch's leading axis ({n},), got shape {y.shape}"
         )
-    batched_sigma = sigma is not None and np.shape(sigma) == y.shape
+    batched_sigma = _sigma_is_batched(sigma, y)
+    if batched_sigma and np.ndim(sigma) == y.ndim:  # (N, 1): each curve's (m,)
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, y.dtype), y.shape)
     fits, indices = jax.vmap(
         lambda res, y_i, s_i, k: _resample_and_refit(res, x, y_i, s_i, k, *args),
         in_axes=(0, 0, 0 if batched_sigma else None, 0),
     )(result, y, sigma, jax.random.split(key, n))
     return _summarise(result, fits, indices, sigmas)
+
+
+def _sigma_is_batched(sigma, y) -> bool:
+    """Whether a batch's ``sigma`` has the batch axis: numpy broadcasting against
+    ``y`` (N, ...): ``(N, 1)`` or ``(N, m)`` per curve, ``()`` or ``(m,)`` shared.
+    ``(N,)`` with ``N != m`` (one sigma per curve, as ``fit_batch`` takes it with
+    ``in_axes``) is read as per curve; with ``N == m`` it is ambiguous: refused."""
+    if sigma is None:
+        return False
+    shape, (n, *point) = np.shape(sigma), y.shape
+    if len(shape) == len(y.shape) and shape[0] == n:
+        return True
+    if len(shape) == 1 and shape[0] == n and len(point) == 1:
+        if n == point[0]:
+            raise ValueError(
+                f"sigma of shape {shape} is ambiguous for {n} curves of {n} points: "
+                "give sigma[:, None] (one per curve) or sigma[None, :] (one per point)"
+            )
+        return True
+    try:
+        np.broadcast_shapes(shape, tuple(point))
+    except ValueError:
+        raise ValueError(
+            f"sigma of shape {shape} fits neither the batch {y.shape} nor one curve "
+            f"{tuple(point)}"
+        ) from None
+    return False
 
 
 def _resample_and_refit(result, x, y, sigma, key, n_samples, kind, options):
@@ -182,7 +215,7 @@ def _summarise(result, fits, indices, sigmas) -> Bootstrap:
             mean = np.nansum(kept, axis=ok.ndim - 1) / np.maximum(count, 1)
             dev = np.where(mask, leaf - np.expand_dims(mean, ok.ndim - 1), 0)
             var = (dev**2).sum(axis=ok.ndim - 1) / (count - 1)
-        return jnp.asarray(np.where(count >= 2, np.sqrt(var), np.nan))
+        return jnp.asarray(np.where(count >= 2, np.sqrt(var), np.nan), leaf.dtype)
 
     stderr = jax.tree_util.tree_map(spread, fits.params)
     flat = np.asarray(flat_params(fits))  # (..., B, n)

@@ -80,7 +80,11 @@ def _array(value, dtype=None):
     Python time."""
     if isinstance(value, jax.Array):
         return value if dtype is None or value.dtype == dtype else value.astype(dtype)
-    value = np.asarray(value)
+    try:
+        value = np.asarray(value)
+    except jax.errors.TracerArrayConversionError:  # a list holding tracers
+        value = jnp.asarray(value)
+        return value if dtype is None else value.astype(dtype)
     target = jax.dtypes.canonicalize_dtype(value.dtype if dtype is None else dtype)
     return value if value.dtype == target else value.astype(target)
 

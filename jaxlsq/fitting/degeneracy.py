@@ -16,8 +16,8 @@ also under ``jit``/``vmap``), a bit mask of:
   for counts): the model explains almost none of the data's variation about its
   mean -- a flat valley, a local minimum, or the wrong model (legitimate only
   when the data hold no signal);
-* `AT_ZERO` (8), Poisson estimator only: the model is 0, to the rounding of the
-  parameters (`model_at_zero`), at a zero-count point. The maximum-likelihood fit
+* `AT_ZERO` (8), Poisson estimator only: the model is ~0 at a zero-count point
+  that carries the fit's information (`model_at_zero`). The maximum-likelihood fit
   then lies on the edge of the model's domain (``mu >= 0``): typically an
   unbounded offset went negative until the model touched 0 where nothing was
   counted. There the Cramer-Rao errors do not hold, and the fit converges slowly
@@ -70,19 +70,21 @@ def degeneracy_flags(stderr, corr, r_squared, fixed, dof, success, at_zero=False
     return jnp.where(success, flags, 0).astype(jnp.int32)
 
 
-def model_at_zero(fisher_jac, mu, counts, params):
+def model_at_zero(fisher_jac, cov, mu, counts):
     """`AT_ZERO` (bool, shape ()): at a point where ``counts`` (m,) is 0 the model
-    ``mu`` (m,) is within rounding of the parameters of 0, ``0 < mu_k <=
-    sqrt(eps) sum_j |dmu_k/dp_j p_j|``: a change of the parameters in their last
-    digits would make it negative. ``fisher_jac`` (m, n) is ``J_mu / sqrt(mu)``
-    (`jaxlsq.fitting.poisson.fisher_jacobian`), ``params`` (n,) flat.
+    ``mu`` (m,) is below ``sqrt(eps)`` times that point's leverage ``h_k = F_k C
+    F_k^T`` (``F = J_mu / sqrt(mu)``, ``fisher_jac`` (m, n); ``C`` the fit's
+    covariance (n, n), the inverse Fisher information; ``0 <= h_k <= 1``).
 
-    An offset that went negative is caught (``dmu_k/d offset = 1``); the tail of
-    a peak without background, tiny but bounded away from 0 relative to its own
-    derivatives (``dmu/dp`` proportional to ``mu``), is not."""
+    At the edge of the domain the point carries the information of the direction
+    that would take it below 0 (``h_k`` near 1) while its expected count is ~0.
+    The tail of a peak without background has a tiny ``mu_k`` but a leverage of
+    order ``mu_k`` (it carries no information): not flagged. Counts are
+    dimensionless and the leverage does not depend on the parameters' units or
+    origin, so neither does the test."""
     eps = jnp.finfo(mu.dtype).eps
-    reach = (jnp.abs(fisher_jac) @ jnp.abs(params)) * jnp.sqrt(jnp.maximum(mu, 0))
-    return jnp.any((counts == 0) & (mu > 0) & (mu <= jnp.sqrt(eps) * reach))
+    leverage = jnp.einsum("ij,jk,ik->i", fisher_jac, cov, fisher_jac)
+    return jnp.any((counts == 0) & (mu > 0) & (mu <= jnp.sqrt(eps) * leverage))
 
 
 def describe(result) -> list[str]:

@@ -145,9 +145,10 @@ def fit(
     -----
     DegenerateFitWarning
         A successful eager fit that is degenerate (a parameter that cannot be
-        estimated, ``|correlation| > 0.999``, ``R^2 < 0.05``): the warning names the
-        parameters and suggests ``starts``; ``result.degeneracy`` holds the flags
-        (also under ``jit``/``vmap``, which do not warn).
+        estimated, ``|correlation| > 0.999``, ``R^2 < 0.05``; Poisson: a model at 0
+        on a zero-count point): the warning names the parameters and suggests
+        ``starts`` (or, at 0, a bound); ``result.degeneracy`` holds the flags (also
+        under ``jit``/``vmap``, which do not warn).
 
     Raises
     ------
@@ -239,7 +240,7 @@ class FitSetup(NamedTuple):
     shapes: tuple
     n: int
     names: tuple
-    y: jax.Array
+    y: jax.Array | np.ndarray  # (host data stays numpy until the compiled fit)
     kind: str | None  # `Residuals.kind`
     transform: Any  # the weights (None, 1/sigma or a Cholesky factor)
     fixed: np.ndarray  # flat (n,) bool
@@ -275,6 +276,11 @@ def fit_setup(
     else:
         kind, transform = sigma_transform(sigma, y, dtype)
 
+    if isinstance(y, np.ndarray) and y.size > 4096:
+        # Host data goes to both compiled programs (the solve, the statistics):
+        # sent once when large; a small y is cheaper sent twice than converted
+        # eagerly (one dispatch, ~30 us).
+        y = jnp.asarray(y)
     fixed_mask = flat_fixed(fixed, p0, n)
     bound_arrays = None
     if bounds is not None:

@@ -95,10 +95,7 @@ def fit_result(
         counts_ok = jnp.all(counts >= 0)
         status = jnp.where(counts_ok, status, int(Status.IMPROPER_INPUT))
         success = success & counts_ok
-    at_zero = False
-    if poisson:
-        flat = jax.flatten_util.ravel_pytree(sol.params)[0]
-        at_zero = model_at_zero(cov_jac, mu, counts, flat.astype(dtype))
+    at_zero = model_at_zero(cov_jac, cov, mu, counts) if poisson else False
     degeneracy = degeneracy_flags(
         stderr_flat, corr, r_squared, fixed_np, dof, success, at_zero
     )
