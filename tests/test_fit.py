@@ -628,3 +628,22 @@ def test_bad_types():
         jax.jit(lambda f: fit(decay, x, y, P0, fixed={"a": f, "k": False, "c": False}))(
             True
         )
+
+
+def test_data_given_as_lists_host_arrays_or_lists_of_tracers_fit_alike():
+    # fit checks host data with numpy; a list that holds tracers (y built element by
+    # element inside the user's jit) takes jax.numpy. All three give one fit.
+    x, y, _ = decay_data()
+    p0 = {"a": 1.0, "k": 1.0, "c": 0.0}
+    host = fit(decay, x, y, p0)
+    as_list = fit(decay, x, [float(v) for v in y], p0)
+
+    @jax.jit
+    def traced(y0, rest):
+        return fit(decay, x, [y0, *[rest[i] for i in range(rest.shape[0])]], p0)
+
+    inside = traced(jnp.asarray(y[0]), jnp.asarray(y[1:]))
+    for other in (as_list, inside):
+        np.testing.assert_array_equal(int(other.nfev), int(host.nfev))
+        np.testing.assert_allclose(flat(other.params), flat(host.params), rtol=1e-12)
+        np.testing.assert_allclose(other.covariance, host.covariance, rtol=1e-9)
