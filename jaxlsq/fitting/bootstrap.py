@@ -206,16 +206,13 @@ def _summarise(result, fits, indices, sigmas) -> Bootstrap:
     axis (the last of ``fits``' leading axes), successful refits only."""
     ok = np.asarray(fits.success)  # (B,) or (N, B)
 
-    def spread(leaf):
+    def spread(leaf):  # NaN for a fit without two successful refits
         leaf = np.asarray(leaf)
         mask = ok.reshape(ok.shape + (1,) * (leaf.ndim - ok.ndim))
-        kept = np.where(mask, leaf, np.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            count = mask.sum(axis=ok.ndim - 1)
-            mean = np.nansum(kept, axis=ok.ndim - 1) / np.maximum(count, 1)
-            dev = np.where(mask, leaf - np.expand_dims(mean, ok.ndim - 1), 0)
-            var = (dev**2).sum(axis=ok.ndim - 1) / (count - 1)
-        return jnp.asarray(np.where(count >= 2, np.sqrt(var), np.nan), leaf.dtype)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            sd = np.nanstd(np.where(mask, leaf, np.nan), axis=ok.ndim - 1, ddof=1)
+        return jnp.asarray(sd, leaf.dtype)
 
     stderr = jax.tree_util.tree_map(spread, fits.params)
     flat = np.asarray(flat_params(fits))  # (..., B, n)
