@@ -647,3 +647,31 @@ def test_data_given_as_lists_host_arrays_or_lists_of_tracers_fit_alike():
         np.testing.assert_array_equal(int(other.nfev), int(host.nfev))
         np.testing.assert_allclose(flat(other.params), flat(host.params), rtol=1e-12)
         np.testing.assert_allclose(other.covariance, host.covariance, rtol=1e-9)
+
+
+def test_the_one_program_fit_equals_solve_then_statistics():
+    """An eager fit runs the loop and the statistics as one compiled program; a fit
+    with a monitor runs them as two (`solve`, then `fit_result`), and a fit inside
+    the user's jit as part of the user's program: the same fit each way. Tolerances:
+    the three programs may fuse differently, so the parameters agree to the fit's
+    own precision (xtol 1e-10 relative) and the covariance to that times the
+    problem's condition (~1e2 here)."""
+    x, y, sig = decay_data()
+    seen = []
+
+    def monitor(state):
+        seen.append(float(state.cost))
+
+    one = fit(decay, x, y, P0, sigma=sig, xtol=1e-10, ftol=1e-10)
+    two = fit(decay, x, y, P0, sigma=sig, xtol=1e-10, ftol=1e-10, monitor=monitor)
+    inside = jax.jit(lambda y: fit(decay, x, y, P0, sigma=sig, xtol=1e-10, ftol=1e-10))(
+        y
+    )
+    assert seen, "the monitor path ran"
+    for other in (two, inside):
+        assert int(other.status) == int(one.status)
+        assert int(other.nfev) == int(one.nfev)
+        np.testing.assert_allclose(flat(other.params), flat(one.params), rtol=1e-10)
+        np.testing.assert_allclose(other.covariance, one.covariance, rtol=1e-8)
+        np.testing.assert_allclose(float(other.chisq), float(one.chisq), rtol=1e-10)
+        assert other.names == one.names and other.dof == one.dof

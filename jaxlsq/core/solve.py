@@ -220,7 +220,7 @@ def solve(
     options = SolveOptions.build(options, **option_kwargs)
     x0, args, resolved = prepare(fun, x0, args, options)
     try:
-        sol = _solve_jit(fun, x0, args, resolved)
+        sol = solve_prepared(fun, x0, args, resolved)
     except Exception as err:  # JAX's own words for a host callback under vmap
         if options.monitor is not None and "IO effect" in str(err):
             raise ValueError(
@@ -279,7 +279,10 @@ def prepare(
 
 
 @jit(static_argnums=(0,))
-def _solve_jit(fun, x0, args, options: SolveOptions) -> Solution:
+def solve_prepared(fun, x0, args, options: SolveOptions) -> Solution:
+    """`solve`'s compiled loop, for arguments `prepare` has checked and resolved
+    (``fun`` static). Callable inside another jitted program (`fit` runs it and the
+    fit statistics as one)."""
     flat_x0, unravel = ravel_pytree(x0)
     model = make_model(
         fun,

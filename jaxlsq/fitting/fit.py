@@ -29,7 +29,7 @@ import numpy as np
 
 from ..core.compiler import jit
 from ..core.options import SolveOptions
-from ..core.solve import solve
+from ..core.solve import prepare, solve, solve_prepared
 from ..core.validate import check_bounds, check_concrete, flat_bounds
 from .checks import (
     as_data,
@@ -193,7 +193,21 @@ def fit(
         flat_starts = as_flat_starts(starts, p0, setup.n, setup.dtype)
         if setup.bounds is not None:
             check_bounds(*setup.bounds, flat_starts, "starts")
-    if flat_starts is None:
+    statics = dict(
+        residual_fn=residual_fn,
+        fixed=tuple(bool(b) for b in fixed_mask),
+        loss=loss,
+        absolute_sigma=bool(absolute_sigma),
+        names=setup.names,
+    )
+    if flat_starts is None and options.monitor is None:
+        # the lean path: checks done, one compiled program (solve + statistics),
+        # one dispatch, the solution never leaves the device in between
+        x0, args, resolved = prepare(residual_fn, p0, args, options)
+        result = _fit_program(x0, args, resolved, **statics)
+        warn_if_degenerate(result, "fit")
+        return result
+    if flat_starts is None:  # a monitor: solve raises its exception as itself
         sol = solve(residual_fn, p0, args, options=options)
         n_success = sol.success.astype(jnp.int32)
         n_starts = 1
@@ -218,15 +232,33 @@ def fit(
         transform,
         jnp.asarray(f_scale, setup.dtype),
         n_success,
-        residual_fn=residual_fn,
-        fixed=tuple(bool(b) for b in fixed_mask),
-        loss=loss,
-        absolute_sigma=bool(absolute_sigma),
-        names=setup.names,
         n_starts=n_starts,
+        **statics,
     )
     warn_if_degenerate(result, "fit")
     return result
+
+
+@jit(static_argnames=("residual_fn", "fixed", "loss", "absolute_sigma", "names"))
+def _fit_program(x0, args, options, *, residual_fn, fixed, loss, absolute_sigma, names):
+    """One fit, from `prepare`'s checked arguments to its `FitResult`, as one
+    program: `solve`'s loop and `fit_result`'s statistics (both inlined here)."""
+    sol = solve_prepared(residual_fn, x0, args, options)
+    x, y, transform = args
+    return fit_result(
+        sol,
+        x,
+        y,
+        transform,
+        options.f_scale,
+        sol.success.astype(jnp.int32),
+        residual_fn=residual_fn,
+        fixed=fixed,
+        loss=loss,
+        absolute_sigma=absolute_sigma,
+        names=names,
+        n_starts=1,
+    )
 
 
 class FitSetup(NamedTuple):
