@@ -675,3 +675,28 @@ def test_the_one_program_fit_equals_solve_then_statistics():
         np.testing.assert_allclose(other.covariance, one.covariance, rtol=1e-8)
         np.testing.assert_allclose(float(other.chisq), float(one.chisq), rtol=1e-10)
         assert other.names == one.names and other.dof == one.dof
+
+
+def test_fixing_another_parameter_recompiles_the_statistics_not_the_loop():
+    """With parameters fixed, `fit` keeps the loop (the mask is traced in it) and the
+    statistics (compiled per fixed set: ``dof`` is static) as two programs, so a
+    notebook that fixes another parameter compiles the statistics alone."""
+    from jaxlsq._testing import count_compiles
+    from jaxlsq.core.solve import solve_prepared
+    from jaxlsq.fitting.statistics import fit_result
+
+    def model(x, p):  # this test's own function: no program compiled before it
+        return decay(x, p)
+
+    x, y, sig = decay_data()
+    first = fit(model, x, y, P0, sigma=sig, fixed={"a": False, "k": False, "c": True})
+    loop, stats = solve_prepared._jitted(), fit_result._jitted()
+    programs = loop._cache_size(), stats._cache_size()
+    with count_compiles() as compiles:
+        other = fit(
+            model, x, y, P0, sigma=sig, fixed={"a": True, "k": False, "c": False}
+        )
+    assert compiles[0] == 1
+    assert (loop._cache_size(), stats._cache_size()) == (programs[0], programs[1] + 1)
+    assert float(other.params["a"]) == P0["a"] and float(first.params["c"]) == P0["c"]
+    assert float(other.stderr["a"]) == 0 and float(other.stderr["k"]) > 0

@@ -200,9 +200,12 @@ def fit(
         absolute_sigma=bool(absolute_sigma),
         names=setup.names,
     )
-    if flat_starts is None and options.monitor is None:
-        # the lean path: checks done, one compiled program (solve + statistics),
-        # one dispatch, the solution never leaves the device in between
+    if flat_starts is None and options.monitor is None and not fixed_mask.any():
+        # The lean path: checks done, one compiled program (solve + statistics),
+        # one dispatch, the solution never leaves the device in between. Not with
+        # fixed parameters: the statistics are compiled per fixed set, and a
+        # notebook that fixes another parameter then recompiles them alone (0.4
+        # s), not the loop (which takes the mask traced) with them.
         x0, args, resolved = prepare(residual_fn, p0, args, options)
         result = _fit_program(x0, args, resolved, **statics)
         warn_if_degenerate(result, "fit")
