@@ -111,3 +111,26 @@ def test_linearization_without_frozen_columns():
     from_gram = Linearization(lin.jtf, lin.col_norms, gram=jac.T @ jac).without(frozen)
     for version in (lin, from_r, from_gram):
         np.testing.assert_allclose(version.jac_dot(s, f), exact, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [3, 12])  # per-column sums (n <= 8), one reduction
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_jtf_is_j_transpose_f_alone_and_in_a_batch(n, dtype):
+    """``J^T f`` of `linearize_dense`, whichever reduction the dtype and n take:
+    against numpy's float64 product to the dtype's rounding (m terms, each bound
+    by |J| |f|), alone and as lanes of a batch."""
+    rng = np.random.default_rng(n)
+    jac = rng.normal(size=(8, 50, n))
+    f = rng.normal(size=(8, 50))
+    eps = float(jnp.finfo(dtype).eps)
+    batch = jax.jit(jax.vmap(lambda j, r: linearize_dense(j, r).jtf))(
+        jnp.asarray(jac, dtype), jnp.asarray(f, dtype)
+    )
+    for k in range(8):
+        alone = jax.jit(lambda j, r: linearize_dense(j, r).jtf)(
+            jnp.asarray(jac[k], dtype), jnp.asarray(f[k], dtype)
+        )
+        want = jac[k].T @ f[k]
+        bound = 50 * eps * (np.abs(jac[k]).T @ np.abs(f[k]))
+        for got in (alone, batch[k]):
+            assert np.all(np.abs(np.asarray(got, np.float64) - want) <= bound)
