@@ -312,9 +312,9 @@ def fit_setup(
         kind, transform = sigma_transform(sigma, y, dtype)
 
     if isinstance(y, np.ndarray) and y.size > 4096:
-        # Host data goes to both compiled programs (the solve, the statistics):
-        # sent once when large; a small y is cheaper sent twice than converted
-        # eagerly (one dispatch, ~30 us).
+        # Where a fit runs as two programs (a monitor, starts, fixed parameters;
+        # the profile fits) host data goes to both: sent once when large; a small
+        # y is cheaper sent twice than converted eagerly (one dispatch, ~30 us).
         y = jnp.asarray(y)
     fixed_mask = flat_fixed(fixed, p0, n)
     bound_arrays = None
